@@ -1,0 +1,297 @@
+"""Dataset preparation (the study's method) and the batches a SampleRNN trainer reads.
+
+``prepare`` turns source sounds into a dataset folder::
+
+    DIR/manifest.json           settings, sources (path, duration, sha256), and every chunk
+    DIR/chunks/train/000000.wav fixed-length chunks, 16-bit PCM at the dataset's sample rate
+    DIR/chunks/val/...          from held-out stretches of each source
+    DIR/chunks/test/...
+
+Each source is split in time first: the last ``val_fraction + test_fraction`` of it is held out
+(validation, then test), so no held-out audio ever reaches the training copies. Each part is then
+augmented on its own (copies, circular offsets, crossfades; see :mod:`samplernn_lab.augment`)
+and cut into chunks; the tail shorter than a chunk is dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import audio as audio_io
+from .augment import Piece, augment
+from .errors import LabError
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"
+SILENT_PEAK = 1e-4  # -80 dBFS: a source quieter than this everywhere is treated as silent
+
+
+@dataclass
+class DataConfig:
+    """Settings of ``prepare``; stored in the manifest as ``settings``."""
+
+    sample_rate: int = 44100
+    copies: int = 8
+    chunk_seconds: float = 8.0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    gain_jitter_db: float = 0.0
+    crossfade_ms: float = 10.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.sample_rate < 1000:
+            raise LabError(f"sample rate must be at least 1000 Hz, got {self.sample_rate}")
+        if self.copies < 1:
+            raise LabError(f"copies must be at least 1, got {self.copies}")
+        if self.chunk_seconds <= 0:
+            raise LabError(f"chunk seconds must be positive, got {self.chunk_seconds}")
+        for name in ("val_fraction", "test_fraction"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 0.5:
+                raise LabError(f"{name.replace('_', ' ')} must be in [0, 0.5), got {v}")
+        if self.gain_jitter_db < 0 or self.crossfade_ms < 0:
+            raise LabError("gain jitter and crossfade must not be negative")
+
+    @property
+    def chunk_samples(self) -> int:
+        return int(round(self.chunk_seconds * self.sample_rate))
+
+
+@dataclass
+class Source:
+    path: str
+    name: str
+    seconds: float
+    sha256: str
+    audio: np.ndarray = field(repr=False)
+
+
+def find_sources(paths: list[str | os.PathLike]) -> list[Path]:
+    """Expand folders into the audio files they hold (sorted); check every path exists."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in audio_io.AUDIO_EXTENSIONS)
+            if not files:
+                raise LabError(f"{p}: directory holds no audio files ({', '.join(audio_io.AUDIO_EXTENSIONS)})")
+            found.extend(files)
+        elif not p.exists():
+            raise LabError(f"{p}: no such file")
+        else:
+            found.append(p)
+    if not found:
+        raise LabError("no source sounds given")
+    return found
+
+
+def load_source(path: Path, sample_rate: int) -> Source:
+    """Read and check one source sound (errors name the file)."""
+    data = path.read_bytes()
+    audio, _ = audio_io.load(path, sample_rate)
+    if float(np.max(np.abs(audio))) < SILENT_PEAK:
+        raise LabError(f"{path}: source is silent (peak below -80 dBFS)")
+    return Source(str(path), path.stem, len(audio) / sample_rate, hashlib.sha256(data).hexdigest(), audio)
+
+
+def split_source(n: int, val_fraction: float, test_fraction: float) -> dict[str, tuple[int, int]]:
+    """Sample ranges ``[start, stop)`` of each split in a source of ``n`` samples.
+
+    Train is the first part, then validation, then test; the ranges never overlap.
+    """
+    n_val = int(round(n * val_fraction))
+    n_test = int(round(n * test_fraction))
+    if val_fraction > 0:
+        n_val = max(n_val, 1)
+    if test_fraction > 0:
+        n_test = max(n_test, 1)
+    n_train = n - n_val - n_test
+    return {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+
+
+def _chunk_segments(pieces: list[Piece], start: int, stop: int, split_start: int) -> list[dict]:
+    """Which source samples (in source coordinates) make up stream samples ``[start, stop)``."""
+    segs = []
+    for p in pieces:
+        a, b = max(start, p.stream_start), min(stop, p.stream_start + p.length)
+        if a >= b:
+            continue
+        src = split_start + p.source_start + (a - p.stream_start)
+        segs.append({"copy": p.copy, "offset": p.offset, "gain": round(p.gain, 6), "chunk_start": a - start,
+                     "source_start": src, "source_stop": src + (b - a)})
+    return segs
+
+
+def prepare(sources: list[str | os.PathLike], out: str | os.PathLike, config: DataConfig | None = None,
+            overwrite: bool = False, progress: bool = True) -> Path:
+    """Build a dataset folder from source sounds (see module docstring for the layout).
+
+    The dataset is written into a temporary folder beside ``out`` and moved into place at the end,
+    so an error or an interruption leaves ``out`` as it was. The same config (seed included) gives
+    a byte-identical folder.
+
+    Raises
+    ------
+    LabError
+        A bad source (missing, empty, not audio, silent, NaN/inf), a directory with no audio, a
+        non-empty ``out`` without ``overwrite``, or sources too short for one chunk.
+    """
+    cfg = config or DataConfig()
+    cfg.validate()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LabError(f"{out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise LabError(f"{out}: folder is not empty (use --overwrite to replace it)")
+    loaded = [load_source(p, cfg.sample_rate) for p in find_sources(sources)]
+
+    chunk = cfg.chunk_samples
+    fade = int(round(cfg.crossfade_ms * 1e-3 * cfg.sample_rate))
+    rng = np.random.default_rng(cfg.seed)
+    plan: list[tuple[str, int, np.ndarray, dict]] = []  # split, source index, audio, manifest entry
+    for si, src in enumerate(loaded):
+        ranges = split_source(len(src.audio), cfg.val_fraction, cfg.test_fraction)
+        for split in SPLITS:
+            a, b = ranges[split]
+            if b <= a:
+                continue
+            if b - a < 2 * fade + 2:
+                raise LabError(f"{src.path}: too short for a {split} split ({b - a} samples)")
+            # Held-out stretches (and short sources) get extra copies until they fill a chunk.
+            stream, pieces = augment(src.audio[a:b], cfg.copies if split == "train" else 1, rng, fade,
+                                     cfg.gain_jitter_db, min_length=chunk)
+            for ci in range(len(stream) // chunk):
+                s, e = ci * chunk, (ci + 1) * chunk
+                segs = _chunk_segments(pieces, s, e, a)
+                entry = {"split": split, "source": src.path, "source_index": si, "stream_start": s,
+                         "n_samples": chunk, "copy": segs[0]["copy"], "offset": segs[0]["offset"],
+                         "copies": sorted({g["copy"] for g in segs}),
+                         "offsets": [next(g["offset"] for g in segs if g["copy"] == c)
+                                     for c in sorted({g["copy"] for g in segs})],
+                         "segments": segs}
+                plan.append((split, si, stream[s:e], entry))
+
+    counts = {s: sum(1 for p in plan if p[0] == s) for s in SPLITS}
+    if counts["train"] == 0:
+        raise LabError(f"{', '.join(s.path for s in loaded)}: too short to fill one {cfg.chunk_seconds} s "
+                       f"training chunk with {cfg.copies} copies")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        chunks = []
+        index = {s: 0 for s in SPLITS}
+        for split, si, data, entry in tqdm(plan, desc="prepare", unit="chunk", disable=not progress):
+            rel = f"chunks/{split}/{index[split]:06d}.wav"
+            index[split] += 1
+            audio_io.save(tmp / rel, data, cfg.sample_rate)
+            chunks.append({"path": rel, **entry})
+        manifest = {
+            "format": "samplernn-lab dataset 1",
+            "settings": asdict(cfg),
+            "sample_rate": cfg.sample_rate,
+            "chunk_samples": chunk,
+            "sources": [{"path": s.path, "name": s.name, "seconds": round(s.seconds, 6), "sha256": s.sha256}
+                        for s in loaded],
+            "counts": counts,
+            "chunks": chunks,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Swap the finished folder in; an old ``out`` is removed only once the new one is in place."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.rmdir(old)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a dataset for training
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    """Load and check ``manifest.json`` of a dataset folder; errors name the folder or file."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise LabError(f"{folder}: no such dataset folder")
+    if not path.exists():
+        raise LabError(f"{folder}: not a dataset (no {MANIFEST}; make one with `samplernn-lab prepare`)")
+    try:
+        manifest = json.loads(path.read_text())
+        manifest["sample_rate"], manifest["chunks"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise LabError(f"{path}: not a valid manifest ({e})") from None
+    for c in manifest["chunks"]:
+        if not (folder / c["path"]).exists():
+            raise LabError(f"{path}: lists {c['path']}, which is missing")
+    return manifest
+
+
+def load_split(folder: str | os.PathLike, split: str, q_levels: int, quantization: str) -> torch.Tensor:
+    """All chunks of one split as codes, shape (n_chunks, chunk_samples), ``torch.long``.
+
+    Raises LabError when a chunk's rate or length disagrees with the manifest.
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    rows = []
+    for c in manifest["chunks"]:
+        if c["split"] != split:
+            continue
+        path = folder / c["path"]
+        data, sr = audio_io.load(path)
+        if sr != manifest["sample_rate"] or len(data) != manifest["chunk_samples"]:
+            raise LabError(f"{path}: {len(data)} samples at {sr} Hz, but the manifest says "
+                           f"{manifest['chunk_samples']} at {manifest['sample_rate']} Hz")
+        rows.append(audio_io.quantize(data, q_levels, quantization))
+    if not rows:
+        return torch.zeros(0, manifest["chunk_samples"], dtype=torch.long)
+    return torch.stack(rows)
+
+
+def batch_order(n_chunks: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """The epoch's batches of chunk indices: a permutation seeded by (seed, epoch), cut into batches.
+
+    The last batch may be smaller. Deterministic, so a resumed run finds its place again.
+    """
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    perm = torch.randperm(n_chunks, generator=g)
+    return [perm[i:i + batch_size] for i in range(0, n_chunks, batch_size)]
+
+
+def windows(chunks: torch.Tensor, seq_len: int, lookback: int, silence: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """Truncated-BPTT windows over a batch of chunks.
+
+    Each chunk is preceded by ``lookback`` silence codes (the same start as generation). Window
+    ``i`` holds inputs ``(B, lookback + seq_len)`` whose last ``seq_len`` positions are the targets
+    ``chunks[:, i*seq_len:(i+1)*seq_len]``. Yields ``(i, window)``; the tail shorter than
+    ``seq_len`` is dropped.
+    """
+    b, n = chunks.shape
+    padded = torch.cat([torch.full((b, lookback), silence, dtype=chunks.dtype), chunks], dim=1)
+    for i in range(n // seq_len):
+        yield i, padded[:, i * seq_len:i * seq_len + lookback + seq_len]

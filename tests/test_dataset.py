@@ -1,0 +1,217 @@
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from samplernn_lab import audio
+from samplernn_lab.augment import augment, crossfade_join
+from samplernn_lab.cli import main
+from samplernn_lab.dataset import DataConfig, prepare, read_manifest, split_source, windows
+from samplernn_lab.errors import LabError
+from signals import bell, noise, tone
+
+CFG = DataConfig(sample_rate=16000, copies=4, chunk_seconds=0.5, seed=3)
+
+
+def folder_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_crossfade_join_has_no_click():
+    a = np.ones(1000, np.float32)
+    b = -np.ones(1000, np.float32)
+    joined = crossfade_join([a, b], 100)
+    assert len(joined) == 1900
+    assert np.max(np.abs(np.diff(joined))) < 0.03  # a hard cut would jump by 2
+
+
+def test_augment_pieces_describe_the_stream():
+    x = bell(16000, 1.0)
+    stream, pieces = augment(x, 3, np.random.default_rng(0), fade=0)
+    assert len(stream) == 3 * len(x)
+    for p in pieces:  # without crossfades every piece is an exact copy of its source run
+        np.testing.assert_array_equal(stream[p.stream_start:p.stream_start + p.length],
+                                      x[p.source_start:p.source_start + p.length])
+    offsets = {p.copy: p.offset for p in pieces}
+    assert len(set(offsets.values())) == 3  # each copy is offset differently
+
+
+def test_augment_fills_min_length():
+    x = tone(seconds=0.1)
+    stream, pieces = augment(x, 1, np.random.default_rng(0), fade=16, min_length=16000)
+    assert len(stream) >= 16000 and max(p.copy for p in pieces) >= 9
+
+
+def test_chunk_counts_lengths_and_rate(bell_wav, tmp_path):
+    out = prepare([bell_wav], tmp_path / "ds", CFG, progress=False)
+    m = read_manifest(out)
+    chunk = CFG.chunk_samples
+    assert m["sample_rate"] == 16000 and m["chunk_samples"] == chunk == 8000
+    n = 48000
+    ranges = split_source(n, 0.1, 0.1)
+    fade = 160
+    train_len = 4 * (ranges["train"][1]) - (4 * 2 - 1) * fade  # 4 copies, 2 pieces each, all crossfaded
+    assert abs(m["counts"]["train"] - train_len // chunk) <= 1
+    assert m["counts"]["val"] >= 1 and m["counts"]["test"] >= 1
+    for c in m["chunks"]:
+        data, sr = sf.read(out / c["path"])
+        assert sr == 16000 and len(data) == chunk
+        assert c["split"] in ("train", "val", "test") and c["source"] == str(bell_wav)
+        assert {"copy", "offset", "copies", "offsets", "segments"} <= set(c)
+
+
+def test_held_out_audio_never_reaches_training(tmp_path, make_wav):
+    # A ramp makes every source sample identifiable by value.
+    n = 16000 * 2
+    ramp = np.linspace(-0.9, 0.9, n).astype(np.float32)
+    path = make_wav("ramp.wav", ramp, subtype="FLOAT")
+    cfg = DataConfig(sample_rate=16000, copies=3, chunk_seconds=0.25, crossfade_ms=0, seed=1)
+    out = prepare([path], tmp_path / "ds", cfg, progress=False)
+    m = read_manifest(out)
+    ranges = split_source(n, 0.1, 0.1)
+    for c in m["chunks"]:
+        lo, hi = ranges[c["split"]]
+        for s in c["segments"]:
+            assert lo <= s["source_start"] < s["source_stop"] <= hi, (c["split"], s)
+        data, _ = sf.read(out / c["path"], dtype="float32")
+        if c["split"] != "train":  # held-out values lie in their own stretch of the ramp
+            assert data.min() >= ramp[lo] - 1e-3 and data.max() <= ramp[hi - 1] + 1e-3
+        else:
+            assert data.max() <= ramp[ranges["train"][1] - 1] + 1e-3
+        # the manifest's segments reproduce the chunk
+        for s in c["segments"]:
+            k = s["source_stop"] - s["source_start"]
+            np.testing.assert_allclose(data[s["chunk_start"]:s["chunk_start"] + k],
+                                       ramp[s["source_start"]:s["source_stop"]], atol=1e-3)
+
+
+def test_fractions_can_be_zero(bell_wav, tmp_path):
+    cfg = DataConfig(sample_rate=16000, copies=2, chunk_seconds=0.5, val_fraction=0, test_fraction=0)
+    m = read_manifest(prepare([bell_wav], tmp_path / "ds", cfg, progress=False))
+    assert m["counts"]["val"] == m["counts"]["test"] == 0 and m["counts"]["train"] > 0
+
+
+def test_same_seed_same_bytes_other_seed_differs(bell_wav, tmp_path):
+    a = prepare([bell_wav], tmp_path / "a", CFG, progress=False)
+    b = prepare([bell_wav], tmp_path / "b", CFG, progress=False)
+    assert folder_digest(a) == folder_digest(b)
+    c = prepare([bell_wav], tmp_path / "c", DataConfig(**{**CFG.__dict__, "seed": 4}), progress=False)
+    assert folder_digest(a) != folder_digest(c)
+
+
+def test_manifest_records_sources(bell_wav, tmp_path):
+    m = read_manifest(prepare([bell_wav], tmp_path / "ds", CFG, progress=False))
+    (src,) = m["sources"]
+    assert src["sha256"] == hashlib.sha256(bell_wav.read_bytes()).hexdigest()
+    assert src["seconds"] == pytest.approx(3.0)
+    assert m["settings"]["copies"] == 4
+
+
+def test_several_sources_and_folders(tmp_path, make_wav):
+    make_wav("a.wav", bell(16000, 2.0, seed=1))
+    make_wav("b.wav", bell(16000, 2.0, seed=2))
+    m = read_manifest(prepare([tmp_path], tmp_path / "ds", CFG, progress=False))
+    assert {c["source_index"] for c in m["chunks"]} == {0, 1}
+
+
+def test_windows_cover_chunks_after_silence():
+    import torch
+
+    chunks = torch.arange(40).view(2, 20)
+    got = list(windows(chunks, seq_len=8, lookback=4, silence=99))
+    assert len(got) == 2
+    i, w = got[0]
+    assert w.shape == (2, 12) and w[0, :4].tolist() == [99] * 4 and w[0, 4:].tolist() == list(range(8))
+    assert got[1][1][0, 4:].tolist() == list(range(8, 16))
+
+
+# --- the CLI and bad input -------------------------------------------------------------------
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_prepare(bell_wav, tmp_path, capsys):
+    code, out, _ = run_cli(["prepare", str(bell_wav), "--out", str(tmp_path / "ds"), "--sample-rate", "16000",
+                            "--copies", "4", "--chunk-seconds", "0.5"], capsys)
+    assert code == 0 and "train" in out
+    assert read_manifest(tmp_path / "ds")["counts"]["train"] > 0
+
+
+def _bad_inputs(tmp_path, make_wav):
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.wav"
+    text.write_text("RIFF? no, just text\n" * 20)
+    nan = tone()
+    nan[5] = np.inf
+    (tmp_path / "noaudio").mkdir()
+    (tmp_path / "noaudio" / "readme.txt").write_text("hi")
+    return {
+        "missing": (tmp_path / "missing.wav", "no such file"),
+        "empty": (empty, "empty"),
+        "not audio": (text, "not a readable audio file"),
+        "silent": (make_wav("silent.wav", np.zeros(16000, np.float32)), "silent"),
+        "nan": (make_wav("inf.wav", nan, subtype="FLOAT"), "NaN or infinite"),
+        "no audio in dir": (tmp_path / "noaudio", "no audio files"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "not audio", "silent", "nan", "no audio in dir"])
+def test_bad_input_one_line_error_nothing_left(case, tmp_path, make_wav, capsys):
+    path, problem = _bad_inputs(tmp_path, make_wav)[case]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = run_cli(["prepare", str(path), "--out", str(tmp_path / "ds")], capsys)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and problem in lines[0] and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no dataset folder, no temporary left
+
+
+def test_non_empty_out_refused_unless_overwrite(bell_wav, tmp_path, capsys):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    args = ["prepare", str(bell_wav), "--out", str(out), "--sample-rate", "16000", "--chunk-seconds", "0.5"]
+    code, _, err = run_cli(args, capsys)
+    assert code != 0 and "not empty" in err and str(out) in err
+    assert [p.name for p in out.iterdir()] == ["precious.txt"]
+    code, _, _ = run_cli(args + ["--overwrite"], capsys)
+    assert code == 0 and (out / "manifest.json").exists() and not (out / "precious.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ds")]
+
+
+def test_interrupted_prepare_leaves_nothing(bell_wav, tmp_path, monkeypatch):
+    import samplernn_lab.dataset as ds
+
+    calls = {"n": 0}
+    real_save = ds.audio_io.save
+
+    def failing_save(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_save(*a, **k)
+
+    monkeypatch.setattr(ds.audio_io, "save", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        prepare([bell_wav], tmp_path / "ds", CFG, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bell.wav"]
+
+
+def test_source_too_short_for_a_chunk(tmp_path, make_wav):
+    path = make_wav("short.wav", noise(16000, 0.05))
+    with pytest.raises(LabError):
+        prepare([path], tmp_path / "ds", DataConfig(sample_rate=16000, copies=1, chunk_seconds=8.0,
+                                                     val_fraction=0.4, test_fraction=0.0), progress=False)
