@@ -1,12 +1,13 @@
 """The study's augmentation: several copies of a source, each offset in time, joined end to end.
 
-An offset is a circular shift (the copy starts ``offset`` samples into the source and wraps
-around), so chunk boundaries fall at different places of the sound in every copy. Every join,
-including the wrap inside a shifted copy, is a short linear crossfade so no join clicks.
+An offset is a circular shift (the copy starts ``offset`` samples in and wraps around), so chunk
+boundaries fall at different places of the sound in every copy. Every join, including the wrap
+inside a shifted copy, is a short linear crossfade so no join clicks.
 
-The stream is described by *pieces*: each piece is a run of consecutive source samples placed at
-a position of the joined stream, which is what lets the dataset manifest say where every chunk
-came from.
+What is copied is a *stretch*: one or more ranges of the source taken in a circular order (the
+training stretch is the source minus its held-out part, so it may wrap around the end). The stream
+is described by *pieces*, runs of consecutive source samples placed in the stream, which is what
+lets the dataset manifest say where every chunk came from.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Piece:
-    """A run of source samples ``[source_start, source_start + length)`` placed at ``stream_start``.
+    """Source samples ``[source_start, source_start + length)`` placed at ``stream_start``.
 
     Neighbouring pieces overlap by the crossfade length. All values are in samples.
     """
@@ -37,7 +38,7 @@ def crossfade_join(segments: list[np.ndarray], fade: int) -> np.ndarray:
     Parameters
     ----------
     segments : list of float32 arrays, shape (n_i,).
-    fade : crossfade length in samples; shortened where a segment is shorter.
+    fade : crossfade length in samples; shortened where a side is shorter than twice it.
 
     Returns
     -------
@@ -48,7 +49,7 @@ def crossfade_join(segments: list[np.ndarray], fade: int) -> np.ndarray:
     out = np.asarray(segments[0], dtype=np.float32).copy()
     for seg in segments[1:]:
         seg = np.asarray(seg, dtype=np.float32)
-        f = _overlap(len(out), len(seg), fade)
+        f = overlap(len(out), len(seg), fade)
         if f == 0:
             out = np.concatenate([out, seg])
             continue
@@ -58,30 +59,50 @@ def crossfade_join(segments: list[np.ndarray], fade: int) -> np.ndarray:
     return out
 
 
-def _overlap(len_a: int, len_b: int, fade: int) -> int:
-    # A crossfade may not eat more than half of either side.
+def overlap(len_a: int, len_b: int, fade: int) -> int:
+    """Crossfade length between two sides: ``fade``, but never more than half of either."""
     return int(max(0, min(fade, len_a // 2, len_b // 2)))
+
+
+def rotate(ranges: list[tuple[int, int]], offset: int) -> list[tuple[int, int]]:
+    """The runs of source samples of a stretch read circularly from ``offset`` (in stretch samples)."""
+    runs, pos = [], 0
+    tail = []
+    for start, stop in ranges:
+        n = stop - start
+        if pos + n <= offset:
+            tail.append((start, stop))
+        elif pos >= offset:
+            runs.append((start, stop))
+        else:
+            cut = start + offset - pos
+            runs.append((cut, stop))
+            tail.append((start, cut))
+        pos += n
+    return runs + tail
 
 
 def augment(
     audio: np.ndarray,
+    ranges: list[tuple[int, int]],
     copies: int,
     rng: np.random.Generator,
     fade: int,
     gain_jitter_db: float = 0.0,
     min_length: int = 0,
 ) -> tuple[np.ndarray, list[Piece]]:
-    """Make ``copies`` circularly shifted copies of ``audio`` and join them with crossfades.
+    """Copies of a stretch of ``audio``, each circularly offset, joined with crossfades.
 
     Parameters
     ----------
-    audio : float32, shape (n,), the source (or a held-out stretch of it).
+    audio : float32, shape (n,), the whole source.
+    ranges : the stretch, as ``[start, stop)`` sample ranges of ``audio`` in circular order.
     copies : number of copies, >= 1. More are added while the result is shorter than ``min_length``.
-    rng : the generator that draws offsets (uniform in [0, n)) and gains.
+    rng : draws each copy's offset (uniform over the stretch) and gain.
     fade : crossfade length in samples at every join.
     gain_jitter_db : each copy's gain is drawn uniformly in [-jitter, +jitter] dB (0 = unchanged).
-    min_length : the joined stream is at least this many samples long (for held-out stretches
-        shorter than a chunk).
+    min_length : the joined stream is at least this many samples long (held-out stretches and
+        short sources get extra copies to fill a chunk).
 
     Returns
     -------
@@ -89,30 +110,23 @@ def augment(
     pieces : where each run of source samples landed in ``stream``.
     """
     audio = np.asarray(audio, dtype=np.float32)
-    n = len(audio)
-    if n == 0:
-        raise ValueError("cannot augment an empty signal")
+    ranges = [(int(a), int(b)) for a, b in ranges if b > a]
+    total = sum(b - a for a, b in ranges)
+    if total == 0:
+        raise ValueError("cannot augment an empty stretch")
     segments: list[np.ndarray] = []
-    raw: list[tuple[int, int, int, int, float]] = []  # copy, offset, source_start, length, gain
-    length = 0
-    k = 0
+    pieces: list[Piece] = []
+    length, k = 0, 0
     while k < copies or length < min_length:
-        offset = int(rng.integers(0, n))
+        offset = int(rng.integers(0, total))
         gain = float(10.0 ** (rng.uniform(-gain_jitter_db, gain_jitter_db) / 20.0)) if gain_jitter_db > 0 else 1.0
-        for start, stop in ((offset, n), (0, offset)):
-            if stop > start:
-                segments.append(audio[start:stop] * np.float32(gain))
-                raw.append((k, offset, start, stop - start, gain))
-                length += (stop - start) - (_overlap(length, stop - start, fade) if length else 0)
+        for start, stop in rotate(ranges, offset):
+            n = stop - start
+            pos = length - overlap(length, n, fade) if segments else 0
+            segments.append(audio[start:stop] * np.float32(gain))
+            pieces.append(Piece(k, offset, start, pos, n, gain))
+            length = pos + n
         k += 1
     stream = crossfade_join(segments, fade)
-    pieces: list[Piece] = []
-    pos = 0
-    prev_len = 0
-    for i, (copy, offset, start, seg_len, gain) in enumerate(raw):
-        if i > 0:
-            pos = pos + prev_len - _overlap(pos + prev_len, seg_len, fade)
-        pieces.append(Piece(copy, offset, start, pos, seg_len, gain))
-        prev_len = seg_len
-    assert pieces[-1].stream_start + pieces[-1].length == len(stream)
+    assert len(stream) == length
     return stream, pieces

@@ -7,10 +7,11 @@
     DIR/chunks/val/...          from held-out stretches of each source
     DIR/chunks/test/...
 
-Each source is split in time first: the last ``val_fraction + test_fraction`` of it is held out
-(validation, then test), so no held-out audio ever reaches the training copies. Each part is then
-augmented on its own (copies, circular offsets, crossfades; see :mod:`samplernn_lab.augment`)
-and cut into chunks; the tail shorter than a chunk is dropped.
+Each source is split in time first: a stretch of ``val_fraction + test_fraction`` of it is held
+out (validation, then test) where its level is typical, so no held-out audio ever reaches the
+training copies. Each part is then augmented on its own (copies, circular offsets, crossfades; see
+:mod:`samplernn_lab.augment`) and cut into chunks; the tail shorter than a chunk is dropped.
+Held-out stretches get just enough copies to fill whole chunks.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class Source:
     seconds: float
     sha256: str
     audio: np.ndarray = field(repr=False)
+    splits: dict = field(default_factory=dict)
 
 
 def find_sources(paths: list[str | os.PathLike]) -> list[Path]:
@@ -106,29 +108,46 @@ def load_source(path: Path, sample_rate: int) -> Source:
     return Source(str(path), path.stem, len(audio) / sample_rate, hashlib.sha256(data).hexdigest(), audio)
 
 
-def split_source(n: int, val_fraction: float, test_fraction: float) -> dict[str, tuple[int, int]]:
-    """Sample ranges ``[start, stop)`` of each split in a source of ``n`` samples.
+def split_source(audio: np.ndarray, val_fraction: float, test_fraction: float) -> dict[str, list[tuple[int, int]]]:
+    """Sample ranges ``[start, stop)`` of each split of a source, which never overlap.
 
-    Train is the first part, then validation, then test; the ranges never overlap.
+    Validation and test are one held-out stretch (validation first) placed where the source's
+    level is most typical, so a decaying tail or a fade-out does not become the validation set.
+    Training is the rest, in circular order from the end of the held-out stretch.
     """
-    n_val = int(round(n * val_fraction))
-    n_test = int(round(n * test_fraction))
-    if val_fraction > 0:
-        n_val = max(n_val, 1)
-    if test_fraction > 0:
-        n_test = max(n_test, 1)
-    n_train = n - n_val - n_test
-    return {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+    n = len(audio)
+    n_val = max(int(round(n * val_fraction)), 1) if val_fraction > 0 else 0
+    n_test = max(int(round(n * test_fraction)), 1) if test_fraction > 0 else 0
+    held = n_val + n_test
+    if held == 0:
+        return {"train": [(0, n)], "val": [], "test": []}
+    start = _typical_window(audio, held)
+    stop = start + held
+    return {"train": [(a, b) for a, b in ((stop, n), (0, start)) if b > a],
+            "val": [(start, start + n_val)] if n_val else [],
+            "test": [(start + n_val, stop)] if n_test else []}
 
 
-def _chunk_segments(pieces: list[Piece], start: int, stop: int, split_start: int) -> list[dict]:
-    """Which source samples (in source coordinates) make up stream samples ``[start, stop)``."""
+def _typical_window(audio: np.ndarray, length: int, candidates: int = 21) -> int:
+    """Start of the window of ``length`` samples whose RMS level is closest to the whole source's."""
+    n = len(audio)
+    if length >= n:
+        return 0
+    power = np.concatenate([[0.0], np.cumsum(np.square(audio, dtype=np.float64))])
+    starts = np.unique(np.linspace(0, n - length, candidates).round().astype(int))
+    level = 10 * np.log10((power[starts + length] - power[starts]) / length + 1e-12)
+    whole = 10 * np.log10(power[-1] / n + 1e-12)
+    return int(starts[np.argmin(np.abs(level - whole))])
+
+
+def _chunk_segments(pieces: list[Piece], start: int, stop: int) -> list[dict]:
+    """Which source samples make up stream samples ``[start, stop)`` (crossfades appear in both)."""
     segs = []
     for p in pieces:
         a, b = max(start, p.stream_start), min(stop, p.stream_start + p.length)
         if a >= b:
             continue
-        src = split_start + p.source_start + (a - p.stream_start)
+        src = p.source_start + (a - p.stream_start)
         segs.append({"copy": p.copy, "offset": p.offset, "gain": round(p.gain, 6), "chunk_start": a - start,
                      "source_start": src, "source_stop": src + (b - a)})
     return segs
@@ -162,19 +181,20 @@ def prepare(sources: list[str | os.PathLike], out: str | os.PathLike, config: Da
     rng = np.random.default_rng(cfg.seed)
     plan: list[tuple[str, int, np.ndarray, dict]] = []  # split, source index, audio, manifest entry
     for si, src in enumerate(loaded):
-        ranges = split_source(len(src.audio), cfg.val_fraction, cfg.test_fraction)
+        ranges = split_source(src.audio, cfg.val_fraction, cfg.test_fraction)
+        src.splits = ranges
         for split in SPLITS:
-            a, b = ranges[split]
-            if b <= a:
+            n_split = sum(b - a for a, b in ranges[split])
+            if n_split == 0:
                 continue
-            if b - a < 2 * fade + 2:
-                raise LabError(f"{src.path}: too short for a {split} split ({b - a} samples)")
+            if n_split < 2 * fade + 2:
+                raise LabError(f"{src.path}: too short for a {split} split ({n_split} samples)")
             # Held-out stretches (and short sources) get extra copies until they fill a chunk.
-            stream, pieces = augment(src.audio[a:b], cfg.copies if split == "train" else 1, rng, fade,
+            stream, pieces = augment(src.audio, ranges[split], cfg.copies if split == "train" else 1, rng, fade,
                                      cfg.gain_jitter_db, min_length=chunk)
             for ci in range(len(stream) // chunk):
                 s, e = ci * chunk, (ci + 1) * chunk
-                segs = _chunk_segments(pieces, s, e, a)
+                segs = _chunk_segments(pieces, s, e)
                 entry = {"split": split, "source": src.path, "source_index": si, "stream_start": s,
                          "n_samples": chunk, "copy": segs[0]["copy"], "offset": segs[0]["offset"],
                          "copies": sorted({g["copy"] for g in segs}),
@@ -203,8 +223,8 @@ def prepare(sources: list[str | os.PathLike], out: str | os.PathLike, config: Da
             "settings": asdict(cfg),
             "sample_rate": cfg.sample_rate,
             "chunk_samples": chunk,
-            "sources": [{"path": s.path, "name": s.name, "seconds": round(s.seconds, 6), "sha256": s.sha256}
-                        for s in loaded],
+            "sources": [{"path": s.path, "name": s.name, "seconds": round(s.seconds, 6), "sha256": s.sha256,
+                         "splits": {k: [list(r) for r in v] for k, v in s.splits.items()}} for s in loaded],
             "counts": counts,
             "chunks": chunks,
         }

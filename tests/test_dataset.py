@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 
 from samplernn_lab import audio
-from samplernn_lab.augment import augment, crossfade_join
+from samplernn_lab.augment import augment, crossfade_join, rotate
 from samplernn_lab.cli import main
 from samplernn_lab.dataset import DataConfig, prepare, read_manifest, split_source, windows
 from samplernn_lab.errors import LabError
@@ -35,7 +35,7 @@ def test_crossfade_join_has_no_click():
 
 def test_augment_pieces_describe_the_stream():
     x = bell(16000, 1.0)
-    stream, pieces = augment(x, 3, np.random.default_rng(0), fade=0)
+    stream, pieces = augment(x, [(0, len(x))], 3, np.random.default_rng(0), fade=0)
     assert len(stream) == 3 * len(x)
     for p in pieces:  # without crossfades every piece is an exact copy of its source run
         np.testing.assert_array_equal(stream[p.stream_start:p.stream_start + p.length],
@@ -44,9 +44,15 @@ def test_augment_pieces_describe_the_stream():
     assert len(set(offsets.values())) == 3  # each copy is offset differently
 
 
+def test_rotate_reads_a_wrapped_stretch_circularly():
+    assert rotate([(70, 100), (0, 50)], 0) == [(70, 100), (0, 50)]
+    assert rotate([(70, 100), (0, 50)], 10) == [(80, 100), (0, 50), (70, 80)]
+    assert rotate([(70, 100), (0, 50)], 40) == [(10, 50), (70, 100), (0, 10)]
+
+
 def test_augment_fills_min_length():
     x = tone(seconds=0.1)
-    stream, pieces = augment(x, 1, np.random.default_rng(0), fade=16, min_length=16000)
+    stream, pieces = augment(x, [(0, len(x))], 1, np.random.default_rng(0), fade=16, min_length=16000)
     assert len(stream) >= 16000 and max(p.copy for p in pieces) >= 9
 
 
@@ -55,12 +61,10 @@ def test_chunk_counts_lengths_and_rate(bell_wav, tmp_path):
     m = read_manifest(out)
     chunk = CFG.chunk_samples
     assert m["sample_rate"] == 16000 and m["chunk_samples"] == chunk == 8000
-    n = 48000
-    ranges = split_source(n, 0.1, 0.1)
-    fade = 160
-    train_len = 4 * (ranges["train"][1]) - (4 * 2 - 1) * fade  # 4 copies, 2 pieces each, all crossfaded
-    assert abs(m["counts"]["train"] - train_len // chunk) <= 1
-    assert m["counts"]["val"] >= 1 and m["counts"]["test"] >= 1
+    n_train = 48000 - 2 * 4800
+    fade = 160  # 4 copies of at most 3 runs each, every join crossfaded
+    assert (4 * n_train - 11 * fade) // chunk <= m["counts"]["train"] <= 4 * n_train // chunk
+    assert m["counts"]["val"] == 1 and m["counts"]["test"] == 1  # held-out stretches fill one chunk each
     for c in m["chunks"]:
         data, sr = sf.read(out / c["path"])
         assert sr == 16000 and len(data) == chunk
@@ -69,28 +73,41 @@ def test_chunk_counts_lengths_and_rate(bell_wav, tmp_path):
 
 
 def test_held_out_audio_never_reaches_training(tmp_path, make_wav):
-    # A ramp makes every source sample identifiable by value.
+    # A ramp makes every source sample identifiable by its value.
     n = 16000 * 2
     ramp = np.linspace(-0.9, 0.9, n).astype(np.float32)
     path = make_wav("ramp.wav", ramp, subtype="FLOAT")
     cfg = DataConfig(sample_rate=16000, copies=3, chunk_seconds=0.25, crossfade_ms=0, seed=1)
     out = prepare([path], tmp_path / "ds", cfg, progress=False)
     m = read_manifest(out)
-    ranges = split_source(n, 0.1, 0.1)
+    splits = m["sources"][0]["splits"]
+    (v0, v1), (t0, t1) = splits["val"][0], splits["test"][0]
+    assert v1 == t0 and v1 - v0 == t1 - t0 == 3200
+    assert sum(b - a for a, b in splits["train"]) == n - 6400
+    held = (v0, t1)
     for c in m["chunks"]:
-        lo, hi = ranges[c["split"]]
         for s in c["segments"]:
-            assert lo <= s["source_start"] < s["source_stop"] <= hi, (c["split"], s)
+            inside = any(a <= s["source_start"] and s["source_stop"] <= b for a, b in splits[c["split"]])
+            assert inside, (c["split"], s)
         data, _ = sf.read(out / c["path"], dtype="float32")
-        if c["split"] != "train":  # held-out values lie in their own stretch of the ramp
-            assert data.min() >= ramp[lo] - 1e-3 and data.max() <= ramp[hi - 1] + 1e-3
+        lo, hi = ramp[held[0]] - 1e-3, ramp[held[1] - 1] + 1e-3
+        if c["split"] == "train":  # no training sample has a held-out value
+            assert not np.any((data > lo + 2e-3) & (data < hi - 2e-3))
         else:
-            assert data.max() <= ramp[ranges["train"][1] - 1] + 1e-3
+            assert data.min() >= lo and data.max() <= hi
         # the manifest's segments reproduce the chunk
         for s in c["segments"]:
             k = s["source_stop"] - s["source_start"]
             np.testing.assert_allclose(data[s["chunk_start"]:s["chunk_start"] + k],
                                        ramp[s["source_start"]:s["source_stop"]], atol=1e-3)
+
+
+def test_held_out_stretch_avoids_a_decaying_tail():
+    t = np.arange(16000 * 4) / 16000
+    decaying = (np.exp(-1.5 * t) * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    splits = split_source(decaying, 0.1, 0.1)
+    (start, _), = splits["val"]
+    assert 0 < start < len(decaying) * 0.7  # not the near-silent end
 
 
 def test_fractions_can_be_zero(bell_wav, tmp_path):

@@ -1,0 +1,94 @@
+"""Generation speed: the lab's sampler against a naive loop, measured in the same run.
+
+The naive loop is how the original PyTorch port generated: one Python iteration per sample, the
+model's own (weight-normalised) modules called step by step, the embedding and first MLP layer
+computed in full, sampling with torch.multinomial.
+
+    python benchmarks/bench_sample.py [--device cpu|cuda] [--seconds S] [--presets sketch poster]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, table  # noqa: E402
+
+from samplernn_lab.audio import silence_code  # noqa: E402
+from samplernn_lab.model import SampleRNN, rescale_codes  # noqa: E402
+from samplernn_lab.presets import get_preset  # noqa: E402
+from samplernn_lab.sample import Sampler  # noqa: E402
+
+
+@torch.no_grad()
+def naive_generate(model: SampleRNN, n: int, batch: int) -> torch.Tensor:
+    q, lb, fs = model.config.q_levels, model.lookback, model.mlp.frame_size
+    dev = next(model.parameters()).device
+    seq = torch.full((batch, lb + n), silence_code(q), dtype=torch.long, device=dev)
+    hidden = [None] * len(model.tiers)
+    conds = [None] * len(model.tiers)
+    for i in range(n):
+        t = lb + i
+        for k, tier in enumerate(model.tiers):
+            frame_len = tier.frame_len
+            if i % frame_len == 0:
+                frames = rescale_codes(seq[:, t - frame_len:t], q).unsqueeze(1)
+                upper = None
+                if k > 0:
+                    above = model.tiers[k - 1]
+                    upper = conds[k - 1][:, (i % above.frame_len) // frame_len].unsqueeze(1)
+                conds[k], hidden[k] = tier(frames, upper, hidden[k])
+        logits = model.mlp(seq[:, t - fs:t], conds[-1][:, i % fs].unsqueeze(1))
+        seq[:, t] = torch.multinomial(torch.softmax(logits[:, 0], -1), 1)[:, 0]
+    return seq[:, lb:]
+
+
+def rate(fn, n: int, batch: int, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn(n)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return n * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seconds", type=float, default=6.0, help="target seconds per measurement")
+    ap.add_argument("--presets", nargs="+", default=["sketch", "poster"])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 16, 128])
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    rows = []
+    for name in a.presets:
+        preset = get_preset(name)
+        sr = preset.data.sample_rate
+        model = SampleRNN(preset.model).eval().to(a.device)
+        for batch in a.batches:
+            # warm up (numba compiles once; CUDA initialises), then size each measurement to ~seconds
+            sampler_run = lambda n: torch.cat(list(Sampler(model, batch, 1.0, 0, a.device).run(n)), 1)  # noqa: E731
+            sampler_run(64)
+            probe = rate(sampler_run, 256, batch, a.device)
+            fast = rate(sampler_run, max(256, int(probe * a.seconds / batch) // 16 * 16), batch, a.device)
+            naive_run = lambda n: naive_generate(model, n, batch)  # noqa: E731
+            naive_run(16)
+            probe = rate(naive_run, 32, batch, a.device)
+            naive = rate(naive_run, max(32, int(probe * a.seconds / batch) // 16 * 16), batch, a.device)
+            rows.append([name, batch, f"{naive:,.0f}", f"{fast:,.0f}", f"{fast / naive:.1f}x",
+                         f"{fast / sr:.2f}x at {sr // 1000} kHz"])
+            print(rows[-1], flush=True)
+    print()
+    print(f"machine: {machine(a.device)}; device {a.device}")
+    print(table(["preset", "batch", "naive samples/s", "lab samples/s", "speed-up", "real time (all streams)"],
+                rows))
+
+
+if __name__ == "__main__":
+    main()

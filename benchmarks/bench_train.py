@@ -1,0 +1,159 @@
+"""Training speed: the lab's loop against a plain reference loop, measured in the same run, and the
+memory the poster preset needs at batch 128.
+
+The reference is the textbook loop: the same model and windows, forward, backward, clip, Adam step,
+nothing else. The lab's loop adds metrics, progress, blow-up guards, budgets and checkpoints; the ratio
+shows what they cost. On a CPU the poster preset runs at a smaller batch (``--poster-batch``): a step
+at batch 128 takes a minute there.
+
+    python benchmarks/bench_train.py [--device cpu|cuda] [--steps N] [--poster-batch B]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, table  # noqa: E402
+
+from samplernn_lab.audio import silence_code  # noqa: E402
+from samplernn_lab.dataset import DataConfig, batch_order, load_split, prepare, windows  # noqa: E402
+from samplernn_lab.model import SampleRNN, nll_bits  # noqa: E402
+from samplernn_lab.presets import get_preset  # noqa: E402
+from samplernn_lab.train import train  # noqa: E402
+
+
+def make_dataset(root: Path, data: DataConfig) -> Path:
+    sr = data.sample_rate
+    t = np.arange(int(sr * 6)) / sr
+    rng = np.random.default_rng(0)
+    bells = sum(np.exp(-2 * ((t - o) % 1.5)) * np.sin(2 * np.pi * f * t) for o, f in ((0, 440), (0.7, 660)))
+    audio = (0.3 * bells + 0.02 * rng.normal(size=len(t))).astype(np.float32)
+    sf.write(root / "src.wav", audio, sr)
+    return prepare([root / "src.wav"], root / "ds", replace(data, copies=24), progress=False)
+
+
+def reference_loop(model: SampleRNN, codes: torch.Tensor, cfg, steps: int, device) -> float:
+    """Seconds for ``steps`` plain TBPTT steps (after one warm-up step)."""
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    silence = silence_code(model.config.q_levels)
+    done, start = -1, None
+    while True:
+        for idx in batch_order(codes.shape[0], cfg.batch_size, 0, 0):
+            hidden = None
+            for _, window in windows(codes[idx], cfg.seq_len, model.lookback, silence):
+                window = window.to(device)
+                logits, hidden = model(window, hidden)
+                loss = nll_bits(logits, window[:, model.lookback:])
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                hidden = [h.detach() for h in hidden]
+                done += 1
+                if done == 0:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    start = time.perf_counter()
+                if done == steps:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    return time.perf_counter() - start
+
+
+def lab_loop(dataset: Path, preset, steps: int, device: str) -> float:
+    """Seconds per step of samplernn_lab.train, from its own metrics (first step excluded)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = replace(preset.train, max_steps=steps + 1, render_seconds=0.0, epochs=None, max_minutes=None)
+        train(dataset, Path(tmp) / "run", preset.model, cfg, device=device, progress=False)
+        rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+        secs = [r["seconds"] for r in rows if r.get("split") == "train"]
+        return secs[-1] - secs[0]
+
+
+def activation_bytes(model: SampleRNN, batch: int, seq_len: int, device) -> int:
+    """Bytes autograd keeps for backward in one training window (fp32)."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    codes = torch.randint(0, model.config.q_levels, (batch, model.lookback + seq_len), device=device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits, _ = model(codes)
+        loss = nll_bits(logits, codes[:, model.lookback:])
+    del loss, logits
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--poster-batch", type=int, default=None, help="default 128 on CUDA, 4 on CPU")
+    a = ap.parse_args()
+    dev = torch.device(a.device)
+    poster_batch = a.poster_batch or (128 if dev.type == "cuda" else 4)
+    rows = []
+    for name in ("sketch", "poster"):
+        preset = get_preset(name)
+        if name == "poster":
+            preset = replace(preset, train=replace(preset.train, batch_size=poster_batch))
+        steps = a.steps if name == "sketch" or dev.type == "cuda" else max(3, a.steps // 5)
+        with tempfile.TemporaryDirectory() as tmp:
+            dataset = make_dataset(Path(tmp), preset.data)
+            codes = load_split(dataset, "train", preset.model.q_levels, preset.model.quantization)
+            torch.manual_seed(0)
+            ref = reference_loop(SampleRNN(preset.model).to(dev), codes, preset.train, steps, dev)
+            lab = lab_loop(dataset, preset, steps, a.device)
+        per_step = preset.train.batch_size * preset.train.seq_len
+        rows.append([name, preset.train.batch_size, steps, f"{per_step * steps / ref:,.0f}",
+                     f"{per_step * steps / lab:,.0f}", f"{ref / lab:.2f}x",
+                     f"{lab / steps:.3f}"])
+        print(rows[-1], flush=True)
+    print()
+    print(f"machine: {machine(a.device)}; device {a.device}")
+    print(table(["preset", "batch", "steps", "reference samples/s", "lab samples/s", "lab / reference",
+                 "lab s/step"], rows))
+
+    # Memory of the poster preset at batch 128: weights + gradients + Adam state + saved activations.
+    poster = get_preset("poster")
+    model = SampleRNN(poster.model).to(dev)
+    n_params = sum(p.numel() for p in model.parameters())
+    probe = 8
+    act = activation_bytes(model, probe, poster.train.seq_len, dev) * poster.train.batch_size / probe
+    states = n_params * 4 * 4  # weights, gradients, Adam's two moments (fp32)
+    gib = 1024 ** 3
+    print()
+    print(f"poster preset at batch {poster.train.batch_size}: {n_params / 1e6:.1f} M parameters; "
+          f"weights+grads+Adam {states / gib:.2f} GiB; saved activations {act / gib:.2f} GiB in fp32 "
+          f"(measured at batch {probe}, scaled linearly); total about {(states + act) / gib:.2f} GiB fp32, "
+          f"{(states + act / 2) / gib:.2f} GiB with 16-bit autocast activations")
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        opt = torch.optim.Adam(model.parameters())
+        codes = torch.randint(0, 256, (poster.train.batch_size, model.lookback + poster.train.seq_len), device=dev)
+        with torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16):
+            logits, _ = model(codes)
+            loss = nll_bits(logits, codes[:, model.lookback:])
+        loss.backward()
+        opt.step()
+        torch.cuda.synchronize()
+        print(f"measured peak CUDA memory for one poster step at batch 128: "
+              f"{torch.cuda.max_memory_allocated() / gib:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Checkpoint files: written atomically, read back into a model with its settings.
+
+A checkpoint is a ``torch.save`` dict with ``format``, ``config`` (the run's config.json), ``model``
+(state dict), ``epoch``, ``step`` and, for ``last.pt``, everything a resume needs (optimiser,
+data position, carried hidden state, RNG, best validation NLL).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import LabError
+from .model import ModelConfig, SampleRNN
+
+FORMAT = "samplernn-lab checkpoint 1"
+
+
+def save(obj: dict[str, Any], path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"format": FORMAT, **obj}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def resolve(run_or_path: str | os.PathLike, which: str = "best") -> Path:
+    """A checkpoint path from a run folder and ``best``/``last``/``epoch-NNN``, or a path as is."""
+    p = Path(run_or_path)
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise LabError(f"{p}: no such run folder or checkpoint file")
+    if which not in ("best", "last") and Path(which).is_file():
+        return Path(which)
+    name = which if which.endswith(".pt") else f"{which}.pt"
+    candidates = [p / "checkpoints" / name]
+    if which == "best":  # a run without validation data has no best.pt
+        candidates.append(p / "checkpoints" / "last.pt")
+    for c in candidates:
+        if c.exists():
+            return c
+    raise LabError(f"{p}: no checkpoint {name!r} (train first, or pick one of "
+                   f"{', '.join(sorted(x.name for x in (p / 'checkpoints').glob('*.pt'))) or 'none'})")
+
+
+def load(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint dict (on CPU); errors name the file."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise LabError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise LabError(f"{path}: not a samplernn-lab checkpoint")
+    return ckpt
+
+
+def load_model(run_or_path: str | os.PathLike, which: str = "best") -> tuple[SampleRNN, dict[str, Any]]:
+    """The model of a checkpoint, in eval mode on CPU, and the checkpoint dict (without weights)."""
+    path = resolve(run_or_path, which)
+    ckpt = load(path)
+    cfg = ModelConfig(**ckpt["config"]["model"])
+    model = SampleRNN(cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise LabError(f"{path}: weights do not fit the model its config describes ({str(e)[:200]})") from None
+    model.eval()
+    info = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "hidden")}
+    info["path"] = str(path)
+    return model, info

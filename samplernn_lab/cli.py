@@ -1,0 +1,196 @@
+"""``samplernn-lab VERB ...``: argument parsing only; each verb calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import LabError
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="make a dataset folder from source sounds (copies, offsets, chunks)")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="audio files or folders of audio files")
+    p.add_argument("--out", required=True, help="dataset folder to write")
+    p.add_argument("--sample-rate", type=int, default=44100, help="Hz (default 44100)")
+    p.add_argument("--copies", type=int, default=8, help="copies of each source (default 8)")
+    p.add_argument("--chunk-seconds", type=float, default=8.0, help="chunk length in seconds (default 8)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share for validation (default 0.1)")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="held-out share for test (default 0.1)")
+    p.add_argument("--gain-jitter-db", type=float, default=0.0, help="random gain per copy, +-dB (default 0)")
+    p.add_argument("--crossfade-ms", type=float, default=10.0, help="crossfade at every join (default 10 ms)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+
+
+def _prepare(a) -> None:
+    from .dataset import DataConfig, prepare, read_manifest
+
+    cfg = DataConfig(sample_rate=a.sample_rate, copies=a.copies, chunk_seconds=a.chunk_seconds,
+                     val_fraction=a.val_fraction, test_fraction=a.test_fraction, gain_jitter_db=a.gain_jitter_db,
+                     crossfade_ms=a.crossfade_ms, seed=a.seed)
+    out = prepare(a.sources, a.out, cfg, overwrite=a.overwrite)
+    counts = read_manifest(out)["counts"]
+    print(f"wrote {out}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" chunks of {a.chunk_seconds:g} s")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a SampleRNN on a dataset folder")
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--preset", default="sketch", help="sketch (CPU, minutes) or poster (the study's, GPU)")
+    p.add_argument("--max-minutes", type=float, help="stop after this many minutes")
+    p.add_argument("--epochs", type=int, help="stop after this many epochs (in all)")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (in all)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
+    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="override preset fields")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _train(a) -> int:
+    from .presets import get_preset
+    from .train import train
+
+    overrides = list(a.set)
+    for name in ("max_minutes", "epochs", "max_steps", "seed"):
+        if getattr(a, name) is not None:
+            overrides.append(f"train.{name}={getattr(a, name)}")
+    preset = get_preset(a.preset, overrides)
+    result = train(a.dataset, a.out, preset.model, preset.train, resume=a.resume, device=a.device,
+                   progress=not a.no_progress)
+    best = f", best validation {result.best_val_bits:.3f} bits/sample" if result.best_val_bits is not None else ""
+    if result.status == "interrupted":
+        print(f"interrupted at step {result.step}: checkpoint saved in {result.run}/checkpoints/last.pt; "
+              f"continue with --resume")
+        return 130
+    print(f"{result.status}: {result.epoch} epochs, {result.step} steps{best}; run in {result.run}")
+    return 0
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="render audio from a run's checkpoint")
+    p.add_argument("run", metavar="RUN", help="run folder (or a checkpoint file)")
+    p.add_argument("--checkpoint", default="best", help="best, last, epoch-NNN or a path (default best)")
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--batch", type=int, default=1, help="streams per temperature")
+    p.add_argument("--temperature", type=float, nargs="+", default=[1.0], help="one or more; 0 = greedy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prime", help="audio file to continue from (at the run's sample rate)")
+    p.add_argument("--out", required=True, help="folder for the WAVs and their JSON sidecars")
+    p.add_argument("--device", choices=["cpu", "cuda"])
+
+
+def _generate(a) -> None:
+    from .sample import render_checkpoint
+
+    paths = render_checkpoint(a.run, a.out, a.seconds, which=a.checkpoint, batch_size=a.batch,
+                              temperatures=a.temperature, seed=a.seed, prime=a.prime, device=a.device)
+    for p in paths:
+        print(p)
+
+
+def _add_diagnose(sub) -> None:
+    p = sub.add_parser("diagnose", help="name the category of renders: silence, tone, noise or varied")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+
+
+def _diagnose(a) -> None:
+    from .analysis import diagnose_file, format_table
+
+    rows = [diagnose_file(f) for f in a.files]
+    print(json.dumps(rows, indent=1) if a.json else format_table(rows))
+
+
+def _add_figures(sub) -> None:
+    p = sub.add_parser("figures", help="the poster's figure: source vs renders, waveform and spectrogram")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("renders", nargs="+", metavar="RENDER")
+    p.add_argument("--out", required=True, help="figure file (.png; a .pdf is written beside it)")
+    p.add_argument("--low-hz", type=float, default=1000.0, help="top of the enlarged low range (default 1000)")
+
+
+def _figures(a) -> None:
+    from .figures import poster_figure_files
+
+    for p in poster_figure_files(a.source, a.renders, a.out, low_hz=a.low_hz):
+        print(p)
+
+
+def _add_pipeline(sub) -> None:
+    for verb, helptext in (("run", "the notebook chain on one source: prepare, train, listen, figures"),
+                           ("batch", "one run per source, with summary.csv and index.html")):
+        p = sub.add_parser(verb, help=helptext)
+        p.add_argument("sources", nargs="+" if verb == "batch" else 1, metavar="SOURCE")
+        p.add_argument("--out", required=True)
+        p.add_argument("--preset", default="sketch")
+        p.add_argument("--max-minutes", type=float, default=None)
+        p.add_argument("--epochs", type=int, default=None)
+        p.add_argument("--seconds", type=float, default=None, help="seconds to render per stream")
+        p.add_argument("--temperature", type=float, nargs="+", default=None)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE")
+        if verb == "batch":
+            p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    p = sub.add_parser("demo", help="the whole chain on the bundled example, within minutes on a CPU")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--max-minutes", type=float, default=None)
+
+
+def _pipeline_kwargs(a) -> dict:
+    return {"preset": a.preset, "max_minutes": a.max_minutes, "epochs": a.epochs, "seconds": a.seconds,
+            "temperatures": a.temperature, "seed": a.seed, "overrides": a.set}
+
+
+def _run(a) -> None:
+    from .pipeline import run
+
+    summary = run(a.sources[0], a.out, **_pipeline_kwargs(a))
+    print(f"done: {summary['run']} (see summary.json, notebooks/ and figures/ there)")
+
+
+def _batch(a) -> int:
+    from .pipeline import batch
+
+    report = batch(a.sources, a.out, jobs=a.jobs, **_pipeline_kwargs(a))
+    print(f"{report['ok']} runs ok, {report['failed']} failed; open {report['index']}")
+    return 0 if report["failed"] == 0 else 1
+
+
+def _demo(a) -> None:
+    from .pipeline import demo
+
+    demo(a.out, max_minutes=a.max_minutes)
+
+
+VERBS = {"prepare": _prepare, "train": _train, "generate": _generate, "diagnose": _diagnose, "figures": _figures,
+         "run": _run, "batch": _batch, "demo": _demo}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="samplernn-lab", description=__doc__)
+    sub = parser.add_subparsers(dest="verb", required=True)
+    for add in (_add_prepare, _add_train, _add_generate, _add_diagnose, _add_figures, _add_pipeline):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code = VERBS[args.verb](args)
+    except LabError as e:
+        print(f"samplernn-lab {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"samplernn-lab {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

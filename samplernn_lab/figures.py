@@ -1,0 +1,505 @@
+"""Figures for the poster and the lab book: source against renders, renders across epochs, the loss.
+
+* :func:`poster_figure` - the study's poster layout: a row per sound (the source first, then renders),
+  each with waveform | spectrogram (log frequency) | the low range (0..``low_hz``, linear, enlarged),
+  all spectrograms on one colour scale so rows can be compared by eye.
+* :func:`epoch_grid` - one spectrogram per epoch of a run, titled with the diagnosis.
+* :func:`loss_curve` - train and validation NLL (bits per sample) against step.
+
+Figures are built on :class:`matplotlib.figure.Figure` directly (never pyplot), so the library leaves
+no global state behind and works headless. Levels are dB relative to full scale: a full-scale sine
+reads 0 dB at its frequency.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+from .errors import LabError
+
+FLOOR_DB = -100.0  # spectrogram floor, dBFS: about the noise of 16-bit audio, below anything audible
+DYNAMIC_RANGE_DB = 90.0  # colour scale spans this many dB below the loudest bin of all panels
+LOG_ROWS = 256  # rows of the log-frequency spectrogram
+MAX_COLUMNS = 1600  # spectrogram columns drawn at most; longer sounds are max-pooled in time
+LOW_RANGE_BINS = 160  # about this many frequency bins in the low-range panel
+CMAP = "magma"
+FAILURE_COLOUR = "#b2182b"  # titles of renders diagnosed as silence, tone or noise
+
+_FREQ_TICKS = [20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000]
+
+
+# ------------------------------------------------------------------------------------------------------
+# spectrograms
+
+
+def spectrogram_db(audio: np.ndarray, sr: int, n_fft: int = 2048, hop: int = 512
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Magnitude spectrogram in dB relative to full scale.
+
+    Parameters
+    ----------
+    audio : float array, shape (n,), in [-1, 1].
+    sr : sample rate, Hz.
+    n_fft : window length in samples (Hann window).
+    hop : hop in samples.
+
+    Returns
+    -------
+    S_db : float32 array (1 + n_fft // 2, frames), dBFS: a full-scale sine peaks at 0 dB; floored at
+        ``FLOOR_DB`` (-100 dB).
+    freqs : float array (1 + n_fft // 2,), bin centre frequencies in Hz.
+    times : float array (frames,), frame centres in seconds.
+    """
+    import librosa
+
+    y = _mono(audio, "audio")
+    if len(y) < n_fft:  # librosa wants at least one full frame
+        y = np.pad(y, (0, n_fft - len(y)))
+    window = np.hanning(n_fft + 1)[:-1]  # periodic Hann, as librosa uses
+    stft = librosa.stft(y, n_fft=n_fft, hop_length=hop, window=window, center=True)
+    ref = window.sum() / 2.0  # |X| of a full-scale sine at its bin
+    s_db = 20.0 * np.log10(np.maximum(np.abs(stft) / ref, 10 ** (FLOOR_DB / 20)))
+    freqs = librosa.fft_frequencies(sr=sr, n_fft=n_fft)
+    times = librosa.frames_to_time(np.arange(s_db.shape[1]), sr=sr, hop_length=hop)
+    return s_db.astype(np.float32), freqs, times
+
+
+def _mono(audio: np.ndarray, label: str) -> np.ndarray:
+    x = np.asarray(audio, dtype=np.float32)
+    if x.ndim == 2 and 1 in x.shape:
+        x = x.reshape(-1)
+    if x.ndim != 1 or x.size == 0:
+        raise LabError(f"{label}: audio must be mono with shape (n,) and not empty, got shape {x.shape}")
+    return np.nan_to_num(x)
+
+
+def _log_rows(s_db: np.ndarray, freqs: np.ndarray, fmin: float, fmax: float,
+              n_rows: int = LOG_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a linear-frequency spectrogram onto log-spaced rows.
+
+    Each row takes the loudest bin inside it (so a narrow partial never falls between rows), or the
+    nearest bin where the row is narrower than a bin. Returns (rows, frames) and the (n_rows + 1,) edges.
+    """
+    edges = np.geomspace(fmin, fmax, n_rows + 1)
+    lo = np.searchsorted(freqs, edges[:-1])
+    hi = np.searchsorted(freqs, edges[1:])
+    centres = np.sqrt(edges[:-1] * edges[1:])
+    nearest = np.clip(np.searchsorted(freqs, centres), 0, len(freqs) - 1)
+    out = np.empty((n_rows, s_db.shape[1]), dtype=s_db.dtype)
+    for i in range(n_rows):
+        out[i] = s_db[lo[i]:hi[i]].max(axis=0) if hi[i] > lo[i] else s_db[nearest[i]]
+    return out, edges
+
+
+def _pool_time(s_db: np.ndarray, times: np.ndarray, max_cols: int = MAX_COLUMNS
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Max-pool frames in time so at most ``max_cols`` columns are drawn (keeps transients visible)."""
+    n = s_db.shape[1]
+    if n <= max_cols:
+        return s_db, times
+    g = math.ceil(n / max_cols)
+    pad = (-n) % g
+    padded = np.pad(s_db, ((0, 0), (0, pad)), constant_values=FLOOR_DB)
+    pooled = padded.reshape(s_db.shape[0], -1, g).max(axis=2)
+    return pooled, times[::g][: pooled.shape[1]]
+
+
+def _time_edges(times: np.ndarray, duration: float) -> np.ndarray:
+    """Column edges (n + 1,) for pcolormesh from column centres, clipped to [0, duration]."""
+    if len(times) == 1:
+        return np.array([0.0, max(duration, 1e-3)])
+    mids = (times[:-1] + times[1:]) / 2
+    edges = np.concatenate([[times[0] - (mids[0] - times[0])], mids, [times[-1] + (times[-1] - mids[-1])]])
+    return np.clip(edges, 0.0, max(duration, edges[1]))
+
+
+def _frame_size(sr: int) -> int:
+    from .analysis import frame_size
+
+    return frame_size(sr)
+
+
+def _log_spectrogram(audio: np.ndarray, sr: int) -> dict:
+    """The middle panel's data: log-frequency rows from ~20 Hz to Nyquist."""
+    n_fft = _frame_size(sr)
+    s_db, freqs, times = spectrogram_db(audio, sr, n_fft=n_fft, hop=n_fft // 4)
+    fmin = max(20.0, 2.0 * sr / n_fft)
+    rows, edges = _log_rows(s_db, freqs, fmin, sr / 2)
+    rows, times = _pool_time(rows, times)
+    return {"S": rows, "x": _time_edges(times, len(audio) / sr), "y": edges}
+
+
+def _low_spectrogram(audio: np.ndarray, sr: int, low_hz: float) -> dict:
+    """The right panel's data: 0..low_hz on a linear axis, with a window long enough to resolve it."""
+    top = min(low_hz, sr / 2)
+    n_fft = int(2 ** math.ceil(math.log2(max(sr * LOW_RANGE_BINS / top, 256))))
+    n_fft = min(n_fft, 32768)
+    s_db, freqs, times = spectrogram_db(audio, sr, n_fft=n_fft, hop=n_fft // 8)
+    keep = freqs <= top + 1e-9
+    s_db, freqs = s_db[keep], freqs[keep]
+    s_db, times = _pool_time(s_db, times)
+    df = freqs[1] - freqs[0] if len(freqs) > 1 else top
+    y = np.concatenate([[0.0], (freqs[:-1] + freqs[1:]) / 2, [min(freqs[-1] + df / 2, top)]])
+    return {"S": s_db, "x": _time_edges(times, len(audio) / sr), "y": y, "top": top}
+
+
+def _colour_range(panels: Iterable[np.ndarray]) -> tuple[float, float]:
+    vmax = max(float(np.max(p)) for p in panels)
+    vmax = max(math.ceil(vmax / 10.0) * 10.0, FLOOR_DB + 10.0)
+    return max(vmax - DYNAMIC_RANGE_DB, FLOOR_DB), vmax
+
+
+def _hz_label(f: float, _pos=None) -> str:
+    return f"{f / 1000:g}k" if f >= 1000 else f"{f:g}"
+
+
+def _draw_log_spectrogram(ax, panel: dict, vmin: float, vmax: float):
+    mesh = ax.pcolormesh(panel["x"], panel["y"], panel["S"], cmap=CMAP, vmin=vmin, vmax=vmax,
+                         shading="flat", rasterized=True)
+    ax.set_yscale("log")
+    ax.set_ylim(panel["y"][0], panel["y"][-1])
+    ticks = [f for f in _FREQ_TICKS if panel["y"][0] <= f <= panel["y"][-1]]
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(_hz_label))
+    ax.yaxis.set_minor_locator(NullLocator())
+    return mesh
+
+
+def _draw_waveform(ax, audio: np.ndarray, sr: int, colour: str = "#2b5c8a") -> None:
+    n = len(audio)
+    if n > 4000:  # min/max per pixel-sized bucket: exact envelope, few points
+        buckets = 2000
+        size = math.ceil(n / buckets)
+        padded = np.pad(audio, (0, (-n) % size), mode="edge").reshape(-1, size)
+        t = (np.arange(padded.shape[0]) + 0.5) * size / sr
+        ax.fill_between(t, padded.min(axis=1), padded.max(axis=1), color=colour, linewidth=0.3,
+                        edgecolor=colour, rasterized=True)
+    else:
+        ax.plot(np.arange(n) / sr, audio, color=colour, linewidth=0.6)
+    ax.axhline(0.0, color="0.6", linewidth=0.4)
+    ax.set_ylim(-1.0, 1.0)
+    ax.set_xlim(0.0, max(n / sr, 1e-3))
+    ax.set_ylabel("amplitude")
+    ax.set_xlabel("time (s)")
+
+
+# ------------------------------------------------------------------------------------------------------
+# saving
+
+
+def _out_paths(out: str | os.PathLike, suffixes: Sequence[str]) -> list[Path]:
+    """``out`` with each suffix; a given .png/.pdf suffix is replaced, any other name is kept whole."""
+    p = Path(out)
+    base = p.with_suffix("") if p.suffix.lower() in (".png", ".pdf") else p
+    return [base.with_name(f"{base.name}.{s}") for s in suffixes]
+
+
+def _save(fig: Figure, path: Path, dpi: int) -> Path:
+    """Write atomically: a temporary file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format=path.suffix[1:], dpi=dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------
+# poster figure
+
+
+def make_poster_figure(sounds: Sequence[tuple[str, np.ndarray, int]], low_hz: float = 1000.0) -> Figure:
+    """Build the poster figure (see :func:`poster_figure`) without saving it.
+
+    Returns a Figure with ``3 * len(sounds)`` panels plus one colour bar axis.
+    """
+    if not sounds:
+        raise LabError("poster figure: give at least one sound (the source), then the renders")
+    if low_hz <= 0:
+        raise LabError(f"poster figure: low_hz must be positive, got {low_hz}")
+    rows = []
+    for i, item in enumerate(sounds):
+        try:
+            label, audio, sr = item
+        except (TypeError, ValueError):
+            raise LabError(f"poster figure: sound {i} must be (label, audio, sample_rate)") from None
+        sr = int(sr)
+        if sr <= 0:
+            raise LabError(f"{label}: sample rate must be positive, got {sr}")
+        audio = _mono(audio, str(label))
+        rows.append({"label": str(label), "audio": audio, "sr": sr, "log": _log_spectrogram(audio, sr),
+                     "low": _low_spectrogram(audio, sr, low_hz)})
+    vmin, vmax = _colour_range([p for r in rows for p in (r["log"]["S"], r["low"]["S"])])
+
+    n = len(rows)
+    fig = Figure(figsize=(13.0, 2.7 * n + 0.5), layout="constrained")
+    axes = fig.subplots(n, 3, squeeze=False, gridspec_kw={"width_ratios": [1.0, 1.35, 1.0]})
+    mesh = None
+    for i, (r, (ax_w, ax_s, ax_l)) in enumerate(zip(rows, axes)):
+        role = "source" if i == 0 else "render"
+        duration = len(r["audio"]) / r["sr"]
+        _draw_waveform(ax_w, r["audio"], r["sr"])
+        ax_w.set_title(f"{r['label']}\n{role} \u00b7 {duration:.2f} s \u00b7 {r['sr']} Hz", loc="left",
+                       fontsize=10)
+        mesh = _draw_log_spectrogram(ax_s, r["log"], vmin, vmax)
+        ax_s.set_title("spectrogram (log frequency)", fontsize=9)
+        ax_s.set_ylabel("frequency (Hz)")
+        ax_s.set_xlabel("time (s)")
+        ax_l.pcolormesh(r["low"]["x"], r["low"]["y"], r["low"]["S"], cmap=CMAP, vmin=vmin, vmax=vmax,
+                        shading="flat", rasterized=True)
+        ax_l.set_ylim(0.0, r["low"]["top"])
+        for ax in (ax_s, ax_l):  # the three panels of a row share one time axis
+            ax.set_xlim(0.0, max(duration, 1e-3))
+        ax_l.set_title(f"low range enlarged, 0\u2013{r['low']['top']:.0f} Hz", fontsize=9)
+        ax_l.set_ylabel("frequency (Hz)")
+        ax_l.set_xlabel("time (s)")
+    cbar = fig.colorbar(mesh, ax=axes[:, 1:].ravel().tolist(), fraction=0.025, pad=0.01, aspect=30 * n ** 0.5)
+    cbar.set_label("level (dBFS)")
+    return fig
+
+
+def poster_figure(sounds: Sequence[tuple[str, np.ndarray, int]], out: str | os.PathLike,
+                  low_hz: float = 1000.0, dpi: int = 300) -> list[Path]:
+    """The study's poster figure: source and renders, waveform | spectrogram | low range enlarged.
+
+    Parameters
+    ----------
+    sounds : ``[(label, audio, sr), ...]``; the first is the source, the rest renders. ``audio`` is a
+        float array (n,) in [-1, 1], ``sr`` its rate in Hz; rates may differ between sounds.
+    out : output path, with or without a ``.png`` / ``.pdf`` suffix; both files are written.
+    low_hz : top of the enlarged low-range panel, Hz (capped at each sound's Nyquist frequency).
+    dpi : resolution of the PNG (the PDF is vector, with the spectrograms embedded at this dpi).
+
+    Returns
+    -------
+    ``[png_path, pdf_path]``.
+
+    Each row: waveform (time in s, amplitude fixed to [-1, 1]); spectrogram with a log-frequency axis;
+    the 0..``low_hz`` range on a linear axis, from a window long enough for ~5 Hz resolution at
+    44.1 kHz. All spectrograms share one colour scale (dBFS, 90 dB range) and one colour bar.
+    """
+    fig = make_poster_figure(sounds, low_hz=low_hz)
+    return [_save(fig, p, dpi) for p in _out_paths(out, ("png", "pdf"))]
+
+
+def _as_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    if isinstance(paths, (str, os.PathLike)):
+        return [Path(paths)]
+    return [Path(p) for p in paths]
+
+
+def poster_figure_files(source_path: str | os.PathLike,
+                        render_paths: str | os.PathLike | Iterable[str | os.PathLike],
+                        out: str | os.PathLike, low_hz: float = 1000.0, dpi: int = 300) -> list[Path]:
+    """:func:`poster_figure` from audio files, each labelled by its file name. Returns [png, pdf]."""
+    from .audio import load
+
+    sounds = []
+    for p in [Path(source_path), *_as_paths(render_paths)]:
+        audio, sr = load(p)
+        sounds.append((p.name, audio, sr))
+    return poster_figure(sounds, out, low_hz=low_hz, dpi=dpi)
+
+
+# ------------------------------------------------------------------------------------------------------
+# epoch grid
+
+
+_EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
+
+
+def epoch_renders(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``[(epoch, first WAV), ...]`` from ``run_dir/renders/epoch-NNN/*.wav``, sorted by epoch.
+
+    Raises LabError when the run folder is missing or holds no renders.
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise LabError(f"{run}: no such run folder")
+    found = []
+    renders = run / "renders"
+    if renders.is_dir():
+        for d in renders.iterdir():
+            m = _EPOCH_DIR.match(d.name)
+            wavs = sorted(p for p in d.glob("*.wav") if p.is_file()) if m and d.is_dir() else []
+            if wavs:
+                found.append((int(m.group(1)), wavs[0]))
+    if not found:
+        raise LabError(f"{run}: no renders found (expected renders/epoch-NNN/*.wav in the run folder)")
+    return sorted(found)
+
+
+def make_epoch_grid(run_dir: str | os.PathLike) -> Figure:
+    """Build the epoch grid (see :func:`epoch_grid`) without saving it."""
+    from .analysis import diagnose
+    from .audio import load
+
+    panels = []
+    for epoch, wav in epoch_renders(run_dir):
+        audio, sr = load(wav)
+        d = diagnose(audio, sr)
+        panels.append({"epoch": epoch, "file": wav.name, "category": d.category,
+                       "rms": d.features["rms_dbfs"], "log": _log_spectrogram(audio, sr)})
+    vmin, vmax = _colour_range(p["log"]["S"] for p in panels)
+
+    n = len(panels)
+    ncols = min(4, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(3.6 * ncols + 0.8, 2.6 * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    mesh = None
+    for ax, p in zip(axes.ravel(), panels):
+        mesh = _draw_log_spectrogram(ax, p["log"], vmin, vmax)
+        failed = p["category"] != "varied"
+        level = "no signal" if p["rms"] <= -120 else f"{p['rms']:.0f} dBFS"
+        ax.set_title(f"epoch {p['epoch']} \u00b7 {p['category']} \u00b7 {level}", fontsize=10,
+                     color=FAILURE_COLOUR if failed else "black")
+        ax.set_xlabel("time (s)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("frequency (Hz)")
+    for ax in axes.ravel()[n:]:
+        ax.set_axis_off()
+    fig.suptitle(f"{Path(run_dir).resolve().name}: one render per epoch", fontsize=12)
+    cbar = fig.colorbar(mesh, ax=axes.ravel().tolist(), fraction=0.03, pad=0.01)
+    cbar.set_label("level (dBFS)")
+    return fig
+
+
+def epoch_grid(run_dir: str | os.PathLike, out: str | os.PathLike, dpi: int = 200) -> list[Path]:
+    """A spectrogram per epoch: how the renders of a run changed as it trained.
+
+    Parameters
+    ----------
+    run_dir : run folder holding ``renders/epoch-NNN/*.wav`` (the first WAV, by name, of each epoch is
+        shown).
+    out : output path, with or without a ``.png`` / ``.pdf`` suffix; both files are written.
+    dpi : PNG resolution.
+
+    Returns
+    -------
+    ``[png_path, pdf_path]``. Each panel's title gives the epoch, the diagnosis category
+    (:func:`samplernn_lab.analysis.diagnose`; failures in red) and the RMS level; one colour scale.
+
+    Raises
+    ------
+    LabError
+        The run folder is missing or holds no renders.
+    """
+    fig = make_epoch_grid(run_dir)
+    return [_save(fig, p, dpi) for p in _out_paths(out, ("png", "pdf"))]
+
+
+# ------------------------------------------------------------------------------------------------------
+# loss curve
+
+
+def read_metrics(metrics_path: str | os.PathLike) -> list[dict]:
+    """The lines of a metrics.jsonl that carry a finite ``nll_bits``, as dicts, in file order.
+
+    Lines without ``nll_bits`` (events) are skipped; so is a cut-off last line (a run still writing).
+
+    Raises
+    ------
+    LabError
+        Missing file, a broken line before the last, or no line with ``nll_bits``.
+    """
+    path = Path(metrics_path)
+    if not path.is_file():
+        raise LabError(f"{path}: no such metrics file")
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
+    rows = []
+    for k, (lineno, line) in enumerate(numbered):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            if k == len(numbered) - 1:  # the training may be writing it right now
+                continue
+            raise LabError(f"{path}: line {lineno} is not valid JSON") from None
+        if not isinstance(obj, dict) or "nll_bits" not in obj:
+            continue
+        try:
+            nll, step = float(obj["nll_bits"]), float(obj["step"])
+        except (KeyError, TypeError, ValueError):
+            raise LabError(f"{path}: line {lineno} has nll_bits but no numeric step") from None
+        if math.isfinite(nll):
+            rows.append({**obj, "nll_bits": nll, "step": step})
+    if not rows:
+        raise LabError(f"{path}: no lines with nll_bits to plot")
+    return rows
+
+
+def _running_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over ``window`` values (fewer at the start), shape as ``values``."""
+    c = np.concatenate([[0.0], np.cumsum(values)])
+    idx = np.arange(1, len(values) + 1)
+    start = np.maximum(idx - window, 0)
+    return (c[idx] - c[start]) / (idx - start)
+
+
+def loss_curve(metrics_path: str | os.PathLike, out: str | os.PathLike, dpi: int = 150) -> Path:
+    """Train and validation loss of a run, NLL in bits per sample against training step.
+
+    Parameters
+    ----------
+    metrics_path : metrics.jsonl with lines holding ``step``, ``epoch``, ``split`` ("train"/"val"),
+        ``nll_bits`` (other lines are skipped).
+    out : output path; written as PNG (a ``.png`` suffix is added when missing).
+
+    Returns
+    -------
+    Path of the PNG. Train: thin light line plus a running mean; val: markers; epochs: faint lines.
+    """
+    rows = read_metrics(metrics_path)
+    train = [r for r in rows if r.get("split", "train") == "train"]
+    val = [r for r in rows if r.get("split") == "val"]
+
+    fig = Figure(figsize=(8.0, 4.5), layout="constrained")
+    ax = fig.subplots()
+    if train:
+        steps = np.array([r["step"] for r in train])
+        nll = np.array([r["nll_bits"] for r in train])
+        order = np.argsort(steps, kind="stable")
+        steps, nll = steps[order], nll[order]
+        window = max(1, min(200, len(nll) // 20))
+        ax.plot(steps, nll, color="C0", alpha=0.3, linewidth=0.8, label="train")
+        if window > 1:
+            ax.plot(steps, _running_mean(nll, window), color="C0", linewidth=2.0,
+                    label=f"train, running mean of {window}")
+        # faint line where each epoch starts
+        epochs = [(r["step"], r.get("epoch")) for r in sorted(train, key=lambda r: r["step"])]
+        starts = [(s, e) for k, (s, e) in enumerate(epochs) if e is not None and (k == 0 or e != epochs[k - 1][1])]
+        every = max(1, math.ceil(len(starts) / 12))
+        for k, (s, e) in enumerate(starts[1:], start=1):
+            ax.axvline(s, color="0.8", linewidth=0.6, zorder=0)
+            if k % every == 0:
+                ax.annotate(f"epoch {e}", (s, 0.0), xycoords=("data", "axes fraction"), xytext=(2, 2),
+                            textcoords="offset points", va="bottom", fontsize=7, color="0.45")
+    if val:
+        vs = sorted(val, key=lambda r: r["step"])
+        ax.plot([r["step"] for r in vs], [r["nll_bits"] for r in vs], "o-", color="C1", markersize=5,
+                linewidth=1.0, label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("NLL (bits per sample)")
+    ax.set_title(f"{Path(metrics_path).resolve().parent.name}: loss", loc="left")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+
+    p = Path(out)
+    path = p.with_suffix(".png") if p.suffix.lower() in (".png", ".pdf") else p.with_name(p.name + ".png")
+    return _save(fig, path, dpi)

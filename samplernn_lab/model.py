@@ -1,0 +1,246 @@
+"""SampleRNN (Mehri et al., ICLR 2017) with the conventions of the PyTorch port the study used.
+
+Tiers, bottom first as in ``frame_sizes``: with ``frame_sizes=(8, 2)`` the bottom frame tier reads
+frames of 8 samples, the tier above reads frames of 16 (the running product), the lookback is 16,
+and a sample-level MLP predicts each sample from the previous 8 and the bottom tier's
+conditioning. Each frame tier:
+
+    frame of codes -> rescale to about [-2, 2] -> linear to ``dim`` (+ conditioning from above)
+    -> multi-layer GRU (or LSTM) from a learned h0 -> transposed conv (kernel = stride =
+    frame size): one conditioning vector per step of the tier below.
+
+The sample-level MLP embeds the previous bottom-frame codes (``embed_size`` each), applies one
+layer over that window plus the conditioning vector, ``mlp_hidden_layers`` ReLU layers, and a
+log-softmax over ``q_levels``.
+
+Initialisation (as in the port): frame inputs and MLP layers Kaiming-uniform (they feed ReLUs or
+sums), the MLP output LeCun-uniform, GRU input weights LeCun-uniform and recurrent weights
+orthogonal, each per gate, all biases zero, upsampling uniform in +-1/sqrt(dim), h0 zero.
+Weight normalisation (on by default) wraps every linear and convolutional layer but the GRUs;
+it is folded into plain weights for inference (:mod:`samplernn_lab.sample`).
+
+Shapes: codes are ``torch.long`` (B, T) in [0, q_levels); log-probabilities (B, T, q_levels).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm as _weight_norm
+
+Hidden = list  # one entry per frame tier, top first: a tensor (GRU) or a (h, c) tuple (LSTM)
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of a SampleRNN. ``frame_sizes`` bottom tier first."""
+
+    frame_sizes: tuple[int, ...] = (8, 2)
+    dim: int = 1024
+    n_rnn: int = 2
+    rnn_type: str = "gru"
+    embed_size: int = 256
+    q_levels: int = 256
+    quantization: str = "linear"
+    mlp_hidden_layers: int = 1
+    learn_h0: bool = True
+    weight_norm: bool = True
+
+    def __post_init__(self) -> None:
+        self.frame_sizes = tuple(int(f) for f in self.frame_sizes)
+
+    @property
+    def frame_lengths(self) -> tuple[int, ...]:
+        """Samples per frame of each tier, bottom first: the running product of ``frame_sizes``."""
+        return tuple(math.prod(self.frame_sizes[: i + 1]) for i in range(len(self.frame_sizes)))
+
+    @property
+    def lookback(self) -> int:
+        """Samples of context before the first prediction: the top tier's frame length."""
+        return self.frame_lengths[-1]
+
+    def validate(self) -> None:
+        if not self.frame_sizes or any(f < 1 for f in self.frame_sizes):
+            raise ValueError(f"frame_sizes must be positive integers, got {self.frame_sizes}")
+        if self.rnn_type not in ("gru", "lstm"):
+            raise ValueError(f"rnn_type must be 'gru' or 'lstm', got {self.rnn_type!r}")
+        for name in ("dim", "n_rnn", "embed_size", "q_levels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+def _wn(module: nn.Module, enabled: bool, dim: int = 0) -> nn.Module:
+    return _weight_norm(module, dim=dim) if enabled else module
+
+
+def _lecun_uniform_(w: torch.Tensor) -> None:
+    bound = math.sqrt(3.0 / w.shape[1])
+    nn.init.uniform_(w, -bound, bound)
+
+
+def rescale_codes(codes: torch.Tensor, q_levels: int) -> torch.Tensor:
+    """Codes -> floats at the bin centres of [-2, 2] (the frame tiers' input range)."""
+    return (2.0 * codes.float() + 1.0) / q_levels * 2.0 - 2.0
+
+
+class FrameTier(nn.Module):
+    """One frame-level tier: reads frames of ``frame_len`` samples, steps once per frame."""
+
+    def __init__(self, frame_size: int, frame_len: int, cfg: ModelConfig):
+        super().__init__()
+        self.frame_size, self.frame_len, self.dim = frame_size, frame_len, cfg.dim
+        rnn_cls = nn.GRU if cfg.rnn_type == "gru" else nn.LSTM
+        self.is_lstm = cfg.rnn_type == "lstm"
+        self.expand = nn.Linear(frame_len, cfg.dim)
+        self.rnn = rnn_cls(cfg.dim, cfg.dim, cfg.n_rnn, batch_first=True)
+        self.upsample = nn.ConvTranspose1d(cfg.dim, cfg.dim, frame_size, stride=frame_size)
+        n_states = 2 if self.is_lstm else 1
+        self.h0 = nn.Parameter(torch.zeros(n_states, cfg.n_rnn, 1, cfg.dim), requires_grad=cfg.learn_h0)
+
+        nn.init.kaiming_uniform_(self.expand.weight)
+        nn.init.zeros_(self.expand.bias)
+        gates = 4 if self.is_lstm else 3
+        for layer in range(cfg.n_rnn):
+            w_ih, w_hh = getattr(self.rnn, f"weight_ih_l{layer}"), getattr(self.rnn, f"weight_hh_l{layer}")
+            for g in range(gates):
+                _lecun_uniform_(w_ih.data[g * cfg.dim:(g + 1) * cfg.dim])
+                nn.init.orthogonal_(w_hh.data[g * cfg.dim:(g + 1) * cfg.dim])
+            nn.init.zeros_(getattr(self.rnn, f"bias_ih_l{layer}"))
+            nn.init.zeros_(getattr(self.rnn, f"bias_hh_l{layer}"))
+        bound = 1.0 / math.sqrt(cfg.dim)
+        nn.init.uniform_(self.upsample.weight, -bound, bound)
+        nn.init.zeros_(self.upsample.bias)
+        self.expand = _wn(self.expand, cfg.weight_norm)
+        self.upsample = _wn(self.upsample, cfg.weight_norm, dim=1)
+
+    def initial_hidden(self, batch: int):
+        h = self.h0.expand(-1, -1, batch, -1).contiguous()
+        return (h[0], h[1]) if self.is_lstm else h[0]
+
+    def forward(self, frames: torch.Tensor, cond: torch.Tensor | None, hidden):
+        """frames (B, S, frame_len) floats, cond (B, S, dim) or None -> ((B, S*frame_size, dim), hidden)."""
+        x = self.expand(frames)
+        if cond is not None:
+            x = x + cond
+        if hidden is None:
+            hidden = self.initial_hidden(frames.shape[0])
+        y, hidden = self.rnn(x, hidden)
+        out = self.upsample(y.transpose(1, 2)).transpose(1, 2)
+        return out, hidden
+
+
+class SampleMLP(nn.Module):
+    """Predicts each sample from the previous ``frame_size`` codes and a conditioning vector."""
+
+    def __init__(self, frame_size: int, cfg: ModelConfig):
+        super().__init__()
+        self.frame_size = frame_size
+        self.embedding = nn.Embedding(cfg.q_levels, cfg.embed_size)
+        self.input = nn.Conv1d(cfg.embed_size, cfg.dim, frame_size, bias=False)
+        self.hidden = nn.ModuleList(nn.Linear(cfg.dim, cfg.dim) for _ in range(cfg.mlp_hidden_layers))
+        self.output = nn.Linear(cfg.dim, cfg.q_levels)
+
+        nn.init.kaiming_uniform_(self.input.weight)
+        for layer in self.hidden:
+            nn.init.kaiming_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        _lecun_uniform_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+        self.input = _wn(self.input, cfg.weight_norm)
+        self.hidden = nn.ModuleList(_wn(layer, cfg.weight_norm) for layer in self.hidden)
+        self.output = _wn(self.output, cfg.weight_norm)
+
+    def forward(self, prev: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """prev codes (B, T + frame_size - 1), cond (B, T, dim) -> logits (B, T, q_levels)."""
+        e = self.embedding(prev).transpose(1, 2)
+        x = F.relu(self.input(e).transpose(1, 2) + cond)
+        for layer in self.hidden:
+            x = F.relu(layer(x))
+        return self.output(x)
+
+
+class SampleRNN(nn.Module):
+    """The multi-tier model. ``forward`` is teacher-forced over one window with carried state."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        lengths = config.frame_lengths
+        # Stored top tier first: the order in which a window is computed.
+        self.tiers = nn.ModuleList(
+            FrameTier(config.frame_sizes[i], lengths[i], config) for i in reversed(range(len(lengths))))
+        self.mlp = SampleMLP(config.frame_sizes[0], config)
+
+    @property
+    def lookback(self) -> int:
+        return self.config.lookback
+
+    def forward(self, codes: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
+        """Teacher-forced logits for one window.
+
+        Parameters
+        ----------
+        codes : (B, lookback + T) long; T a multiple of the top tier's frame length.
+        hidden : state carried from the previous window, or None for the learned h0.
+
+        Returns
+        -------
+        logits : (B, T, q_levels) unnormalised; ``log_softmax`` gives log-probabilities.
+        hidden : the state after the window.
+        """
+        lb = self.lookback
+        b, total = codes.shape
+        t = total - lb
+        if t <= 0 or t % lb:
+            raise ValueError(f"window of {total} codes: need lookback {lb} plus a multiple of {lb}")
+        q = self.config.q_levels
+        cond = None
+        new_hidden = []
+        for i, tier in enumerate(self.tiers):
+            n = tier.frame_len
+            frames = rescale_codes(codes[:, lb - n: lb - n + t], q).reshape(b, t // n, n)
+            cond, h = tier(frames, cond, None if hidden is None else hidden[i])
+            new_hidden.append(h)
+        fs = self.mlp.frame_size
+        logits = self.mlp(codes[:, lb - fs: lb + t - 1], cond)
+        return logits, new_hidden
+
+    def initial_hidden(self, batch: int) -> Hidden:
+        return [tier.initial_hidden(batch) for tier in self.tiers]
+
+    @torch.no_grad()
+    def log_probs(self, codes: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of ``codes`` given everything before them.
+
+        Starts, like generation, from h0 and a lookback of silence codes.
+
+        Parameters
+        ----------
+        codes : (B, T) long in [0, q_levels).
+
+        Returns
+        -------
+        (B, T, q_levels) float32: entry ``[b, t]`` is the distribution of sample ``t``.
+        """
+        from .audio import silence_code
+
+        lb = self.lookback
+        b, t = codes.shape
+        pad = (-t) % lb
+        silence = silence_code(self.config.q_levels)
+        dev = next(self.parameters()).device
+        x = torch.cat([torch.full((b, lb), silence, dtype=torch.long),
+                       codes.long().cpu(),
+                       torch.full((b, pad), silence, dtype=torch.long)], dim=1).to(dev)
+        logits, _ = self(x)
+        return F.log_softmax(logits[:, :t].float(), dim=-1).cpu()
+
+
+def nll_bits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood in bits per sample; logits (B, T, q), targets (B, T)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)) / math.log(2.0)

@@ -1,0 +1,116 @@
+"""Notebook helpers: inline players, render cards, and the listening controls.
+
+Everything here displays plain IPython outputs (audio, HTML, PNG), so executed notebooks keep
+them when run headless by papermill or exported to HTML. ipywidgets is imported only by
+:func:`listen_controls`, the interactive part.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import audio as audio_io
+
+
+def player(sound: np.ndarray | str | os.PathLike, sample_rate: int | None = None):
+    """An inline audio player for an array (needs ``sample_rate``) or a file.
+
+    Playback is not normalised, so quiet renders sound quiet and silence sounds silent.
+    """
+    from IPython.display import Audio
+
+    if isinstance(sound, (str, os.PathLike)):
+        data, sample_rate = audio_io.load(sound)
+    else:
+        data = np.asarray(sound, dtype=np.float32)
+        if sample_rate is None:
+            raise ValueError("player(array) needs sample_rate")
+    return Audio(np.clip(data, -1, 1), rate=sample_rate, normalize=False)
+
+
+def spectrogram_png(audio: np.ndarray, sample_rate: int, title: str = "", width: float = 7.0) -> bytes:
+    """A small log-frequency spectrogram as PNG bytes (dB, full scale = 0)."""
+    from matplotlib.figure import Figure
+
+    from .figures import spectrogram_db
+
+    s_db, freqs, times = spectrogram_db(audio, sample_rate)
+    fig = Figure(figsize=(width, 2.2), dpi=100)
+    ax = fig.add_subplot()
+    mesh = ax.pcolormesh(times, np.maximum(freqs, 1.0), s_db, shading="auto", vmin=-100, vmax=0, cmap="magma")
+    ax.set_yscale("log")
+    ax.set_ylim(30, sample_rate / 2)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("Hz")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(mesh, ax=ax, label="dB")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def render_card(path: str | os.PathLike, source: str | os.PathLike | None = None) -> dict:
+    """Show a render: its name, a player, its spectrogram and its diagnosis (and, given the
+    source, how it compares). Returns the diagnosis as a dict."""
+    from IPython.display import HTML, Image, display
+
+    from .analysis import compare, diagnose
+
+    path = Path(path)
+    data, sr = audio_io.load(path)
+    d = diagnose(data, sr)
+    colour = {"silence": "#888", "tone": "#c60", "noise": "#36c", "varied": "#282"}.get(d.category, "#000")
+    text = (f"<b>{html.escape(path.name)}</b> &nbsp; <span style='color:{colour};font-weight:bold'>"
+            f"{d.category}</span> &nbsp; {len(data) / sr:.1f} s at {sr} Hz<br>{html.escape(d.sentence)}")
+    if source is not None:
+        src, _ = audio_io.load(source, sr)
+        text += "<br><i>" + html.escape(compare(data, src, sr)["sentence"]) + "</i>"
+    display(HTML(text), player(data, sr), Image(spectrogram_png(data, sr, path.name)))
+    return {"file": str(path), **d.to_dict()}
+
+
+def listen_controls(run: str | os.PathLike, out: str | os.PathLike | None = None,
+                    temperatures: Sequence[float] = (1.0,), seconds: float = 5.0, batch: int = 1, seed: int = 0):
+    """Widgets to render from a run in JupyterLab: checkpoint, temperature, seconds, batch, seed,
+    and a Render button; each render appears as a card below. Returns the widget box."""
+    import ipywidgets as w
+    from IPython.display import display
+
+    from .sample import render_checkpoint
+
+    run = Path(run)
+    out = Path(out) if out is not None else run / "renders" / "listen"
+    names = sorted(p.stem for p in (run / "checkpoints").glob("*.pt"))
+    choose = w.Dropdown(options=names, value="best" if "best" in names else (names[-1] if names else None),
+                        description="checkpoint")
+    temp = w.FloatSlider(value=float(temperatures[0]), min=0.0, max=1.5, step=0.05, description="temperature")
+    secs = w.BoundedFloatText(value=seconds, min=0.1, max=3600, description="seconds")
+    streams = w.IntSlider(value=batch, min=1, max=16, description="batch")
+    seed_box = w.IntText(value=seed, description="seed")
+    button = w.Button(description="Render", button_style="primary", icon="play")
+    area = w.Output()
+
+    def on_click(_):
+        button.disabled = True
+        with area:
+            try:
+                paths = render_checkpoint(run, out, secs.value, which=choose.value, batch_size=streams.value,
+                                          temperatures=[temp.value], seed=seed_box.value, progress=True)
+                for p in paths:
+                    render_card(p)
+            except Exception as e:  # shown in the notebook, not lost in a log
+                print(f"render failed: {e}")
+            finally:
+                button.disabled = False
+
+    button.on_click(on_click)
+    box = w.VBox([w.HBox([choose, temp]), w.HBox([secs, streams, seed_box]), button, area])
+    display(box)
+    return box

@@ -1,0 +1,489 @@
+"""Fast generation: the same distribution as the model, without the per-sample overhead.
+
+What makes it fast (see benchmarks/RESULTS.md for where the time goes):
+
+* weight normalisation is folded into plain weights once;
+* the embedding times the MLP's first layer is a lookup table per frame position
+  (``lut[j, code]`` is a ``dim`` vector), so the first layer is ``frame_size`` row additions
+  instead of a (frame_size x embed_size) x dim product per sample;
+* each frame tier is stepped only at its frame boundaries, with GRU cells on folded weights;
+* the per-sample loop of a bottom frame runs in one compiled call: on CPU a numba kernel
+  (inverse-CDF sampling from uniforms drawn in bulk), elsewhere torch ops on the device
+  (Gumbel-max with noise drawn in bulk). No per-sample traffic between host and device.
+
+Generation starts from the same state as :meth:`SampleRNN.log_probs` (h0, a lookback of silence
+codes). A prime is teacher-forced: its codes go through the frame tiers exactly as if sampled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import audio as audio_io
+from .errors import LabError
+from .model import SampleRNN, rescale_codes
+
+try:  # numba comes with librosa; without it the CPU falls back to the torch path
+    import numba
+except ImportError:  # pragma: no cover
+    numba = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Folding the model into plain tensors
+
+
+@dataclass
+class _Tier:
+    frame_len: int
+    frame_size: int
+    w_in: torch.Tensor  # (dim, frame_len)
+    b_in: torch.Tensor
+    cells: list  # per layer (w_ih, w_hh, b_ih, b_hh)
+    w_up: torch.Tensor  # (frame_size * dim, dim): row j*dim + o is output o of sub-step j
+    b_up: torch.Tensor
+    h0: torch.Tensor  # (states, layers, 1, dim)
+    lstm: bool
+
+
+@dataclass
+class _Folded:
+    tiers: list  # top first
+    lut: torch.Tensor  # (frame_size, q, dim)
+    hidden: list  # (w (dim, dim), b (dim,))
+    w_out: torch.Tensor  # (q, dim)
+    b_out: torch.Tensor
+    q_levels: int
+    lookback: int
+    frame_size: int  # bottom frame size: samples per MLP window
+
+
+@torch.no_grad()
+def fold(model: SampleRNN, device: torch.device | str = "cpu") -> _Folded:
+    """Plain float32 weights on ``device``; reading ``.weight`` of a weight-normed layer folds it."""
+    def t(x: torch.Tensor) -> torch.Tensor:
+        return x.detach().float().to(device).contiguous()
+
+    tiers = []
+    for tier in model.tiers:
+        rnn = tier.rnn
+        cells = [tuple(t(getattr(rnn, f"{n}_l{k}")) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                 for k in range(rnn.num_layers)]
+        w = tier.upsample.weight  # (in, out, frame_size)
+        fs = tier.frame_size
+        tiers.append(_Tier(tier.frame_len, fs, t(tier.expand.weight), t(tier.expand.bias), cells,
+                           t(w.permute(2, 1, 0).reshape(fs * w.shape[1], w.shape[0])),
+                           t(tier.upsample.bias.repeat(fs)), t(tier.h0), tier.is_lstm))
+    mlp = model.mlp
+    w_in = mlp.input.weight  # (dim, embed, frame_size)
+    lut = torch.einsum("qe,dej->jqd", mlp.embedding.weight, w_in)
+    return _Folded(tiers, t(lut), [(t(l.weight), t(l.bias)) for l in mlp.hidden], t(mlp.output.weight),
+                   t(mlp.output.bias), model.config.q_levels, model.lookback, mlp.frame_size)
+
+
+def _tier_step(tier: _Tier, frame: torch.Tensor, cond: torch.Tensor | None, state: list, q: int):
+    """One step of a frame tier: frame codes (B, frame_len) -> conditioning (B, frame_size, dim)."""
+    x = F.linear(rescale_codes(frame, q), tier.w_in, tier.b_in)
+    if cond is not None:
+        x = x + cond
+    for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(tier.cells):
+        if tier.lstm:
+            h, c = torch.lstm_cell(x, state[k], w_ih, w_hh, b_ih, b_hh)
+            state[k] = (h, c)
+        else:
+            h = torch.gru_cell(x, state[k], w_ih, w_hh, b_ih, b_hh)
+            state[k] = h
+        x = h
+    return F.linear(x, tier.w_up, tier.b_up).view(x.shape[0], tier.frame_size, -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sample-level loop of one bottom frame
+
+
+if numba is not None:
+    @numba.njit(cache=True, nogil=True)
+    def _mlp_frame_numba(lut, cond, hid_w, hid_b, out_w, out_b, window, temps, uniforms, forced):  # pragma: no cover
+        # lut (fs, q, dim); cond (B, fs, dim); hid_w (L, dim, dim) transposed to (in, out); hid_b (L, dim)
+        # out_w (dim, q) transposed; window (B, 2 fs) int64: fs previous codes, then the fs to fill;
+        # temps (B,); uniforms (B, fs) float64; forced (B, fs) int64, -1 where a code is sampled.
+        fs, q, dim = lut.shape
+        b_size = cond.shape[0]
+        n_hidden = hid_w.shape[0]
+        x = np.empty((b_size, dim), np.float32)
+        weights = np.empty(q, np.float64)
+        for j in range(fs):
+            any_sampled = False
+            for b in range(b_size):
+                if forced[b, j] < 0:
+                    any_sampled = True
+            if not any_sampled:
+                for b in range(b_size):
+                    window[b, fs + j] = forced[b, j]
+                continue
+            for b in range(b_size):
+                for d in range(dim):
+                    x[b, d] = cond[b, j, d]
+                for k in range(fs):
+                    c = window[b, j + k]
+                    for d in range(dim):
+                        x[b, d] += lut[k, c, d]
+                for d in range(dim):
+                    if x[b, d] < 0.0:
+                        x[b, d] = 0.0
+            for layer in range(n_hidden):
+                x = x @ hid_w[layer]
+                for b in range(b_size):
+                    for d in range(dim):
+                        v = x[b, d] + hid_b[layer, d]
+                        x[b, d] = v if v > 0.0 else 0.0
+            logits = x @ out_w
+            for b in range(b_size):
+                if forced[b, j] >= 0:
+                    window[b, fs + j] = forced[b, j]
+                    continue
+                best = 0
+                top = logits[b, 0] + out_b[0]
+                for i in range(1, q):
+                    v = logits[b, i] + out_b[i]
+                    if v > top:
+                        top = v
+                        best = i
+                t = temps[b]
+                if t > 0.0:  # inverse CDF of softmax(logits / t) at one uniform
+                    total = 0.0
+                    for i in range(q):
+                        e = math.exp((float(logits[b, i] + out_b[i]) - float(top)) / t)
+                        weights[i] = e
+                        total += e
+                    target = uniforms[b, j] * total
+                    acc = 0.0
+                    best = q - 1
+                    for i in range(q):
+                        acc += weights[i]
+                        if acc > target:
+                            best = i
+                            break
+                window[b, fs + j] = best
+
+
+def _mlp_frame_torch(f: _Folded, cond, window, temps, gumbel, forced):
+    """The torch twin of the numba kernel, for any device: Gumbel-max on bulk noise."""
+    fs, q, dim = f.lut.shape
+    offsets = torch.arange(fs, device=window.device) * q
+    lut = f.lut.view(fs * q, dim)
+    greedy = (temps <= 0).unsqueeze(1)
+    inv_t = torch.where(temps > 0, 1.0 / temps.clamp_min(1e-8), torch.zeros_like(temps)).unsqueeze(1)
+    for j in range(fs):
+        x = cond[:, j] + lut[window[:, j:j + fs] + offsets].sum(1)
+        x = torch.relu(x)
+        for w, b in f.hidden:
+            x = torch.relu(F.linear(x, w, b))
+        logits = F.linear(x, f.w_out, f.b_out)
+        scores = torch.where(greedy, logits, logits * inv_t + gumbel[:, j])
+        code = scores.argmax(dim=1)
+        window[:, fs + j] = torch.where(forced[:, j] >= 0, forced[:, j], code)
+
+
+# ---------------------------------------------------------------------------------------------
+# The generator
+
+
+class Sampler:
+    """Streams of codes from a model, a bottom frame at a time.
+
+    Parameters
+    ----------
+    model : a trained :class:`SampleRNN` (left untouched).
+    batch_size : number of streams.
+    temperature : a float or one per stream; 0 = greedy (argmax).
+    seed : seeds the sampling noise; ``None`` draws one.
+    device : where to run; default the model's device.
+    backend : ``"numba"`` (CPU only) or ``"torch"``; default numba on CPU below batch 64, else torch.
+    """
+
+    def __init__(self, model: SampleRNN, batch_size: int = 1, temperature: float | Sequence[float] = 1.0,
+                 seed: int | None = None, device: torch.device | str | None = None, backend: str | None = None):
+        if batch_size < 1:
+            raise LabError(f"batch size must be at least 1, got {batch_size}")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if backend is None:  # measured in benchmarks/RESULTS.md: numba wins on CPU below batch 64
+            backend = "numba" if self.device.type == "cpu" and numba is not None and batch_size < 64 else "torch"
+        if backend == "numba" and (self.device.type != "cpu" or numba is None):
+            raise LabError("the numba backend runs on CPU only (and needs numba installed)")
+        self.backend = backend
+        self.f = fold(model, self.device)
+        self.b = batch_size
+        temps = torch.as_tensor(temperature, dtype=torch.float32).flatten()
+        if temps.numel() == 1:
+            temps = temps.expand(batch_size)
+        if temps.numel() != batch_size:
+            raise LabError(f"{temps.numel()} temperatures for {batch_size} streams")
+        if bool((temps < 0).any()) or not bool(torch.isfinite(temps).all()):
+            raise LabError(f"temperatures must be finite and >= 0, got {temps.tolist()}")
+        self.temps = temps.to(self.device)
+        self.temps_np = temps.numpy().astype(np.float32)
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        self.np_rng = np.random.default_rng(seed)
+        self.torch_rng = torch.Generator(device=self.device).manual_seed(int(seed))
+
+        f = self.f
+        self.t = 0  # samples produced so far (prime included)
+        silence = audio_io.silence_code(f.q_levels)
+        # history: the last `lookback` codes, then room for one bottom frame
+        self.hist = torch.full((batch_size, f.lookback + f.frame_size), silence, dtype=torch.long,
+                               device=self.device)
+        self.state = []
+        self.cond = [None] * len(f.tiers)
+        for tier in f.tiers:
+            h0 = tier.h0.expand(-1, -1, batch_size, -1)
+            self.state.append([(h0[0, k], h0[1, k]) if tier.lstm else h0[0, k].contiguous()
+                               for k in range(h0.shape[1])])
+        if backend == "numba":
+            self.lut = f.lut.numpy()
+            dim = f.lut.shape[2]
+            self.hid_w = np.ascontiguousarray(
+                np.stack([w.T.numpy() for w, _ in f.hidden]) if f.hidden else np.zeros((0, dim, dim), np.float32))
+            self.hid_b = np.ascontiguousarray(
+                np.stack([b.numpy() for _, b in f.hidden]) if f.hidden else np.zeros((0, dim), np.float32))
+            self.out_w = np.ascontiguousarray(f.w_out.T.numpy())
+            self.out_b = f.b_out.numpy()
+            self.hist_np = self.hist.numpy()  # shares memory with self.hist
+
+    @torch.no_grad()
+    def _frame(self, forced: torch.Tensor) -> torch.Tensor:
+        """Advance one bottom frame; ``forced`` (B, fs) holds codes to take as given (-1 = sample)."""
+        f = self.f
+        fs, lb = f.frame_size, f.lookback
+        cond = None
+        for i, tier in enumerate(f.tiers):
+            n = tier.frame_len
+            if self.t % n == 0:
+                frame = self.hist[:, lb - n:lb]
+                self.cond[i] = _tier_step(tier, frame, cond, self.state[i], f.q_levels)
+            # the conditioning vector for the current step of the tier below
+            sub = (self.t % n) // (n // tier.frame_size)
+            cond = self.cond[i][:, sub]
+        # after the loop `cond` is (B, dim) of the bottom tier's last sub-step; the MLP needs all fs
+        bottom = self.cond[-1]
+        window = self.hist[:, lb - fs:]
+        if self.backend == "numba":
+            uniforms = self.np_rng.random((self.b, fs))
+            win = self.hist_np[:, lb - fs:]
+            win_c = np.ascontiguousarray(win)
+            _mlp_frame_numba(self.lut, np.ascontiguousarray(bottom.numpy()), self.hid_w, self.hid_b, self.out_w,
+                             self.out_b, win_c, self.temps_np, uniforms, forced.numpy())
+            win[:] = win_c
+        else:
+            u = torch.rand((self.b, fs, f.q_levels), generator=self.torch_rng, device=self.device)
+            gumbel = -torch.log(-torch.log(u.clamp_(1e-20, 1.0 - 1e-7)))
+            _mlp_frame_torch(f, bottom, window, self.temps, gumbel, forced.to(self.device))
+        new = self.hist[:, lb:].clone()
+        self.hist[:, :lb] = self.hist[:, fs:fs + lb].clone()
+        self.t += fs
+        return new
+
+    def prime(self, codes: torch.Tensor) -> None:
+        """Teacher-force codes (P,) or (B, P) through the model, as if they had been sampled.
+
+        A prime whose length is not a multiple of the bottom frame size leaves the rest of its last
+        frame to sampling: :meth:`run` then returns those samples first.
+        """
+        codes = torch.as_tensor(codes, dtype=torch.long)
+        if codes.dim() == 1:
+            codes = codes.unsqueeze(0).expand(self.b, -1)
+        fs = self.f.frame_size
+        self._pending = None
+        for s in range(0, codes.shape[1], fs):
+            part = codes[:, s:s + fs]
+            forced = torch.full((self.b, fs), -1, dtype=torch.long)
+            forced[:, :part.shape[1]] = part
+            out = self._frame(forced)
+            if part.shape[1] < fs:
+                self._pending = out[:, part.shape[1]:].cpu()
+
+    def run(self, n_samples: int, block: int = 16384, progress: bool = False,
+            sample_rate: int | None = None) -> Iterator[torch.Tensor]:
+        """Yield blocks of codes, (B, <= block) ``torch.long`` on CPU, ``n_samples`` in all."""
+        if n_samples < 0:
+            raise LabError(f"cannot generate a negative number of samples ({n_samples})")
+        fs = self.f.frame_size
+        free = torch.full((self.b, fs), -1, dtype=torch.long)
+        bar = tqdm(total=n_samples, unit="sample", unit_scale=True, desc="generate", disable=not progress)
+        # torch's OpenMP threads spin between ops and starve the BLAS threads of the numba kernel
+        threads = torch.get_num_threads()
+        if self.backend == "numba":
+            torch.set_num_threads(1)
+        start = time.perf_counter()
+        pending = getattr(self, "_pending", None)
+        self._pending = None
+        parts, have, done = [], 0, 0
+        if pending is not None:
+            parts.append(pending)
+            have = pending.shape[1]
+        try:
+            while done < n_samples:
+                while have < min(block, n_samples - done):
+                    out = self._frame(free).cpu()
+                    parts.append(out)
+                    have += out.shape[1]
+                buf = torch.cat(parts, dim=1)
+                k = min(block, n_samples - done)
+                yield buf[:, :k]
+                parts, have = [buf[:, k:]], buf.shape[1] - k
+                done += k
+                bar.update(k)
+                if sample_rate:
+                    rate = done * self.b / max(time.perf_counter() - start, 1e-9)
+                    bar.set_postfix(samples_per_s=f"{rate:,.0f}", realtime=f"{rate / sample_rate:.2f}x")
+        finally:
+            bar.close()
+            torch.set_num_threads(threads)
+
+
+def generate(model: SampleRNN, n_samples: int, batch_size: int = 1, temperature: float | Sequence[float] = 1.0,
+             seed: int | None = None, prime: np.ndarray | torch.Tensor | None = None,
+             device: torch.device | str | None = None, progress: bool = False) -> torch.Tensor:
+    """Sample ``n_samples`` codes per stream.
+
+    Parameters
+    ----------
+    model : a :class:`SampleRNN`.
+    n_samples : samples per stream (after the prime), >= 0.
+    batch_size : number of streams.
+    temperature : float, or one per stream; 0 = greedy (argmax).
+    seed : the same seed gives the same codes (on the same device and backend).
+    prime : audio to continue from: float samples in [-1, 1] at the model's rate, shape (P,),
+        or codes (``torch.long``) of shape (P,) or (batch_size, P). Teacher-forced first.
+    device : default the model's device.
+    progress : show a progress bar.
+
+    Returns
+    -------
+    torch.LongTensor (batch_size, n_samples) on CPU, codes in [0, q_levels).
+    """
+    sampler = Sampler(model, batch_size, temperature, seed, device)
+    if prime is not None:
+        sampler.prime(prime_codes(model, prime))
+    blocks = list(sampler.run(n_samples, progress=progress))
+    if not blocks:
+        return torch.zeros(batch_size, 0, dtype=torch.long)
+    return torch.cat(blocks, dim=1)
+
+
+def prime_codes(model: SampleRNN, prime: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Audio (float) or codes (long) -> codes for :meth:`Sampler.prime`."""
+    if isinstance(prime, torch.Tensor) and not torch.is_floating_point(prime):
+        codes = prime.long()
+    else:
+        codes = audio_io.quantize(prime, model.config.q_levels, model.config.quantization)
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= model.config.q_levels):
+        raise LabError(f"prime codes outside [0, {model.config.q_levels})")
+    return codes
+
+
+# ---------------------------------------------------------------------------------------------
+# Renders on disk
+
+
+def render(model: SampleRNN, out_dir: str | os.PathLike, seconds: float, sample_rate: int, *,
+           batch_size: int = 1, temperatures: Sequence[float] = (1.0,), seed: int = 0,
+           prime: np.ndarray | None = None, label: str = "render", info: dict | None = None,
+           device: torch.device | str | None = None, block_seconds: float = 2.0,
+           progress: bool = True) -> list[Path]:
+    """Render ``batch_size`` streams per temperature to WAV files, streamed to disk in blocks.
+
+    Files are named ``{label}_t{temperature}_s{seed}_{stream}.wav`` with a ``.json`` sidecar of the
+    settings. Codes are dequantised exactly (bin centres): no normalisation, no DC shift.
+    Returns the WAV paths.
+    """
+    import soundfile as sf
+
+    if seconds < 0:
+        raise LabError(f"--seconds must not be negative, got {seconds}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    temps = [float(t) for t in temperatures]
+    per_stream = [t for t in temps for _ in range(batch_size)]
+    cfg = model.config
+    n = int(round(seconds * sample_rate))
+    names = [f"{label}_t{t:g}_s{seed}_{i % batch_size}" for i, t in enumerate(per_stream)]
+    paths = [out_dir / f"{name}.wav" for name in names]
+    tmps = [out_dir / f".{name}.wav.tmp" for name in names]
+    sampler = Sampler(model, len(per_stream), per_stream, seed, device)
+    if prime is not None:
+        sampler.prime(prime_codes(model, prime))
+    start = time.perf_counter()
+    files = [sf.SoundFile(str(t), "w", samplerate=sample_rate, channels=1, subtype="PCM_16", format="WAV")
+             for t in tmps]
+    try:
+        for block in sampler.run(n, block=max(1, int(block_seconds * sample_rate)), progress=progress,
+                                 sample_rate=sample_rate):
+            audio = audio_io.dequantize(block, cfg.q_levels, cfg.quantization).numpy()
+            for fh, row in zip(files, audio):
+                fh.write(row)
+    except BaseException:
+        for fh, t in zip(files, tmps):
+            fh.close()
+            t.unlink(missing_ok=True)
+        raise
+    for fh in files:
+        fh.close()
+    elapsed = time.perf_counter() - start
+    for path, tmp, t, name in zip(paths, tmps, per_stream, names):
+        os.replace(tmp, path)
+        side = {"file": path.name, "label": label, "temperature": t, "seed": seed, "seconds": seconds,
+                "sample_rate": sample_rate, "streams_in_batch": len(per_stream), "prime": prime is not None,
+                "q_levels": cfg.q_levels, "quantization": cfg.quantization,
+                "samples_per_second": n * len(per_stream) / max(elapsed, 1e-9),
+                "realtime_factor": n * len(per_stream) / max(elapsed, 1e-9) / sample_rate, **(info or {})}
+        path.with_suffix(".json").write_text(json.dumps(side, indent=1, default=str) + "\n")
+    return paths
+
+
+def render_checkpoint(run: str | os.PathLike, out_dir: str | os.PathLike, seconds: float, which: str = "best", *,
+                      batch_size: int = 1, temperatures: Sequence[float] = (1.0,), seed: int = 0,
+                      prime: str | os.PathLike | None = None, device: str | None = None,
+                      progress: bool = True) -> list[Path]:
+    """Render from a run folder's checkpoint (``best``, ``last``, ``epoch-NNN`` or a path).
+
+    A prime file must be at the run's sample rate (it is not resampled silently).
+    """
+    from .checkpoint import load_model
+
+    if seconds < 0:
+        raise LabError(f"--seconds must not be negative, got {seconds}")
+    model, info = load_model(run, which)
+    sr = int(info["config"]["sample_rate"])
+    prime_audio = None
+    if prime is not None:
+        import soundfile as sf
+
+        try:
+            prime_sr = sf.info(str(prime)).samplerate
+        except Exception:
+            prime_sr = None
+        if prime_sr is not None and prime_sr != sr:
+            raise LabError(f"{prime}: sampled at {prime_sr} Hz, but the model was trained at {sr} Hz "
+                           f"(resample it first)")
+        prime_audio, _ = audio_io.load(prime, sr)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device)
+    label = Path(info["path"]).stem
+    meta = {"checkpoint": info["path"], "epoch": info.get("epoch"), "step": info.get("step"),
+            "prime_file": str(prime) if prime else None}
+    return render(model, out_dir, seconds, sr, batch_size=batch_size, temperatures=temperatures, seed=seed,
+                  prime=prime_audio, label=label, info=meta, device=device, progress=progress)

@@ -1,0 +1,336 @@
+"""diagnose / compare / diagnose_file / format_table on signals synthesised here (no files from the repo)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.signal
+
+from samplernn_lab.analysis import CATEGORIES, Diagnosis, compare, diagnose, diagnose_file, format_table
+from samplernn_lab.audio import save
+from samplernn_lab.errors import LabError
+
+RATES = [16000, 44100]
+
+
+# --- signals ------------------------------------------------------------------------------------------
+
+
+def _t(sr: int, dur: float) -> np.ndarray:
+    return np.arange(int(sr * dur)) / sr
+
+
+def sine(sr: int, dur: float = 4.0, f: float = 440.0, amp: float = 0.5) -> np.ndarray:
+    return (amp * np.sin(2 * np.pi * f * _t(sr, dur))).astype(np.float32)
+
+
+def white(sr: int, dur: float = 4.0, dbfs: float = -20.0, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal(int(sr * dur))
+    return (x * 10 ** (dbfs / 20)).astype(np.float32)
+
+
+def pink(sr: int, dur: float = 4.0, dbfs: float = -20.0, seed: int = 0) -> np.ndarray:
+    n = int(sr * dur)
+    spec = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
+    k = np.arange(len(spec), dtype=float)
+    k[0] = 1.0
+    x = np.fft.irfft(spec / np.sqrt(k), n)  # power ~ 1/f
+    return (x / np.sqrt(np.mean(x ** 2)) * 10 ** (dbfs / 20)).astype(np.float32)
+
+
+def textile_tone(sr: int, dur: float = 4.0) -> np.ndarray:
+    """The study's failure on textile.wav: a high steady tone (3.5 kHz) with a quieter harmonic."""
+    t = _t(sr, dur)
+    return (0.4 * np.sin(2 * np.pi * 3520 * t) + 0.1 * np.sin(2 * np.pi * 7040 * t)).astype(np.float32)
+
+
+def bells(sr: int, dur: float = 5.0, seed: int = 1) -> np.ndarray:
+    """Struck bells: inharmonic partial sets on five pitches, decaying, overlapping, 0.3-0.8 s apart."""
+    rng = np.random.default_rng(seed)
+    n = int(sr * dur)
+    t = _t(sr, dur)
+    out = np.zeros(n)
+    ratios = [1.0, 2.76, 5.40, 8.93, 13.34]
+    bases = [523.0, 659.0, 784.0, 1046.0, 880.0]
+    strike, k = 0.0, 0
+    while strike < max(dur - 0.2, 0.01):
+        start = int(strike * sr)
+        tt = t[: n - start]
+        for j, r in enumerate(ratios):
+            if bases[k % 5] * r < sr / 2 - 100:
+                out[start:] += (0.6 ** j) * np.sin(2 * np.pi * bases[k % 5] * r * tt + rng.uniform(0, 6)) \
+                    * np.exp(-tt * (1.5 + 2 * j))
+        strike += rng.uniform(0.3, 0.8)
+        k += 1
+    return (out / (1.25 * np.max(np.abs(out)))).astype(np.float32)
+
+
+def clicks(sr: int, dur: float = 4.0, bpm: float = 120.0) -> np.ndarray:
+    """A rhythmic pattern of short decaying clicks on an eighth-note grid."""
+    n = int(sr * dur)
+    x = np.zeros(n)
+    pattern = [1.0, 0.0, 0.5, 0.3, 1.0, 0.0, 0.5, 0.0]
+    for i, pos in enumerate(range(0, n, int(sr * 30 / bpm))):
+        a = pattern[i % len(pattern)]
+        length = min(int(0.004 * sr), n - pos)
+        if a and length > 0:
+            m = np.arange(length)
+            x[pos:pos + length] += a * 0.8 * np.exp(-m / (0.0007 * sr)) * np.sign(np.sin(m * 1.3 + 0.3))
+    return x.astype(np.float32)
+
+
+def chirp(sr: int, method: str, dur: float = 4.0) -> np.ndarray:
+    return (0.5 * scipy.signal.chirp(_t(sr, dur), 200.0, dur, 4000.0, method=method)).astype(np.float32)
+
+
+def am_tone(sr: int, depth: float, dur: float = 4.0, f: float = 660.0, rate: float = 5.0) -> np.ndarray:
+    t = _t(sr, dur)
+    return (0.4 * (1 + depth * np.sin(2 * np.pi * rate * t)) * np.sin(2 * np.pi * f * t)).astype(np.float32)
+
+
+def noise_bursts(sr: int, dur: float = 4.0, seed: int = 1) -> np.ndarray:
+    """Noise struck four times a second: a rhythm with the timbre of white noise."""
+    t = _t(sr, dur)
+    return (white(sr, dur, -10, seed) * np.exp(-(t % 0.25) * 30)).astype(np.float32)
+
+
+def phase_randomised(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Same long-term spectrum (timbre), rhythm smeared away."""
+    spec = np.fft.rfft(x)
+    phase = np.random.default_rng(seed).uniform(0, 2 * np.pi, len(spec))
+    return np.fft.irfft(np.abs(spec) * np.exp(1j * phase), len(x)).astype(np.float32)
+
+
+# --- the three failures and the success ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sr", RATES)
+def test_digital_silence(sr):
+    d = diagnose(np.zeros(sr * 4, np.float32), sr)
+    assert d.category == "silence"
+    assert "silence" in d.sentence.lower()
+
+
+@pytest.mark.parametrize("sr", RATES)
+def test_near_silent_hiss_is_silence(sr):
+    d = diagnose(white(sr, dbfs=-70), sr)
+    assert abs(d.features["rms_dbfs"] + 70) < 1
+    assert d.category == "silence"
+
+
+@pytest.mark.parametrize("sr", RATES)
+def test_sine_is_tone(sr):
+    d = diagnose(sine(sr), sr)
+    assert d.category == "tone"
+    assert abs(d.features["dominant_hz"] - 440) < 2
+    assert d.features["pitch_stability"] > 0.95
+    assert d.features["tonal_dominance"] > 0.9
+
+
+@pytest.mark.parametrize("sr", RATES)
+def test_high_tone_with_harmonic_is_tone(sr):
+    d = diagnose(textile_tone(sr), sr)
+    assert d.category == "tone"
+    assert abs(d.features["dominant_hz"] - 3520) < 5
+    assert d.sentence.startswith("Steady tone at 3520 Hz")
+
+
+@pytest.mark.parametrize("sr", RATES)
+@pytest.mark.parametrize("make", [white, pink])
+def test_white_and_pink_noise_are_noise(sr, make):
+    d = diagnose(make(sr), sr)
+    assert d.category == "noise"
+    assert d.features["noisiness"] > 0.45
+    assert d.features["onset_rate"] < 0.5
+
+
+@pytest.mark.parametrize("sr", RATES)
+def test_bells_are_varied(sr):
+    d = diagnose(bells(sr), sr)
+    assert d.category == "varied"
+    assert d.features["tonal_dominance"] > 0.8  # tonal, yet the pitch moves
+    assert d.features["pitch_stability"] < 0.6
+    assert d.features["onset_rate"] > 0.8
+
+
+@pytest.mark.parametrize("sr", RATES)
+def test_click_pattern_is_varied(sr):
+    d = diagnose(clicks(sr), sr)
+    assert d.category == "varied"
+    assert d.features["onset_rate"] > 1.0
+
+
+@pytest.mark.parametrize("sr", RATES)
+@pytest.mark.parametrize("method", ["linear", "logarithmic"])
+def test_chirp_is_varied(sr, method):
+    d = diagnose(chirp(sr, method), sr)
+    assert d.category == "varied"
+    assert d.features["pitch_stability"] < 0.3
+
+
+# --- robustness --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sr", RATES)
+def test_short_signals_work(sr):
+    n = int(0.2 * sr)
+    assert diagnose(np.zeros(n, np.float32), sr).category == "silence"
+    assert diagnose(sine(sr, 0.2), sr).category == "tone"
+    assert diagnose(white(sr, 0.2), sr).category == "noise"
+    assert diagnose(bells(sr, 0.2), sr).category in CATEGORIES
+    for length in (1, 50, 500):  # shorter than one frame: no crash
+        assert diagnose(white(sr, length / sr), sr).category in CATEGORIES
+
+
+def test_tone_with_noise_floor_is_tone():
+    sr = 16000
+    assert diagnose(sine(sr) + white(sr, dbfs=-45), sr).category == "tone"
+    assert diagnose(sine(sr) + white(sr, dbfs=-25), sr).category == "tone"
+
+
+@pytest.mark.parametrize("depth", [0.3, 0.5])
+def test_tremolo_tone_is_still_tone(depth):
+    sr = 16000
+    d = diagnose(am_tone(sr, depth), sr)
+    assert d.category == "tone"
+    assert abs(d.features["dominant_hz"] - 660) < 3
+
+
+def test_vibrato_tone_is_still_tone():
+    sr = 16000
+    t = _t(sr, 4.0)
+    semis = 0.3 * np.sin(2 * np.pi * 5 * t)  # +-0.3 semitone at 5 Hz
+    phase = 2 * np.pi * np.cumsum(880 * 2 ** (semis / 12)) / sr
+    assert diagnose((0.4 * np.sin(phase)).astype(np.float32), sr).category == "tone"
+
+
+def test_dc_offset_does_not_change_the_category():
+    sr = 16000
+    for make, expected in [(sine, "tone"), (white, "noise"), (bells, "varied")]:
+        d = diagnose(make(sr) + 0.05, sr)
+        assert d.category == expected, make.__name__
+        assert abs(d.features["dc_offset"] - 0.05) < 0.005
+        assert "DC offset" in d.sentence
+    assert diagnose(np.full(sr, 0.3, np.float32), sr).category == "silence"  # an offset alone is silent
+
+
+def test_clipping_does_not_change_the_category():
+    sr = 16000
+    cases = [(np.clip(2.5 * sine(sr), -1, 1), "tone"), (np.clip(white(sr, dbfs=-6), -1, 1), "noise"),
+             (np.clip(3.0 * bells(sr), -1, 1), "varied"), (np.clip(3.0 * clicks(sr), -1, 1), "varied")]
+    for x, expected in cases:
+        d = diagnose(x, sr)
+        assert d.category == expected
+        assert d.features["clipped_fraction"] > 0
+    d = diagnose(cases[0][0], sr)
+    assert d.features["clipped_fraction"] > 0.3
+    assert "clipped" in d.sentence
+
+
+def test_nan_samples_are_reported_not_fatal():
+    sr = 16000
+    x = sine(sr)
+    x[::100] = np.nan
+    d = diagnose(x, sr)
+    assert d.category == "tone"
+    assert d.features["nonfinite_fraction"] == pytest.approx(0.01, abs=1e-3)
+    assert "NaN" in d.sentence
+
+
+def test_features_and_to_dict_are_plain_json():
+    d = diagnose(bells(16000, 2.0), 16000)
+    assert isinstance(d, Diagnosis)
+    for key in ("rms_dbfs", "peak_dbfs", "spectral_flatness", "tonal_dominance", "pitch_stability",
+                "dominant_hz", "onset_rate", "dc_offset", "clipped_fraction", "level_spread_db",
+                "duration_s", "noisiness"):
+        assert isinstance(d.features[key], float), key
+        assert np.isfinite(d.features[key]), key
+    assert 0 <= d.features["spectral_flatness"] <= 1
+    assert 0 <= d.features["tonal_dominance"] <= 1
+    assert 0 <= d.features["pitch_stability"] <= 1
+    assert d.features["duration_s"] == pytest.approx(2.0)
+    row = d.to_dict()
+    assert row["category"] == d.category and row["sentence"] == d.sentence
+    assert json.loads(json.dumps(row)) == row
+    assert all(type(v) is float for k, v in row.items() if k not in ("category", "sentence"))
+
+
+def test_bad_input_raises_laberror():
+    with pytest.raises(LabError):
+        diagnose(np.zeros(0, np.float32), 16000)
+    with pytest.raises(LabError):
+        diagnose(np.zeros((100, 2), np.float32), 16000)
+    with pytest.raises(LabError):
+        diagnose(np.zeros(100, np.float32), 0)
+
+
+# --- compare -----------------------------------------------------------------------------------------
+
+
+def test_compare_same_process_is_close():
+    sr = 16000
+    c = compare(white(sr, seed=1), white(sr, seed=2), sr)
+    assert c["envelope_distance_db"] < 1.5
+    assert c["onset_rate_ratio"] == pytest.approx(1.0, abs=0.3)
+    assert abs(c["level_difference_db"]) < 0.5
+    c = compare(noise_bursts(sr, seed=3), noise_bursts(sr, seed=4), sr)
+    assert c["envelope_distance_db"] < 1.5
+    assert 0.7 < c["onset_rate_ratio"] < 1.4
+    assert "timbre and its rhythm" in c["sentence"]
+
+
+def test_compare_sine_and_noise_are_far():
+    sr = 16000
+    c = compare(sine(sr), white(sr), sr)
+    assert c["envelope_distance_db"] > 10
+    assert c["timbre_match"] == 0.0
+    assert "not reproduce the source's timbre" in c["sentence"]
+
+
+def test_compare_timbre_without_rhythm():
+    sr = 16000
+    source = noise_bursts(sr)
+    c = compare(phase_randomised(source), source, sr)
+    assert c["envelope_distance_db"] < 1.0
+    assert c["source_onset_rate"] > 2.0
+    assert c["onset_rate_ratio"] < 0.2
+    assert c["sentence"].startswith("It reproduced the source's timbre but not its rhythm")
+    json.dumps(c)
+
+
+def test_compare_silent_render_and_levels():
+    sr = 16000
+    c = compare(np.zeros(sr * 2, np.float32), bells(sr, 2.0), sr)
+    assert c["sentence"].startswith("The render is silent")
+    assert np.isfinite(c["level_difference_db"]) and c["level_difference_db"] < -60
+    c = compare(white(sr, dbfs=-40), white(sr, dbfs=-20, seed=5), sr)
+    assert c["level_difference_db"] == pytest.approx(-20, abs=0.5)
+    assert "20 dB quieter" in c["sentence"]
+
+
+# --- files and the table ------------------------------------------------------------------------------
+
+
+def test_diagnose_file_and_format_table(tmp_path):
+    sr = 16000
+    tone_path = save(tmp_path / "tone.wav", textile_tone(sr, 2.0), sr)
+    bell_path = save(tmp_path / "bells.wav", bells(sr, 2.0), sr)
+    rows = [diagnose_file(tone_path), diagnose_file(bell_path)]
+    assert rows[0]["file"] == str(tone_path)
+    assert rows[0]["category"] == "tone" and rows[1]["category"] == "varied"
+    json.dumps(rows)
+    table = format_table(rows, sentence_width=30)
+    lines = table.splitlines()
+    assert len(lines) == 4
+    for header in ("file", "category", "rms dBFS", "flatness", "dominance", "onsets/s", "sentence"):
+        assert header in lines[0]
+    assert "tone.wav" in lines[2] and "tone" in lines[2]
+    assert "\u2026" in lines[2]  # sentence cut to 30 characters
+    assert format_table([]).count("\n") == 1  # header and rule only
+
+
+def test_diagnose_file_missing_names_the_file(tmp_path):
+    with pytest.raises(LabError, match="nope.wav"):
+        diagnose_file(tmp_path / "nope.wav")

@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from samplernn_lab import ModelConfig, SampleRNN
+from samplernn_lab.model import nll_bits
+
+TINY = ModelConfig(frame_sizes=(4, 2), dim=24, n_rnn=1, embed_size=8, q_levels=32)
+
+
+@pytest.mark.parametrize("cfg", [TINY, ModelConfig(frame_sizes=(8, 2), dim=16, n_rnn=2, embed_size=8, q_levels=16,
+                                                   rnn_type="lstm", weight_norm=False),
+                                 ModelConfig(frame_sizes=(2, 2, 2), dim=16, n_rnn=1, embed_size=8, q_levels=16)])
+def test_causal_changing_later_codes_never_changes_earlier_log_probs(cfg):
+    torch.manual_seed(0)
+    model = SampleRNN(cfg).eval()
+    codes = torch.randint(0, cfg.q_levels, (2, 100))
+    base = model.log_probs(codes)
+    for t in (0, 7, 8, 31, 64, 99):
+        other = codes.clone()
+        other[:, t:] = torch.randint(0, cfg.q_levels, other[:, t:].shape)
+        lp = model.log_probs(other)
+        assert torch.equal(lp[:, :t + 1], base[:, :t + 1]), t  # sample t's distribution depends on < t only
+        if t < 99:
+            assert not torch.allclose(lp[:, t + 1:], base[:, t + 1:])
+
+
+def test_frame_lengths_and_lookback():
+    cfg = ModelConfig(frame_sizes=(8, 2))
+    assert cfg.frame_lengths == (8, 16) and cfg.lookback == 16
+    model = SampleRNN(ModelConfig(frame_sizes=(8, 2), dim=8, n_rnn=1, embed_size=4, q_levels=8))
+    assert [t.frame_len for t in model.tiers] == [16, 8]  # stored top first
+
+
+def test_windowed_tbptt_equals_one_pass():
+    torch.manual_seed(1)
+    model = SampleRNN(TINY).eval()
+    lb = model.lookback
+    codes = torch.randint(0, 32, (3, lb + 64))
+    full, _ = model(codes)
+    hidden, parts = None, []
+    for i in range(4):  # windows of 16 with carried state
+        logits, hidden = model(codes[:, i * 16:i * 16 + lb + 16], hidden)
+        parts.append(logits)
+    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+
+
+def test_log_probs_starts_from_silence_and_h0():
+    torch.manual_seed(2)
+    model = SampleRNN(TINY).eval()
+    codes = torch.randint(0, 32, (2, 24))
+    x = torch.cat([torch.full((2, model.lookback), 16), codes], 1)
+    logits, _ = model(x)
+    assert torch.allclose(model.log_probs(codes), torch.log_softmax(logits, -1), atol=1e-6)
+
+
+def test_h0_is_learned():
+    model = SampleRNN(TINY)
+    codes = torch.randint(0, 32, (2, model.lookback + 16))
+    logits, _ = model(codes)
+    nll_bits(logits, codes[:, model.lookback:]).backward()
+    assert all(t.h0.grad is not None and t.h0.grad.abs().sum() > 0 for t in model.tiers)
+
+
+def test_poster_size():
+    from samplernn_lab.presets import get_preset
+
+    p = get_preset("poster")
+    assert p.model.frame_sizes == (8, 2) and p.model.dim == 1024 and p.model.n_rnn == 2
+    assert p.model.embed_size == 256 and p.model.q_levels == 256 and p.model.learn_h0
+    assert p.train.seq_len == 1024 and p.train.batch_size == 128 and p.data.sample_rate == 44100

@@ -1,0 +1,143 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from scipy import stats
+
+from samplernn_lab import ModelConfig, SampleRNN, generate
+from samplernn_lab.audio import dequantize, quantize
+from samplernn_lab.sample import Sampler, render
+
+CFG = ModelConfig(frame_sizes=(4, 2), dim=32, n_rnn=1, embed_size=8, q_levels=32)
+BACKENDS = ["numba", "torch"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = SampleRNN(CFG).eval()
+    with torch.no_grad():  # sharper than at init, so sampling has structure to follow
+        m.mlp.output.parametrizations.weight.original0.mul_(3.0)
+    return m
+
+
+def sample(model, n, backend, **kw):
+    s = Sampler(model, kw.pop("batch_size", 1), kw.pop("temperature", 1.0), kw.pop("seed", 0), backend=backend)
+    if "prime" in kw:
+        s.prime(kw.pop("prime"))
+    return torch.cat(list(s.run(n, block=37)), 1)
+
+
+def assert_greedy_matches(model, codes, lp):
+    """Greedy codes are the argmax at every step (up to float round-off at near-ties)."""
+    top = lp.argmax(-1)
+    diff = top != codes
+    if diff.any():
+        gap = (lp.gather(-1, top.unsqueeze(-1)) - lp.gather(-1, codes.unsqueeze(-1))).squeeze(-1)[diff]
+        assert float(gap.max()) < 1e-4
+    assert diff.float().mean() < 0.01
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_greedy_equals_argmax_of_log_probs(model, backend):
+    codes = sample(model, 300, backend, temperature=0.0, batch_size=3)
+    assert codes.shape == (3, 300)
+    assert_greedy_matches(model, codes, model.log_probs(codes))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_samples_follow_the_teacher_forced_distribution(model, backend, temperature):
+    codes = sample(model, 1500, backend, temperature=temperature, batch_size=4, seed=11)
+    lp = model.log_probs(codes).double() / temperature
+    p = torch.softmax(lp, -1)  # the tempered distribution at every step
+    cdf = p.cumsum(-1)
+    below = cdf.gather(-1, codes.unsqueeze(-1)).squeeze(-1) - p.gather(-1, codes.unsqueeze(-1)).squeeze(-1)
+    u = torch.rand(codes.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    pit = (below + u * p.gather(-1, codes.unsqueeze(-1)).squeeze(-1)).flatten().numpy()
+    # randomised probability integral transform: uniform exactly when codes ~ p
+    assert stats.kstest(pit, "uniform").pvalue > 1e-3
+    # and the log-likelihood of what was drawn matches its expectation (-entropy)
+    ll = torch.log(p.gather(-1, codes.unsqueeze(-1)).squeeze(-1))
+    expected = (p * torch.log(p.clamp_min(1e-300))).sum(-1)
+    var = (p * torch.log(p.clamp_min(1e-300)) ** 2).sum(-1) - expected ** 2
+    z = float((ll - expected).sum() / var.sum().sqrt())
+    assert abs(z) < 4.5
+
+
+def test_wrong_distribution_is_detected(model):
+    """The statistical test above has power: samples at T=1 fail it against T=0.5."""
+    codes = sample(model, 1500, "numba", temperature=1.0, batch_size=4, seed=11)
+    p = torch.softmax(model.log_probs(codes).double() / 0.5, -1)
+    ll = torch.log(p.gather(-1, codes.unsqueeze(-1)).squeeze(-1))
+    expected = (p * torch.log(p.clamp_min(1e-300))).sum(-1)
+    var = (p * torch.log(p.clamp_min(1e-300)) ** 2).sum(-1) - expected ** 2
+    assert abs(float((ll - expected).sum() / var.sum().sqrt())) > 6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_seed_same_codes(model, backend):
+    a = sample(model, 200, backend, seed=3, batch_size=2)
+    b = sample(model, 200, backend, seed=3, batch_size=2)
+    c = sample(model, 200, backend, seed=4, batch_size=2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_generate_api(model):
+    out = generate(model, 100, batch_size=2, temperature=[0.0, 1.0], seed=1)
+    assert out.dtype == torch.long and out.shape == (2, 100) and out.device.type == "cpu"
+    assert int(out.min()) >= 0 and int(out.max()) < CFG.q_levels
+    assert torch.equal(out, generate(model, 100, batch_size=2, temperature=[0.0, 1.0], seed=1))
+    assert generate(model, 0).shape == (1, 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("prime_len", [40, 43])
+def test_prime_equals_teacher_forcing_then_sampling(model, backend, prime_len):
+    prime = torch.randint(0, CFG.q_levels, (prime_len,), generator=torch.Generator().manual_seed(9))
+    cont = sample(model, 120, backend, temperature=0.0, batch_size=2, prime=prime)
+    full = torch.cat([prime.expand(2, -1), cont], 1)
+    lp = model.log_probs(full)[:, prime_len:]
+    assert_greedy_matches(model, cont, lp)
+    # and it differs from the unprimed continuation
+    assert not torch.equal(cont, sample(model, 120, backend, temperature=0.0, batch_size=2))
+
+
+def test_prime_with_audio_quantises_it(model):
+    audio = np.sin(np.linspace(0, 40, 64)).astype(np.float32) * 0.5
+    a = generate(model, 50, temperature=0.0, prime=audio)
+    b = generate(model, 50, temperature=0.0, prime=quantize(audio, CFG.q_levels))
+    assert torch.equal(a, b)
+
+
+def test_numba_and_torch_backends_agree_greedily(model):
+    assert torch.equal(sample(model, 200, "numba", temperature=0.0), sample(model, 200, "torch", temperature=0.0))
+
+
+@pytest.mark.parametrize("method", ["linear", "mulaw"])
+def test_rendered_wav_reads_back_to_its_codes(tmp_path, method):
+    torch.manual_seed(0)
+    cfg = ModelConfig(frame_sizes=(4, 2), dim=16, n_rnn=1, embed_size=8, q_levels=256, quantization=method)
+    m = SampleRNN(cfg).eval()
+    paths = render(m, tmp_path, 0.05, 16000, batch_size=2, temperatures=[0.9, 1.0], seed=7, progress=False,
+                   block_seconds=0.01)
+    assert [p.name for p in paths] == ["render_t0.9_s7_0.wav", "render_t0.9_s7_1.wav", "render_t1_s7_0.wav",
+                                       "render_t1_s7_1.wav"]
+    codes = generate(m, 800, batch_size=4, temperature=[0.9, 0.9, 1.0, 1.0], seed=7)
+    for i, p in enumerate(paths):
+        data, sr = sf.read(p, dtype="float32")
+        assert sr == 16000 and len(data) == 800
+        assert torch.equal(quantize(data, 256, method), codes[i])
+        np.testing.assert_allclose(data, dequantize(codes[i], 256, method).numpy(), atol=1 / 32768)
+        side = json.loads(p.with_suffix(".json").read_text())
+        assert side["seed"] == 7 and side["sample_rate"] == 16000
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_negative_length_is_refused(model):
+    from samplernn_lab.errors import LabError
+
+    with pytest.raises(LabError, match="negative"):
+        generate(model, -5)

@@ -1,0 +1,216 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from samplernn_lab import ModelConfig, TrainConfig, train
+from samplernn_lab.audio import quantize
+from samplernn_lab.checkpoint import load, load_model
+from samplernn_lab.cli import main
+from samplernn_lab.dataset import DataConfig, load_split, prepare
+from samplernn_lab.errors import LabError
+from signals import tone_plus_noise
+
+TINY = ModelConfig(frame_sizes=(4, 2), dim=32, n_rnn=1, embed_size=8, q_levels=64)
+FAST = TrainConfig(seq_len=256, batch_size=4, lr=3e-3, render_seconds=0.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    import soundfile as sf
+
+    sf.write(root / "tpn.wav", tone_plus_noise(16000, 2.0), 16000, subtype="PCM_16")
+    return prepare([root / "tpn.wav"], root / "ds",
+                   DataConfig(sample_rate=16000, copies=2, chunk_seconds=0.25, seed=0), progress=False)
+
+
+def entropy_bits(codes: torch.Tensor, q: int) -> float:
+    p = torch.bincount(codes.flatten(), minlength=q).double()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log2()).sum())
+
+
+def cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{**FAST.__dict__, **kw})
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_far_below_histogram_entropy(dataset, tmp_path):
+    q = 256
+    model = ModelConfig(frame_sizes=(4, 2), dim=64, n_rnn=1, embed_size=16, q_levels=q)
+    result = train(dataset, tmp_path / "run", model, cfg(max_steps=300, batch_size=8), progress=False)
+    val = load_split(dataset, "val", q, "linear")
+    h = entropy_bits(val, q)
+    assert result.best_val_bits is not None and result.best_val_bits < h - 2.0, (result.best_val_bits, h)
+    rows = [m for m in metrics(tmp_path / "run") if m.get("split") == "train"]
+    assert {"step", "epoch", "split", "nll_bits", "seconds"} <= set(rows[0])
+    assert np.mean([r["nll_bits"] for r in rows[-20:]]) < np.mean([r["nll_bits"] for r in rows[:20]]) - 2.0
+
+
+def test_run_folder_layout(dataset, tmp_path):
+    run = tmp_path / "run"
+    train(dataset, run, TINY, cfg(epochs=2, render_seconds=0.1), progress=False)
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["dim"] == 32 and config["train"]["seq_len"] == 256 and config["sample_rate"] == 16000
+    assert config["quantization"] == {"method": "linear", "q_levels": 64}
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["best.pt", "epoch-001.pt", "epoch-002.pt", "last.pt"]
+    assert (run / "renders" / "epoch-002").is_dir() and list((run / "renders" / "epoch-001").glob("*.wav"))
+    assert (run / "loss.png").stat().st_size > 1000
+    val = [m for m in metrics(run) if m.get("split") == "val"]
+    assert [v["epoch"] for v in val] == [1, 2]
+    renders = [m for m in metrics(run) if m.get("event") == "render"]
+    assert len(renders) == 2 and all(r["category"] in ("silence", "tone", "noise", "varied") for r in renders)
+    model, info = load_model(run, "best")
+    assert info["epoch"] in (1, 2)
+
+
+def test_resumed_run_equals_uninterrupted(dataset, tmp_path):
+    straight = train(dataset, tmp_path / "a", TINY, cfg(max_steps=45), progress=False)
+    part = train(dataset, tmp_path / "b", TINY, cfg(max_steps=17), progress=False)
+    assert part.status == "budget" and part.step == 17
+    resumed = train(dataset, tmp_path / "b", TINY, cfg(max_steps=45), resume=True, progress=False)
+    assert straight.step == resumed.step == 45
+    a, b = load(tmp_path / "a/checkpoints/last.pt"), load(tmp_path / "b/checkpoints/last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    # the same seed repeats on CPU; another seed does not
+    again = train(dataset, tmp_path / "c", TINY, cfg(max_steps=45), progress=False)
+    c = load(tmp_path / "c/checkpoints/last.pt")
+    assert all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
+
+
+def test_nonfinite_steps_are_skipped_then_restored(dataset, tmp_path, monkeypatch):
+    from samplernn_lab import model as model_mod
+
+    real = model_mod.SampleRNN.forward
+    calls = {"n": 0}
+
+    def flaky(self, codes, hidden=None):
+        calls["n"] += 1
+        logits, h = real(self, codes, hidden)
+        if 5 <= calls["n"] < 9:  # four blow-ups in a row
+            logits = logits * float("nan")
+        return logits, h
+
+    monkeypatch.setattr(model_mod.SampleRNN, "forward", flaky)
+    c = cfg(max_steps=20, blowup_patience=3)
+    result = train(dataset, tmp_path / "run", TINY, c, progress=False)
+    events = [m for m in metrics(tmp_path / "run") if "event" in m]
+    assert sum(e["event"] == "nonfinite" for e in events) == 4
+    restored = [e for e in events if e["event"] == "restored"]
+    assert len(restored) == 1 and restored[0]["lr"] == pytest.approx(FAST.lr * 0.5)
+    assert result.step == 20
+    state = load(tmp_path / "run/checkpoints/last.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("problem", ["no dataset", "missing chunk", "short chunks", "bad preset", "bad field"])
+def test_bad_train_input_gets_one_line(dataset, tmp_path, capsys, problem):
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset, ds)
+    args = ["train", str(ds), "--out", str(tmp_path / "run"), "--max-steps", "1", "--set", "dim=8",
+            "embed_size=4", "seq_len=256", "batch_size=2", "render_seconds=0"]
+    expect = {"no dataset": "not a dataset", "missing chunk": "missing", "short chunks": "shorter than one window",
+              "bad preset": "unknown preset", "bad field": "unknown setting"}[problem]
+    if problem == "no dataset":
+        (ds / "manifest.json").unlink()
+    elif problem == "missing chunk":
+        next((ds / "chunks" / "train").glob("*.wav")).unlink()
+    elif problem == "short chunks":
+        args[args.index("seq_len=256")] = "seq_len=8192"
+    elif problem == "bad preset":
+        args += ["--preset", "huge"]
+    else:
+        args += ["--set", "dimm=3"]
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and expect in err[0] and "Traceback" not in err[0]
+
+
+def test_overrides_reach_the_run(dataset, tmp_path, capsys):
+    code = main(["train", str(dataset), "--out", str(tmp_path / "run"), "--max-steps", "2", "--no-progress",
+                 "--set", "dim=8", "embed_size=4", "seq_len=256", "batch_size=2", "render_seconds=0", "n_rnn=1"])
+    assert code == 0
+    config = json.loads((tmp_path / "run/config.json").read_text())
+    assert config["model"]["dim"] == 8 and config["train"]["batch_size"] == 2 and config["train"]["max_steps"] == 2
+
+
+def test_existing_run_needs_resume(dataset, tmp_path):
+    train(dataset, tmp_path / "run", TINY, cfg(max_steps=2), progress=False)
+    with pytest.raises(LabError, match="--resume"):
+        train(dataset, tmp_path / "run", TINY, cfg(max_steps=2), progress=False)
+
+
+def _cli_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "samplernn_lab.cli", *args]
+
+
+def test_sigint_saves_a_checkpoint_and_resume_goes_on(dataset, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", str(dataset), "--out", str(run), "--preset", "sketch", "--no-progress", "--set",
+            "dim=64", "embed_size=8", "seq_len=256", "batch_size=2", "render_seconds=0"]
+    proc = subprocess.Popen(_cli_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until it is really training
+        m = run / "metrics.jsonl"
+        if m.exists() and len(m.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in out
+    state = load(run / "checkpoints" / "last.pt")
+    step = state["step"]
+    assert step >= 3
+    code = main(args[:1] + args[1:] + ["--resume", "--max-steps", str(step + 3)])
+    assert code == 0
+    assert load(run / "checkpoints" / "last.pt")["step"] == step + 3
+
+
+def test_ddp_two_gloo_ranks_stay_in_step(dataset, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(r"""
+import sys, torch, torch.distributed as dist
+from samplernn_lab import ModelConfig, TrainConfig
+from samplernn_lab.train import train
+captured = {}
+real = torch.nn.parallel.DistributedDataParallel
+class Spy(real):
+    def __init__(self, module, *a, **k):
+        super().__init__(module, *a, **k)
+        captured["model"] = module
+torch.nn.parallel.DistributedDataParallel = Spy
+model = ModelConfig(frame_sizes=(4, 2), dim=16, n_rnn=1, embed_size=8, q_levels=64)
+r = train(sys.argv[2], sys.argv[1], model, TrainConfig(seq_len=256, batch_size=4, max_steps=6,
+          render_seconds=0), device="cpu", progress=False)
+flat = torch.cat([p.detach().flatten() for p in captured["model"].parameters()])
+gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
+dist.all_gather(gathered, flat)
+if dist.get_rank() == 0:
+    print("STEPS", r.step, "MAXDIFF", float((gathered[0] - gathered[1]).abs().max()))
+dist.destroy_process_group()
+""")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29517", str(script), str(tmp_path / "run"), str(dataset)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("STEPS"))
+    _, steps, _, diff = line.split()
+    assert int(steps) == 6 and float(diff) == 0.0
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
