@@ -77,7 +77,8 @@ def load_model(run_or_path: str | os.PathLike, which: str = "best") -> tuple[Sam
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise LabError(f"{path}: weights do not fit the model its config describes ({str(e)[:200]})") from None
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:2]) or str(e).splitlines()[0]
+        raise LabError(f"{path}: weights do not fit the model its config describes ({detail[:200]})") from None
     model.eval()
     info = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "hidden")}
     info["path"] = str(path)

@@ -7,9 +7,9 @@ What makes it fast (see benchmarks/RESULTS.md for where the time goes):
   (``lut[j, code]`` is a ``dim`` vector), so the first layer is ``frame_size`` row additions
   instead of a (frame_size x embed_size) x dim product per sample;
 * each frame tier is stepped only at its frame boundaries, with GRU cells on folded weights;
-* the per-sample loop of a bottom frame runs in one compiled call: on CPU a numba kernel
-  (inverse-CDF sampling from uniforms drawn in bulk), elsewhere torch ops on the device
-  (Gumbel-max with noise drawn in bulk). No per-sample traffic between host and device.
+* the per-sample loop of a bottom frame runs in one compiled call on CPU (a numba kernel), or as
+  torch ops on the device; both sample by inverse CDF from uniforms drawn in bulk, one per sample.
+  No per-sample traffic between host and device.
 
 Generation starts from the same state as :meth:`SampleRNN.log_probs` (h0, a lookback of silence
 codes). A prime is teacher-forced: its codes go through the frame tiers exactly as if sampled.
@@ -178,21 +178,22 @@ if numba is not None:
                 window[b, fs + j] = best
 
 
-def _mlp_frame_torch(f: _Folded, cond, window, temps, gumbel, forced):
-    """The torch twin of the numba kernel, for any device: Gumbel-max on bulk noise."""
+def _mlp_frame_torch(f: _Folded, cond, window, temps, uniforms, forced):
+    """The torch twin of the numba kernel, for any device: inverse-CDF sampling on bulk uniforms."""
     fs, q, dim = f.lut.shape
     offsets = torch.arange(fs, device=window.device) * q
     lut = f.lut.view(fs * q, dim)
-    greedy = (temps <= 0).unsqueeze(1)
-    inv_t = torch.where(temps > 0, 1.0 / temps.clamp_min(1e-8), torch.zeros_like(temps)).unsqueeze(1)
+    greedy = temps <= 0
+    inv_t = torch.where(greedy, torch.ones_like(temps), 1.0 / temps.clamp_min(1e-8)).unsqueeze(1)
     for j in range(fs):
-        x = cond[:, j] + lut[window[:, j:j + fs] + offsets].sum(1)
-        x = torch.relu(x)
+        # the first layer is a sum of lookup-table rows: one fused gather-and-add
+        x = torch.relu(cond[:, j] + F.embedding_bag(window[:, j:j + fs] + offsets, lut, mode="sum"))
         for w, b in f.hidden:
             x = torch.relu(F.linear(x, w, b))
         logits = F.linear(x, f.w_out, f.b_out)
-        scores = torch.where(greedy, logits, logits * inv_t + gumbel[:, j])
-        code = scores.argmax(dim=1)
+        cdf = torch.softmax(logits * inv_t, dim=1).cumsum_(1)
+        drawn = torch.searchsorted(cdf, uniforms[:, j:j + 1] * cdf[:, -1:]).squeeze(1).clamp_(max=q - 1)
+        code = torch.where(greedy, logits.argmax(dim=1), drawn)
         window[:, fs + j] = torch.where(forced[:, j] >= 0, forced[:, j], code)
 
 
@@ -287,9 +288,8 @@ class Sampler:
                              self.out_b, win_c, self.temps_np, uniforms, forced.numpy())
             win[:] = win_c
         else:
-            u = torch.rand((self.b, fs, f.q_levels), generator=self.torch_rng, device=self.device)
-            gumbel = -torch.log(-torch.log(u.clamp_(1e-20, 1.0 - 1e-7)))
-            _mlp_frame_torch(f, bottom, window, self.temps, gumbel, forced.to(self.device))
+            u = torch.rand((self.b, fs), generator=self.torch_rng, device=self.device, dtype=torch.float32)
+            _mlp_frame_torch(f, bottom, window, self.temps, u, forced.to(self.device))
         new = self.hist[:, lb:].clone()
         self.hist[:, :lb] = self.hist[:, fs:fs + lb].clone()
         self.t += fs

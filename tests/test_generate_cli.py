@@ -1,0 +1,112 @@
+"""`samplernn-lab generate`, `diagnose` and `figures` from the command line, and their bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from samplernn_lab import ModelConfig, TrainConfig, train
+from samplernn_lab.audio import quantize
+from samplernn_lab.checkpoint import load_model
+from samplernn_lab.cli import main
+from samplernn_lab.dataset import DataConfig, prepare
+from samplernn_lab.sample import generate
+from signals import bell, noise, tone
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    sf.write(root / "bell.wav", bell(16000, 2.0), 16000)
+    ds = prepare([root / "bell.wav"], root / "ds", DataConfig(sample_rate=16000, copies=2, chunk_seconds=0.25),
+                 progress=False)
+    train(ds, root / "run", ModelConfig(frame_sizes=(4, 2), dim=16, n_rnn=1, embed_size=8, q_levels=64),
+          TrainConfig(seq_len=256, batch_size=4, epochs=1, render_seconds=0), progress=False)
+    return root / "run"
+
+
+def cli(args, capsys):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_generate_writes_named_wavs_with_sidecars(run, tmp_path, capsys):
+    code, out, _ = cli(["generate", run, "--seconds", "0.1", "--batch", "2", "--temperature", "1.0", "0.5",
+                        "--seed", "3", "--out", tmp_path / "r"], capsys)
+    assert code == 0
+    names = sorted(p.name for p in (tmp_path / "r").glob("*.wav"))
+    assert names == ["best_t0.5_s3_0.wav", "best_t0.5_s3_1.wav", "best_t1_s3_0.wav", "best_t1_s3_1.wav"]
+    side = json.loads((tmp_path / "r" / "best_t1_s3_0.json").read_text())
+    assert side["temperature"] == 1.0 and side["seed"] == 3 and side["epoch"] == 1 and side["seconds"] == 0.1
+    # the files are what generate() makes from the same checkpoint and seed
+    model, _ = load_model(run, "best")
+    codes = generate(model, 1600, batch_size=4, temperature=[1.0, 1.0, 0.5, 0.5], seed=3)
+    data, sr = sf.read(tmp_path / "r" / "best_t1_s3_1.wav", dtype="float32")
+    assert sr == 16000 and torch.equal(quantize(data, 64), codes[1])
+
+
+def test_generate_with_prime(run, tmp_path, capsys):
+    sf.write(tmp_path / "p.wav", tone(300.0, 16000, 0.05), 16000)
+    code, _, err = cli(["generate", run, "--checkpoint", "last", "--seconds", "0.05", "--prime", tmp_path / "p.wav",
+                        "--temperature", "0", "--out", tmp_path / "r"], capsys)
+    assert code == 0, err
+    side = json.loads((tmp_path / "r" / "last_t0_s0_0.json").read_text())
+    assert side["prime"] is True and side["prime_file"].endswith("p.wav")
+
+
+def _bad(run, tmp_path, case):
+    if case == "no checkpoint":
+        empty = tmp_path / "emptyrun"
+        (empty / "checkpoints").mkdir(parents=True)
+        return [empty, "--seconds", "1"], "no checkpoint"
+    if case == "not a checkpoint":
+        (tmp_path / "x.pt").write_bytes(b"garbage")
+        return [tmp_path / "x.pt", "--seconds", "1"], "not a readable checkpoint"
+    if case == "another model":
+        state = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
+        state["config"]["model"]["dim"] = 32  # weights of a dim-16 model under a dim-32 config
+        torch.save(state, tmp_path / "other.pt")
+        return [tmp_path / "other.pt", "--seconds", "1"], "do not fit"
+    if case == "prime rate":
+        sf.write(tmp_path / "p44.wav", tone(300.0, 44100, 0.05), 44100)
+        return [run, "--seconds", "1", "--prime", tmp_path / "p44.wav"], "44100 Hz"
+    if case == "negative":
+        return [run, "--seconds", "-1"], "negative"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["no checkpoint", "not a checkpoint", "another model", "prime rate", "negative"])
+def test_generate_bad_input_one_line(run, tmp_path, capsys, case):
+    args, expect = _bad(run, tmp_path, case)
+    code, _, err = cli(["generate", *args, "--out", tmp_path / "r"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and expect in lines[0] and "Traceback" not in err
+    assert not list((tmp_path / "r").glob("*.wav")) if (tmp_path / "r").exists() else True
+
+
+def test_diagnose_cli_table_and_json(tmp_path, capsys):
+    sf.write(tmp_path / "silence.wav", np.zeros(16000, np.float32), 16000)
+    sf.write(tmp_path / "tone.wav", tone(3520.0, 16000, 2.0), 16000)
+    sf.write(tmp_path / "noise.wav", noise(16000, 2.0), 16000)
+    sf.write(tmp_path / "bells.wav", bell(16000, 3.0), 16000)
+    files = [tmp_path / f"{n}.wav" for n in ("silence", "tone", "noise", "bells")]
+    code, out, _ = cli(["diagnose", *files, "--json"], capsys)
+    rows = json.loads(out)
+    assert code == 0 and [r["category"] for r in rows] == ["silence", "tone", "noise", "varied"]
+    assert all({"file", "category", "rms_dbfs", "spectral_flatness", "onset_rate"} <= set(r) for r in rows)
+    code, out, _ = cli(["diagnose", *files], capsys)
+    assert code == 0 and "silence" in out and "varied" in out and len(out.splitlines()) >= 5
+    code, _, err = cli(["diagnose", tmp_path / "nope.wav"], capsys)
+    assert code == 2 and "nope.wav" in err
+
+
+def test_figures_cli(tmp_path, capsys):
+    sf.write(tmp_path / "src.wav", bell(44100, 2.0), 44100)
+    sf.write(tmp_path / "gen.wav", noise(16000, 1.0), 16000)
+    code, out, err = cli(["figures", tmp_path / "src.wav", tmp_path / "gen.wav", "--out", tmp_path / "fig.png"],
+                         capsys)
+    assert code == 0, err
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "fig.pdf").exists()
