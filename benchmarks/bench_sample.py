@@ -5,6 +5,7 @@ model's own (weight-normalised) modules called step by step, the embedding and f
 computed in full, sampling with torch.multinomial.
 
     python benchmarks/bench_sample.py [--device cpu|cuda] [--seconds S] [--presets sketch poster]
+                                      [--batches 1 16 128] [--set field=value ...]
 """
 
 from __future__ import annotations
@@ -64,11 +65,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0, help="target seconds per measurement")
     ap.add_argument("--presets", nargs="+", default=["sketch", "poster"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 16, 128])
+    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="override preset fields")
     a = ap.parse_args()
     torch.manual_seed(0)
     rows = []
     for name in a.presets:
-        preset = get_preset(name)
+        preset = get_preset(name, a.set)
         sr = preset.data.sample_rate
         model = SampleRNN(preset.model).eval().to(a.device)
         for batch in a.batches:
