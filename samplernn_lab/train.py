@@ -347,6 +347,8 @@ def train(dataset: str | os.PathLike, out: str | os.PathLike, model_config: Mode
             bar.close()
             if stop:
                 save_last((epoch, batch_i, window_i), hidden)
+                if is_main and step > 0:
+                    _loss_curve(out)
                 status = stop
                 break
             # --- end of epoch: validate, keep checkpoints, render something to listen to ------

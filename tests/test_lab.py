@@ -25,6 +25,24 @@ def test_notebooks_are_committed_without_outputs_and_have_parameters(name):
     assert book.cells[0].cell_type == "markdown"
 
 
+EXPECTED_PARAMETERS = {
+    "01_prepare_dataset": {"sources", "dataset_dir", "preset", "overrides", "seed", "overwrite"},
+    "02_train": {"dataset_dir", "run_dir", "preset", "overrides", "max_minutes", "epochs", "seed", "resume", "device"},
+    "03_listen": {"run_dir", "checkpoint", "seconds", "temperatures", "batch", "seed", "out_dir", "source",
+                  "interactive"},
+    "04_poster_figures": {"run_dir", "source", "renders_dir", "out_dir", "low_hz"},
+}
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_papermill_reads_every_parameter(name):
+    import papermill as pm
+
+    found = pm.inspect_notebook(str(notebooks_dir() / f"{name}.ipynb"))
+    assert set(found) == EXPECTED_PARAMETERS[name]
+    assert all(p["help"] for p in found.values()), [p["name"] for p in found.values() if not p["help"]]
+
+
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     root = tmp_path_factory.mktemp("src")
@@ -36,7 +54,7 @@ def sources(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_run(sources, tmp_path_factory):
     out = tmp_path_factory.mktemp("lab") / "run"
-    code = main(["run", str(sources / "bells.wav"), "--out", str(out), "--max-minutes", "0.15", "--seconds", "0.5",
+    code = main(["run", str(sources / "bells.wav"), "--out", str(out), "--epochs", "2", "--max-minutes", "2", "--seconds", "0.5",
                  "--temperature", "1.0", "0.8", "--set", *TINY])
     assert code == 0
     return out

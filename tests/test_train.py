@@ -80,6 +80,7 @@ def test_resumed_run_equals_uninterrupted(dataset, tmp_path):
     straight = train(dataset, tmp_path / "a", TINY, cfg(max_steps=45), progress=False)
     part = train(dataset, tmp_path / "b", TINY, cfg(max_steps=17), progress=False)
     assert part.status == "budget" and part.step == 17
+    assert (tmp_path / "b" / "loss.png").exists()  # a stopped run still shows its curve
     resumed = train(dataset, tmp_path / "b", TINY, cfg(max_steps=45), resume=True, progress=False)
     assert straight.step == resumed.step == 45
     a, b = load(tmp_path / "a/checkpoints/last.pt"), load(tmp_path / "b/checkpoints/last.pt")
