@@ -8,7 +8,6 @@ fallback decoder and does the resampling (soxr, high quality).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import soundfile as sf
 import torch
 
 from .errors import LabError
+from .files import atomic_path
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".mp3")
 QUANTIZATIONS = ("linear", "mulaw")
@@ -89,18 +89,9 @@ def save(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, subtype: 
     audio : float array in [-1, 1], shape (n,). Values outside are clipped by the PCM encoder.
     subtype : ``"PCM_16"`` (default) or ``"FLOAT"``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         sf.write(tmp, np.asarray(audio, dtype=np.float32), int(sample_rate), subtype=subtype, format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(path)
 
 
 def _check(q_levels: int, method: str) -> None:

@@ -8,13 +8,13 @@ data position, carried hidden state, RNG, best validation NLL).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import LabError
+from .files import atomic_path
 from .model import ModelConfig, SampleRNN
 
 FORMAT = "samplernn-lab checkpoint 1"
@@ -22,18 +22,9 @@ FORMAT = "samplernn-lab checkpoint 1"
 
 def save(obj: dict[str, Any], path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, **obj}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(path)
 
 
 def resolve(run_or_path: str | os.PathLike, which: str = "best") -> Path:

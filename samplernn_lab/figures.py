@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from .errors import LabError
+from .files import atomic_path
 
 FLOOR_DB = -100.0  # spectrogram floor, dBFS: about the noise of 16-bit audio, below anything audible
 DYNAMIC_RANGE_DB = 90.0  # colour scale spans this many dB below the loudest bin of all panels
@@ -206,16 +206,8 @@ def _out_paths(out: str | os.PathLike, suffixes: Sequence[str]) -> list[Path]:
 
 def _save(fig: Figure, path: Path, dpi: int) -> Path:
     """Write atomically: a temporary file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix[1:], dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 from tqdm.auto import tqdm
 
 from .errors import LabError
+from .files import atomic_path, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("01_prepare_dataset", "02_train", "03_listen", "04_poster_figures")
@@ -135,9 +136,7 @@ def write_summary(run_dir: Path, source: Path, preset: str, overrides: list[str]
         "figures": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "figures").glob("*.png")),
         "notebooks": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "notebooks").glob("*.ipynb")),
     }
-    tmp = run_dir / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    os.replace(tmp, run_dir / "summary.json")
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
 
 
@@ -228,12 +227,11 @@ def write_triage(out: Path, results: list[dict]) -> None:
         })
     rows.sort(key=lambda x: (CATEGORY_ORDER.get(x["category"], 5), x["name"]))
     fields = list(rows[0]) if rows else ["source"]
-    with open(out / ".summary.csv.tmp", "w", newline="") as fh:
+    with atomic_path(out / "summary.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(out / ".summary.csv.tmp", out / "summary.csv")
-    (out / "index.html").write_text(_index_html(rows))
+    write_text(out / "index.html", _index_html(rows))
 
 
 def _index_html(rows: list[dict]) -> str:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from . import audio as audio_io
 from .errors import LabError
+from .files import write_text
 from .model import SampleRNN, rescale_codes
 
 try:  # numba comes with librosa; without it the CPU falls back to the torch path
@@ -312,7 +313,7 @@ class Sampler:
             forced[:, :part.shape[1]] = part
             out = self._frame(forced)
             if part.shape[1] < fs:
-                self._pending = out[:, part.shape[1]:].cpu()
+                self._pending = out[:, part.shape[1]:]
 
     def run(self, n_samples: int, block: int = 16384, progress: bool = False,
             sample_rate: int | None = None) -> Iterator[torch.Tensor]:
@@ -320,7 +321,7 @@ class Sampler:
         if n_samples < 0:
             raise LabError(f"cannot generate a negative number of samples ({n_samples})")
         fs = self.f.frame_size
-        free = torch.full((self.b, fs), -1, dtype=torch.long)
+        free = torch.full((self.b, fs), -1, dtype=torch.long, device=self.device)
         bar = tqdm(total=n_samples, unit="sample", unit_scale=True, desc="generate", disable=not progress)
         # torch's OpenMP threads spin between ops and starve the BLAS threads of the numba kernel
         threads = torch.get_num_threads()
@@ -336,12 +337,12 @@ class Sampler:
         try:
             while done < n_samples:
                 while have < min(block, n_samples - done):
-                    out = self._frame(free).cpu()
+                    out = self._frame(free)  # stays on the device until the block is complete
                     parts.append(out)
                     have += out.shape[1]
-                buf = torch.cat(parts, dim=1)
+                buf = torch.cat([p.to(self.device) for p in parts], dim=1)
                 k = min(block, n_samples - done)
-                yield buf[:, :k]
+                yield buf[:, :k].cpu()
                 parts, have = [buf[:, k:]], buf.shape[1] - k
                 done += k
                 bar.update(k)
@@ -449,7 +450,7 @@ def render(model: SampleRNN, out_dir: str | os.PathLike, seconds: float, sample_
                 "q_levels": cfg.q_levels, "quantization": cfg.quantization,
                 "samples_per_second": n * len(per_stream) / max(elapsed, 1e-9),
                 "realtime_factor": n * len(per_stream) / max(elapsed, 1e-9) / sample_rate, **(info or {})}
-        path.with_suffix(".json").write_text(json.dumps(side, indent=1, default=str) + "\n")
+        write_text(path.with_suffix(".json"), json.dumps(side, indent=1, default=str) + "\n")
     return paths
 
 

@@ -37,6 +37,7 @@ from . import checkpoint as ckpt_io
 from .audio import silence_code
 from .dataset import batch_order, load_split, read_manifest, windows
 from .errors import LabError
+from .files import write_text
 from .model import ModelConfig, SampleRNN, nll_bits
 
 
@@ -211,7 +212,7 @@ def train(dataset: str | os.PathLike, out: str | os.PathLike, model_config: Mode
                   "quantization": {"method": model_config.quantization, "q_levels": model_config.q_levels}}
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(run_config, indent=1) + "\n")
+        write_text(out / "config.json", json.dumps(run_config, indent=1) + "\n")
 
     # --- data, model, optimiser ------------------------------------------------------------------
     q, method = model_config.q_levels, model_config.quantization

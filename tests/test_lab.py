@@ -107,3 +107,37 @@ def test_batch_reports_failures_skips_finished_runs_and_writes_triage(sources, t
     assert "<audio" in page and "poster.png" in page and "broken" in page
     for src in [r for r in good["renders"].split()] + [good["figure"]]:
         assert (out / src).exists(), src  # links in the page resolve from disk
+
+
+def test_listen_controls_render_on_click(one_run, tmp_path):
+    from samplernn_lab.notebook import listen_controls
+
+    box = listen_controls(one_run, tmp_path / "listen", temperatures=[0.9], seconds=0.2, batch=2, seed=5)
+    choose = box.children[0].children[0]
+    assert {"best", "last", "epoch-001"} <= set(choose.options)
+    choose.value = "epoch-001"
+    button = box.children[2]
+    button.click()
+    wavs = sorted(p.name for p in (tmp_path / "listen").glob("*.wav"))
+    assert wavs == ["epoch-001_t0.9_s5_0.wav", "epoch-001_t0.9_s5_1.wav"]
+    assert not button.disabled
+
+
+def test_player_does_not_normalise():
+    import numpy as np
+
+    from samplernn_lab.notebook import player
+
+    quiet = 0.01 * np.sin(np.linspace(0, 100, 8000)).astype(np.float32)
+    html = player(quiet, 8000)._repr_html_()
+    assert "audio" in html
+    # the WAV it embeds keeps the quiet level (normalise=False), not full scale
+    import base64
+    import io
+    import re
+
+    import soundfile as sf
+
+    data = base64.b64decode(re.search(r'base64,([^"]+)"', html).group(1))
+    audio, _ = sf.read(io.BytesIO(data))
+    assert 0.005 < np.max(np.abs(audio)) < 0.02
