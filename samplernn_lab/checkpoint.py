@@ -7,6 +7,7 @@ data position, carried hidden state, RNG, best validation NLL).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,18 @@ def save(obj: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def resolve(run_or_path: str | os.PathLike, which: str = "best") -> Path:
-    """A checkpoint path from a run folder and ``best``/``last``/``epoch-NNN``, or a path as is."""
+    """A checkpoint path from a run folder and ``best``/``last``/``auto``/``epoch-NNN``, or a path as is.
+
+    ``auto`` is the latest epoch whose per-epoch render was diagnosed ``varied`` (not silence, a steady
+    tone or noise), else ``last``: the lab's triage choosing what to listen to first.
+    """
     p = Path(run_or_path)
     if p.is_file():
         return p
     if not p.is_dir():
         raise LabError(f"{p}: no such run folder or checkpoint file")
+    if which == "auto":
+        which = _liveliest_epoch(p) or "last"
     if which not in ("best", "last") and Path(which).is_file():
         return Path(which)
     name = which if which.endswith(".pt") else f"{which}.pt"
@@ -45,6 +52,24 @@ def resolve(run_or_path: str | os.PathLike, which: str = "best") -> Path:
             return c
     raise LabError(f"{p}: no checkpoint {name!r} (train first, or pick one of "
                    f"{', '.join(sorted(x.name for x in (p / 'checkpoints').glob('*.pt'))) or 'none'})")
+
+
+def _liveliest_epoch(run: Path) -> str | None:
+    metrics = run / "metrics.jsonl"
+    if not metrics.exists():
+        return None
+    epochs = []
+    for line in metrics.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut off by a crash
+            continue
+        if row.get("event") == "render" and row.get("category") == "varied":
+            epochs.append(int(row["epoch"]))
+    for epoch in sorted(set(epochs), reverse=True):
+        if (run / "checkpoints" / f"epoch-{epoch:03d}.pt").exists():
+            return f"epoch-{epoch:03d}"
+    return None
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:

@@ -74,12 +74,16 @@ def _train(a) -> int:
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="render audio from a run's checkpoint")
     p.add_argument("run", metavar="RUN", help="run folder (or a checkpoint file)")
-    p.add_argument("--checkpoint", default="best", help="best, last, epoch-NNN or a path (default best)")
+    p.add_argument("--checkpoint", default="best",
+                   help="best, last, auto (latest epoch whose render was diagnosed varied), epoch-NNN or a path "
+                        "(default best)")
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--batch", type=int, default=1, help="streams per temperature")
     p.add_argument("--temperature", type=float, nargs="+", default=[1.0], help="one or more; 0 = greedy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prime", help="audio file to continue from (at the run's sample rate)")
+    p.add_argument("--prime-seconds", type=float, default=0.0,
+                   help="without --prime: continue this many seconds of the run's training audio (default 0)")
     p.add_argument("--out", required=True, help="folder for the WAVs and their JSON sidecars")
     p.add_argument("--device", choices=["cpu", "cuda"])
 
@@ -88,7 +92,8 @@ def _generate(a) -> None:
     from .sample import render_checkpoint
 
     paths = render_checkpoint(a.run, a.out, a.seconds, which=a.checkpoint, batch_size=a.batch,
-                              temperatures=a.temperature, seed=a.seed, prime=a.prime, device=a.device)
+                              temperatures=a.temperature, seed=a.seed, prime=a.prime,
+                              prime_seconds=a.prime_seconds, device=a.device)
     for p in paths:
         print(p)
 

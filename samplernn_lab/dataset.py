@@ -315,3 +315,25 @@ def windows(chunks: torch.Tensor, seq_len: int, lookback: int, silence: int) -> 
     padded = torch.cat([torch.full((b, lookback), silence, dtype=chunks.dtype), chunks], dim=1)
     for i in range(n // seq_len):
         yield i, padded[:, i * seq_len:i * seq_len + lookback + seq_len]
+
+
+def excerpts(folder: str | os.PathLike, seconds: float, n: int, seed: int = 0, split: str = "train") -> np.ndarray:
+    """The first ``seconds`` of ``n`` chunks of a split, to prime renders with the source's own sound.
+
+    Chunk ``(seed + i) % n_chunks`` primes stream ``i``, so streams start from different places.
+
+    Returns
+    -------
+    np.ndarray, float32, shape (n, round(seconds * sample_rate)).
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    chunks = [c for c in manifest["chunks"] if c["split"] == split]
+    if not chunks:
+        raise LabError(f"{folder}: no {split} chunks to take a prime from")
+    length = min(int(round(seconds * manifest["sample_rate"])), manifest["chunk_samples"])
+    rows = []
+    for i in range(n):
+        data, _ = audio_io.load(folder / chunks[(seed + i) % len(chunks)]["path"])
+        rows.append(data[:length])
+    return np.stack(rows)

@@ -77,9 +77,10 @@ def render_card(path: str | os.PathLike, source: str | os.PathLike | None = None
 
 
 def listen_controls(run: str | os.PathLike, out: str | os.PathLike | None = None,
-                    temperatures: Sequence[float] = (1.0,), seconds: float = 5.0, batch: int = 1, seed: int = 0):
+                    temperatures: Sequence[float] = (1.0,), seconds: float = 5.0, batch: int = 1, seed: int = 0,
+                    prime_seconds: float = 0.25):
     """Widgets to render from a run in JupyterLab: checkpoint, temperature, seconds, batch, seed,
-    and a Render button; each render appears as a card below. Returns the widget box."""
+    prime seconds and a Render button; each render appears as a card below. Returns the widget box."""
     import ipywidgets as w
     from IPython.display import display
 
@@ -94,6 +95,7 @@ def listen_controls(run: str | os.PathLike, out: str | os.PathLike | None = None
     secs = w.BoundedFloatText(value=seconds, min=0.1, max=3600, description="seconds")
     streams = w.IntSlider(value=batch, min=1, max=16, description="batch")
     seed_box = w.IntText(value=seed, description="seed")
+    prime = w.BoundedFloatText(value=prime_seconds, min=0.0, max=10.0, description="prime (s)")
     button = w.Button(description="Render", button_style="primary", icon="play")
     area = w.Output()
 
@@ -102,7 +104,8 @@ def listen_controls(run: str | os.PathLike, out: str | os.PathLike | None = None
         with area:
             try:
                 paths = render_checkpoint(run, out, secs.value, which=choose.value, batch_size=streams.value,
-                                          temperatures=[temp.value], seed=seed_box.value, progress=True)
+                                          temperatures=[temp.value], seed=seed_box.value,
+                                          prime_seconds=prime.value, progress=True)
                 for p in paths:
                     render_card(p)
             except Exception as e:  # shown in the notebook, not lost in a log
@@ -111,6 +114,6 @@ def listen_controls(run: str | os.PathLike, out: str | os.PathLike | None = None
                 button.disabled = False
 
     button.on_click(on_click)
-    box = w.VBox([w.HBox([choose, temp]), w.HBox([secs, streams, seed_box]), button, area])
+    box = w.VBox([w.HBox([choose, temp]), w.HBox([secs, streams, seed_box, prime]), button, area])
     display(box)
     return box

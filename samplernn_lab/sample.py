@@ -456,11 +456,13 @@ def render(model: SampleRNN, out_dir: str | os.PathLike, seconds: float, sample_
 
 def render_checkpoint(run: str | os.PathLike, out_dir: str | os.PathLike, seconds: float, which: str = "best", *,
                       batch_size: int = 1, temperatures: Sequence[float] = (1.0,), seed: int = 0,
-                      prime: str | os.PathLike | None = None, device: str | None = None,
-                      progress: bool = True) -> list[Path]:
-    """Render from a run folder's checkpoint (``best``, ``last``, ``epoch-NNN`` or a path).
+                      prime: str | os.PathLike | None = None, prime_seconds: float = 0.0,
+                      device: str | None = None, progress: bool = True) -> list[Path]:
+    """Render from a run folder's checkpoint (``best``, ``last``, ``auto``, ``epoch-NNN`` or a path).
 
-    A prime file must be at the run's sample rate (it is not resampled silently).
+    A prime file must be at the run's sample rate (it is not resampled silently). Without one,
+    ``prime_seconds > 0`` primes each stream with that much of the run's training audio (a different
+    chunk per stream), so renders continue the source instead of starting from digital silence.
     """
     from .checkpoint import load_model
 
@@ -480,11 +482,19 @@ def render_checkpoint(run: str | os.PathLike, out_dir: str | os.PathLike, second
             raise LabError(f"{prime}: sampled at {prime_sr} Hz, but the model was trained at {sr} Hz "
                            f"(resample it first)")
         prime_audio, _ = audio_io.load(prime, sr)
+    elif prime_seconds > 0:
+        from .dataset import excerpts
+
+        dataset = Path(info["config"]["dataset"])
+        if not dataset.exists():  # the run folder was moved: the lab chain keeps its dataset inside
+            dataset = Path(run) / "dataset"
+        prime_audio = excerpts(dataset, prime_seconds, batch_size * len(temperatures), seed)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.to(device)
     label = Path(info["path"]).stem
     meta = {"checkpoint": info["path"], "epoch": info.get("epoch"), "step": info.get("step"),
-            "prime_file": str(prime) if prime else None}
+            "prime_file": str(prime) if prime else None,
+            "prime_seconds": prime_audio.shape[-1] / sr if prime_audio is not None else 0.0}
     return render(model, out_dir, seconds, sr, batch_size=batch_size, temperatures=temperatures, seed=seed,
                   prime=prime_audio, label=label, info=meta, device=device, progress=progress)

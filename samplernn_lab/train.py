@@ -56,6 +56,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA
     render_seconds: float = 2.0  # per-epoch render; 0 = none
     render_temperature: float = 1.0
+    render_prime_seconds: float = 0.25  # start epoch renders from training audio, not digital silence
     checkpoint_minutes: float = 10.0  # also save last.pt this often within an epoch
     blowup_patience: int = 3  # consecutive non-finite steps before restoring the last checkpoint
     blowup_lr_factor: float = 0.5
@@ -208,7 +209,7 @@ def train(dataset: str | os.PathLike, out: str | os.PathLike, model_config: Mode
             raise LabError(f"{out}: already holds a run (use --resume to continue it, or another --out)")
     manifest = _check_dataset(dataset, model_config, cfg)
     run_config = {"model": asdict(model_config), "train": asdict(cfg), "data": manifest["settings"],
-                  "dataset": str(dataset), "sample_rate": manifest["sample_rate"],
+                  "dataset": str(dataset.resolve()), "sample_rate": manifest["sample_rate"],
                   "quantization": {"method": model_config.quantization, "q_levels": model_config.q_levels}}
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -367,7 +368,7 @@ def train(dataset: str | os.PathLike, out: str | os.PathLike, model_config: Mode
                     ckpt_io.save(weights, out / "checkpoints" / "best.pt")
                 save_last((epoch, 0, 0), None)
                 last_save = time.perf_counter()
-                _epoch_render(model, out, epoch, step, cfg, manifest["sample_rate"], dev, log)
+                _epoch_render(model, out, dataset, epoch, step, cfg, manifest["sample_rate"], dev, log)
                 _loss_curve(out)
                 tqdm.write(f"epoch {epoch}: step {step}, train {running if running is not None else float('nan'):.3f} "
                            f"bits" + (f", val {val:.3f} bits" if val is not None else ""))
@@ -394,17 +395,21 @@ def _restore(model: SampleRNN, optimizer, last_path: Path, lr: float) -> str:
     return f"{where}, learning rate lowered to {lr:.3g}"
 
 
-def _epoch_render(model: SampleRNN, out: Path, epoch: int, step: int, cfg: TrainConfig, sample_rate: int,
-                  device, log) -> None:
+def _epoch_render(model: SampleRNN, out: Path, dataset: Path, epoch: int, step: int, cfg: TrainConfig,
+                  sample_rate: int, device, log) -> None:
     if cfg.render_seconds <= 0:
         return
     from .analysis import diagnose
     from .audio import load
     from .sample import render
 
+    from .dataset import excerpts
+
     folder = out / "renders" / f"epoch-{epoch:03d}"
+    prime = excerpts(dataset, cfg.render_prime_seconds, 1, cfg.seed + epoch) if cfg.render_prime_seconds > 0 else None
     paths = render(model, folder, cfg.render_seconds, sample_rate, temperatures=[cfg.render_temperature],
-                   seed=cfg.seed + epoch, label=f"epoch-{epoch:03d}", info={"epoch": epoch, "step": step},
+                   seed=cfg.seed + epoch, label=f"epoch-{epoch:03d}", prime=prime,
+                   info={"epoch": epoch, "step": step, "prime_seconds": cfg.render_prime_seconds},
                    device=device if device.type == "cuda" else "cpu", progress=False)
     model.train()
     for p in paths:

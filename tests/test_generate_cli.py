@@ -110,3 +110,36 @@ def test_figures_cli(tmp_path, capsys):
                          capsys)
     assert code == 0, err
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "fig.pdf").exists()
+
+
+def test_auto_checkpoint_is_the_latest_varied_epoch(tmp_path):
+    from samplernn_lab.checkpoint import resolve
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("epoch-001", "epoch-002", "epoch-003", "last"):
+        (run / "checkpoints" / f"{name}.pt").write_bytes(b"x")
+    events = [{"event": "render", "epoch": e, "category": c} for e, c in ((1, "varied"), (2, "varied"), (3, "tone"))]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + '{"cut off')
+    assert resolve(run, "auto").name == "epoch-002.pt"
+    (run / "metrics.jsonl").write_text(json.dumps({"event": "render", "epoch": 3, "category": "silence"}) + "\n")
+    assert resolve(run, "auto").name == "last.pt"
+
+
+def test_prime_seconds_continues_training_audio(run, tmp_path, capsys):
+    args = ["generate", run, "--checkpoint", "last", "--seconds", "0.05", "--batch", "2", "--prime-seconds", "0.02",
+            "--temperature", "0", "--out"]
+    code, _, err = cli(args + [tmp_path / "a"], capsys)
+    assert code == 0, err
+    side = json.loads((tmp_path / "a" / "last_t0_s0_0.json").read_text())
+    assert side["prime_seconds"] == pytest.approx(0.02)
+    # greedy continuation of the training audio: what generate() gives with the same excerpts as prime
+    from samplernn_lab.dataset import excerpts
+
+    model, info = load_model(run, "last")
+    prime = excerpts(info["config"]["dataset"], 0.02, 2, 0)
+    codes = generate(model, 800, batch_size=2, temperature=0.0, prime=quantize(prime, 64))
+    for i in range(2):
+        data, _ = sf.read(tmp_path / "a" / f"last_t0_s0_{i}.wav", dtype="float32")
+        assert torch.equal(quantize(data, 64), codes[i])
+    assert not np.array_equal(prime[0], prime[1])  # streams start from different chunks
