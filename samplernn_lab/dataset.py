@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -213,7 +212,7 @@ def prepare(sources: list[str | os.PathLike], out: str | os.PathLike, config: Da
     try:
         chunks = []
         index = {s: 0 for s in SPLITS}
-        for split, si, data, entry in tqdm(plan, desc="prepare", unit="chunk", disable=not progress):
+        for split, _, data, entry in tqdm(plan, desc="prepare", unit="chunk", disable=not progress):
             rel = f"chunks/{split}/{index[split]:06d}.wav"
             index[split] += 1
             audio_io.save(tmp / rel, data, cfg.sample_rate)

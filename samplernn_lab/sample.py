@@ -443,7 +443,7 @@ def render(model: SampleRNN, out_dir: str | os.PathLike, seconds: float, sample_
     for fh in files:
         fh.close()
     elapsed = time.perf_counter() - start
-    for path, tmp, t, name in zip(paths, tmps, per_stream, names):
+    for path, tmp, t in zip(paths, tmps, per_stream):
         os.replace(tmp, path)
         side = {"file": path.name, "label": label, "temperature": t, "seed": seed, "seconds": seconds,
                 "sample_rate": sample_rate, "streams_in_batch": len(per_stream), "prime": prime is not None,

@@ -1,12 +1,10 @@
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from samplernn_lab import audio
 from samplernn_lab.augment import augment, crossfade_join, rotate
 from samplernn_lab.cli import main
 from samplernn_lab.dataset import DataConfig, prepare, read_manifest, split_source, windows

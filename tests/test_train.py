@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from samplernn_lab import ModelConfig, TrainConfig, train
-from samplernn_lab.audio import quantize
 from samplernn_lab.checkpoint import load, load_model
 from samplernn_lab.cli import main
 from samplernn_lab.dataset import DataConfig, load_split, prepare
@@ -87,9 +86,12 @@ def test_resumed_run_equals_uninterrupted(dataset, tmp_path):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     # the same seed repeats on CPU; another seed does not
-    again = train(dataset, tmp_path / "c", TINY, cfg(max_steps=45), progress=False)
+    train(dataset, tmp_path / "c", TINY, cfg(max_steps=45), progress=False)
     c = load(tmp_path / "c/checkpoints/last.pt")
     assert all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
+    train(dataset, tmp_path / "d", TINY, cfg(max_steps=45, seed=1), progress=False)
+    d = load(tmp_path / "d/checkpoints/last.pt")
+    assert not all(torch.equal(a["model"][k], d["model"][k]) for k in a["model"])
 
 
 def test_nonfinite_steps_are_skipped_then_restored(dataset, tmp_path, monkeypatch):
