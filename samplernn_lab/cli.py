@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import LabError
@@ -61,6 +62,8 @@ def _train(a) -> int:
     preset = get_preset(a.preset, overrides)
     result = train(a.dataset, a.out, preset.model, preset.train, resume=a.resume, device=a.device,
                    progress=not a.no_progress)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
+        return 130 if result.status == "interrupted" else 0
     best = f", best validation {result.best_val_bits:.3f} bits/sample" if result.best_val_bits is not None else ""
     if result.status == "interrupted":
         print(f"interrupted at step {result.step}: checkpoint saved in {result.run}/checkpoints/last.pt; "

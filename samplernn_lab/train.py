@@ -19,6 +19,7 @@ Run folder::
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -176,7 +177,8 @@ def train(dataset: str | os.PathLike, out: str | os.PathLike, model_config: Mode
     dataset, out = Path(dataset), Path(out)
     cfg = config or TrainConfig()
     rank, world = _dist_info()
-    if world > 1 and not dist.is_initialized():
+    owns_group = world > 1 and not dist.is_initialized()
+    if owns_group:
         backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
         dist.init_process_group(backend)
     is_main = rank == 0
@@ -211,6 +213,8 @@ def train(dataset: str | os.PathLike, out: str | os.PathLike, model_config: Mode
     run_config = {"model": asdict(model_config), "train": asdict(cfg), "data": manifest["settings"],
                   "dataset": str(dataset.resolve()), "sample_rate": manifest["sample_rate"],
                   "quantization": {"method": model_config.quantization, "q_levels": model_config.q_levels}}
+    if world > 1:  # every rank has checked the run folder before rank 0 writes into it
+        dist.barrier()
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.json", json.dumps(run_config, indent=1) + "\n")
@@ -378,6 +382,11 @@ def train(dataset: str | os.PathLike, out: str | os.PathLike, model_config: Mode
         metrics.close()
     if world > 1:
         dist.barrier()
+        # the DDP reducer must go before its process group, or the process can abort at exit
+        del net
+        gc.collect()
+        if owns_group:
+            dist.destroy_process_group()
     return TrainResult(out, status, step, epoch, best_val)
 
 

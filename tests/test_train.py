@@ -198,6 +198,7 @@ class Spy(real):
         super().__init__(module, *a, **k)
         captured["model"] = module
 torch.nn.parallel.DistributedDataParallel = Spy
+dist.init_process_group("gloo")  # owned here, so it outlives train() for the comparison below
 model = ModelConfig(frame_sizes=(4, 2), dim=16, n_rnn=1, embed_size=8, q_levels=64)
 r = train(sys.argv[2], sys.argv[1], model, TrainConfig(seq_len=256, batch_size=4, max_steps=6,
           render_seconds=0), device="cpu", progress=False)
@@ -206,6 +207,9 @@ gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
 dist.all_gather(gathered, flat)
 if dist.get_rank() == 0:
     print("STEPS", r.step, "MAXDIFF", float((gathered[0] - gathered[1]).abs().max()))
+captured.clear()
+import gc
+gc.collect()
 dist.destroy_process_group()
 """)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
