@@ -27,7 +27,7 @@ demo: setup
 	$(VENV)/bin/samplernn-lab demo --out runs/demo
 
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: setup
 	$(PY) benchmarks/bench_sample.py
