@@ -41,7 +41,7 @@ def sketch() -> Preset:
     return Preset(
         ModelConfig(frame_sizes=(8, 2), dim=256, n_rnn=1, rnn_type="gru", embed_size=64, q_levels=256,
                     learn_h0=True),
-        TrainConfig(seq_len=512, batch_size=16, lr=2e-3, max_minutes=10.0, render_seconds=2.0),
+        TrainConfig(seq_len=512, batch_size=16, lr=2e-3, max_minutes=10.0, render_seconds=4.0),
         DataConfig(sample_rate=16000, chunk_seconds=2.0),
     )
 
