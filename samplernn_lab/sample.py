@@ -243,6 +243,7 @@ class Sampler:
 
         f = self.f
         self.t = 0  # samples produced so far (prime included)
+        self._pending = None  # sampled codes of a prime's last, partly forced frame
         silence = audio_io.silence_code(f.q_levels)
         # history: the last `lookback` codes, then room for one bottom frame
         self.hist = torch.full((batch_size, f.lookback + f.frame_size), silence, dtype=torch.long,
@@ -278,9 +279,7 @@ class Sampler:
             # the conditioning vector for the current step of the tier below
             sub = (self.t % n) // (n // tier.frame_size)
             cond = self.cond[i][:, sub]
-        # after the loop `cond` is (B, dim) of the bottom tier's last sub-step; the MLP needs all fs
-        bottom = self.cond[-1]
-        window = self.hist[:, lb - fs:]
+        bottom = self.cond[-1]  # (B, fs, dim): one conditioning vector per sample of this frame
         if self.backend == "numba":
             uniforms = self.np_rng.random((self.b, fs))
             win = self.hist_np[:, lb - fs:]
@@ -290,7 +289,7 @@ class Sampler:
             win[:] = win_c
         else:
             u = torch.rand((self.b, fs), generator=self.torch_rng, device=self.device, dtype=torch.float32)
-            _mlp_frame_torch(f, bottom, window, self.temps, u, forced.to(self.device))
+            _mlp_frame_torch(f, bottom, self.hist[:, lb - fs:], self.temps, u, forced.to(self.device))
         new = self.hist[:, lb:].clone()
         self.hist[:, :lb] = self.hist[:, fs:fs + lb].clone()
         self.t += fs
@@ -328,8 +327,7 @@ class Sampler:
         if self.backend == "numba":
             torch.set_num_threads(1)
         start = time.perf_counter()
-        pending = getattr(self, "_pending", None)
-        self._pending = None
+        pending, self._pending = self._pending, None
         parts, have, done = [], 0, 0
         if pending is not None:
             parts.append(pending)
