@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 
 from . import audio as audio_io
 from .errors import LabError
-from .files import write_text
+from .files import atomic_path, write_text
 from .model import SampleRNN, rescale_codes
 
 try:  # numba comes with librosa; without it the CPU falls back to the torch path
@@ -418,31 +419,23 @@ def render(model: SampleRNN, out_dir: str | os.PathLike, seconds: float, sample_
     per_stream = [t for t in temps for _ in range(batch_size)]
     cfg = model.config
     n = int(round(seconds * sample_rate))
-    names = [f"{label}_t{t:g}_s{seed}_{i % batch_size}" for i, t in enumerate(per_stream)]
-    paths = [out_dir / f"{name}.wav" for name in names]
-    tmps = [out_dir / f".{name}.wav.tmp" for name in names]
+    paths = [out_dir / f"{label}_t{t:g}_s{seed}_{i % batch_size}.wav" for i, t in enumerate(per_stream)]
     sampler = Sampler(model, len(per_stream), per_stream, seed, device)
     if prime is not None:
         sampler.prime(prime_codes(model, prime))
     start = time.perf_counter()
-    files = [sf.SoundFile(str(t), "w", samplerate=sample_rate, channels=1, subtype="PCM_16", format="WAV")
-             for t in tmps]
-    try:
+    # Each WAV is written under a temporary name and renamed when complete (files are closed first).
+    with ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_path(p)) for p in paths]
+        files = [stack.enter_context(sf.SoundFile(t, "w", samplerate=sample_rate, channels=1, subtype="PCM_16",
+                                                  format="WAV")) for t in tmps]
         for block in sampler.run(n, block=max(1, int(block_seconds * sample_rate)), progress=progress,
                                  sample_rate=sample_rate):
             audio = audio_io.dequantize(block, cfg.q_levels, cfg.quantization).numpy()
             for fh, row in zip(files, audio):
                 fh.write(row)
-    except BaseException:
-        for fh, t in zip(files, tmps):
-            fh.close()
-            t.unlink(missing_ok=True)
-        raise
-    for fh in files:
-        fh.close()
     elapsed = time.perf_counter() - start
-    for path, tmp, t in zip(paths, tmps, per_stream):
-        os.replace(tmp, path)
+    for path, t in zip(paths, per_stream):
         side = {"file": path.name, "label": label, "temperature": t, "seed": seed, "seconds": seconds,
                 "sample_rate": sample_rate, "streams_in_batch": len(per_stream), "prime": prime is not None,
                 "q_levels": cfg.q_levels, "quantization": cfg.quantization,
@@ -464,8 +457,6 @@ def render_checkpoint(run: str | os.PathLike, out_dir: str | os.PathLike, second
     """
     from .checkpoint import load_model
 
-    if seconds < 0:
-        raise LabError(f"--seconds must not be negative, got {seconds}")
     model, info = load_model(run, which)
     sr = int(info["config"]["sample_rate"])
     prime_audio = None

@@ -269,20 +269,16 @@ def train(dataset: str | os.PathLike, out: str | os.PathLike, model_config: Mode
                           "seconds": elapsed(), "best_val": best_val, "lr": lr,
                           "rng": {"seed": cfg.seed, "torch": torch.get_rng_state()}}, last_path)
 
-    def budget_left() -> bool:
-        if cfg.max_steps is not None and step >= cfg.max_steps:
-            return False
-        if cfg.max_minutes is not None and time.perf_counter() - t0 >= cfg.max_minutes * 60:
-            return False
-        return True
-
-    def agree(flag: bool) -> bool:
-        """All ranks stop together: any rank's stop stops all."""
-        if world == 1:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=dev if dev.type == "cuda" else "cpu")
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+    def stop_reason() -> str | None:
+        """Why to stop before the next step; all ranks agree (any rank's reason stops all)."""
+        spent = (cfg.max_steps is not None and step >= cfg.max_steps) or (
+            cfg.max_minutes is not None and time.perf_counter() - t0 >= cfg.max_minutes * 60)
+        flags = [spent, stopper.requested is not None]
+        if world > 1:
+            t = torch.tensor(flags, dtype=torch.float32, device=dev if dev.type == "cuda" else "cpu")
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flags = [bool(v) for v in t.tolist()]
+        return "interrupted" if flags[1] else "budget" if flags[0] else None
 
     status = "finished"
     stopper = _Stop()
@@ -301,9 +297,7 @@ def train(dataset: str | os.PathLike, out: str | os.PathLike, model_config: Mode
                 for wi, window in windows(chunks, cfg.seq_len, model.lookback, silence):
                     if wi < window_i:
                         continue
-                    stop = "budget" if agree(not budget_left()) else None
-                    if agree(stopper.requested is not None):
-                        stop = "interrupted"
+                    stop = stop_reason()
                     if stop:
                         break
                     window = window.to(dev, non_blocking=True)
