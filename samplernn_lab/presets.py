@@ -106,7 +106,7 @@ def apply_overrides(preset: Preset, overrides: dict[str, Any] | list[str] | None
         if isinstance(current, bool) and not isinstance(value, bool):
             raise LabError(f"setting {key}: expected true or false, got {value!r}")
         if isinstance(current, (int, float)) and not isinstance(current, bool) and not isinstance(value, (int, float)):
-            if not (value is None and fname.startswith("max_")):
+            if not (value is None and _optional(obj, fname)):
                 raise LabError(f"setting {key}: expected a number, got {value!r}")
         if isinstance(current, float) and isinstance(value, int):
             value = float(value)
@@ -116,3 +116,8 @@ def apply_overrides(preset: Preset, overrides: dict[str, Any] | list[str] | None
 
 def _fields(obj) -> set[str]:
     return {f.name for f in dataclasses.fields(obj)}
+
+
+def _optional(obj, name: str) -> bool:
+    """Whether a field may be None (its annotation says ``| None``), e.g. the budgets."""
+    return "None" in str(next(f.type for f in dataclasses.fields(obj) if f.name == name))
