@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from . import audio as audio_io
 from .augment import Piece, augment
 from .errors import LabError
+from .files import plain_mode
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
@@ -228,6 +229,7 @@ def prepare(sources: list[str | os.PathLike], out: str | os.PathLike, config: Da
             "chunks": chunks,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        plain_mode(tmp)  # mkdtemp made it private
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

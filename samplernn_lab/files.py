@@ -9,6 +9,20 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def plain_mode(path: str | os.PathLike) -> None:
+    """Give a file or folder made by ``tempfile`` (private) the mode a plain one gets under the umask."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_UMASK)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, on error remove it.
@@ -21,6 +35,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        plain_mode(tmp)  # mkstemp makes the file private
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -230,3 +230,15 @@ def test_source_too_short_for_a_chunk(tmp_path, make_wav):
     with pytest.raises(LabError):
         prepare([path], tmp_path / "ds", DataConfig(sample_rate=16000, copies=1, chunk_seconds=8.0,
                                                      val_fraction=0.4, test_fraction=0.0), progress=False)
+
+
+def test_written_files_get_a_plain_files_mode(bell_wav, tmp_path):
+    import os
+    import stat
+
+    out = prepare([bell_wav], tmp_path / "ds", CFG, progress=False)
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [out / "manifest.json", next((out / "chunks" / "train").glob("*.wav"))]:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask, p
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
