@@ -4,13 +4,17 @@ The naive loop is how the original PyTorch port generated: one Python iteration 
 model's own (weight-normalised) modules called step by step, the embedding and first MLP layer
 computed in full, sampling with torch.multinomial.
 
-    python benchmarks/bench_sample.py [--device cpu|cuda] [--seconds S] [--presets sketch poster]
-                                      [--batches 1 16 128] [--set field=value ...]
+    python benchmarks/bench_sample.py [--device cpu|cuda] [--seconds S] [--repeats N]
+                                      [--presets sketch poster] [--batches 1 16 128] [--set field=value ...]
+
+Each figure is the median of ``--repeats`` measurements of about ``--seconds`` each, the two loops
+measured in turn, so that a noisy neighbour on a shared machine slows both.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -49,6 +53,15 @@ def naive_generate(model: SampleRNN, n: int, batch: int) -> torch.Tensor:
     return seq[:, lb:]
 
 
+def path(sampler: Sampler) -> str:
+    """Which loop the sampler chose, and how many of its dense layers run on oneDNN."""
+    dense = [d for t in sampler.f.tiers for d in (*t.ih, *t.hh, t.up)]
+    if sampler.backend == "torch":  # the numba kernel has its own copy of the MLP's layers
+        dense += [*sampler.f.hidden, sampler.f.out]
+    packed = sum(d.packed is not None for d in dense)
+    return f"{sampler.backend}, oneDNN {packed}/{len(dense)}"
+
+
 def rate(fn, n: int, batch: int, device: str) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -62,7 +75,8 @@ def rate(fn, n: int, batch: int, device: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--seconds", type=float, default=6.0, help="target seconds per measurement")
+    ap.add_argument("--seconds", type=float, default=4.0, help="target seconds per measurement")
+    ap.add_argument("--repeats", type=int, default=3, help="measurements per figure (the median is shown)")
     ap.add_argument("--presets", nargs="+", default=["sketch", "poster"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 16, 128])
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="override preset fields")
@@ -78,17 +92,22 @@ def main() -> None:
             sampler_run = lambda n: torch.cat(list(Sampler(model, batch, 1.0, 0, a.device).run(n)), 1)  # noqa: E731
             sampler_run(64)
             probe = rate(sampler_run, 256, batch, a.device)
-            fast = rate(sampler_run, max(256, int(probe * a.seconds / batch) // 16 * 16), batch, a.device)
+            fast_n = max(256, int(probe * a.seconds / batch) // 16 * 16)
             naive_run = lambda n: naive_generate(model, n, batch)  # noqa: E731
             naive_run(16)
             probe = rate(naive_run, 32, batch, a.device)
-            naive = rate(naive_run, max(32, int(probe * a.seconds / batch) // 16 * 16), batch, a.device)
-            rows.append([name, batch, f"{naive:,.0f}", f"{fast:,.0f}", f"{fast / naive:.1f}x",
-                         f"{fast / sr:.2f}x at {sr // 1000} kHz"])
+            naive_n = max(32, int(probe * a.seconds / batch) // 16 * 16)
+            fast, naive = [], []
+            for _ in range(a.repeats):
+                fast.append(rate(sampler_run, fast_n, batch, a.device))
+                naive.append(rate(naive_run, naive_n, batch, a.device))
+            fast, naive = statistics.median(fast), statistics.median(naive)
+            rows.append([name, batch, path(Sampler(model, batch, 1.0, 0, a.device)), f"{naive:,.0f}", f"{fast:,.0f}",
+                         f"{fast / naive:.1f}x", f"{fast / sr:.2f}x at {sr // 1000} kHz"])
             print(rows[-1], flush=True)
     print()
-    print(f"machine: {machine(a.device)}; device {a.device}")
-    print(table(["preset", "batch", "naive samples/s", "lab samples/s", "speed-up", "real time (all streams)"],
+    print(f"machine: {machine(a.device)}; device {a.device}; median of {a.repeats}")
+    print(table(["preset", "batch", "lab path", "naive samples/s", "lab samples/s", "speed-up", "real time (all streams)"],
                 rows))
 
 

@@ -45,16 +45,56 @@ except ImportError:  # pragma: no cover
 # ---------------------------------------------------------------------------------------------
 # Folding the model into plain tensors
 
+# CPU layers run on oneDNN with pre-packed weights (see _Dense) once rows x weights reaches this: below
+# it the call costs more than it saves. Measured on the CI kind of machine (benchmarks/RESULTS.md).
+PACK_MIN_WORK = 2 ** 20
+# The numba kernel runs the per-sample loop below this many streams, for models up to this width (it
+# runs torch with one thread, which slows wide frame tiers); otherwise torch ops do. Measured likewise.
+NUMBA_MAX_BATCH = 8
+NUMBA_MAX_DIM = 512
+
+
+def _pack(w: torch.Tensor, rows: int) -> torch.Tensor | None:
+    """``w`` (out, in) reordered for oneDNN's matmul at ``rows`` rows, or None where that is unavailable."""
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+        probe = torch.randn(2, w.shape[1], generator=torch.Generator().manual_seed(0))
+        y = torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
+        ok = torch.allclose(y, F.linear(probe, w), rtol=1e-4, atol=1e-4 * float(w.abs().max()) * w.shape[1])
+    except (RuntimeError, AttributeError):  # no oneDNN in this torch build, or the op changed
+        return None
+    return packed if ok else None
+
+
+class _Dense:
+    """``x @ w.T + b``, then ReLU if asked, on folded float32 weights ``w`` (out, in).
+
+    On CPU, for ``rows`` inputs at a time with ``rows * w.numel() >= PACK_MIN_WORK``, the weights are
+    packed once for oneDNN, which uses AVX-512 where the CPU has it (MKL, behind ``F.linear``, stays on
+    AVX2 on AMD CPUs): 2-3x faster at batch 128. Same float32 arithmetic, summed in another order,
+    so the distribution sampled from is the model's.
+    """
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None, rows: int | None = None):
+        self.w, self.b = w, b
+        pack = rows is not None and w.device.type == "cpu" and rows * w.numel() >= PACK_MIN_WORK
+        self.packed = _pack(w, rows) if pack else None
+
+    def __call__(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.b, "relu" if relu else "none", [], "")
+        y = F.linear(x, self.w, self.b)
+        return torch.relu_(y) if relu else y
+
 
 @dataclass
 class _Tier:
     frame_len: int
     frame_size: int
-    w_in: torch.Tensor  # (dim, frame_len)
-    b_in: torch.Tensor
-    cells: list  # per layer (w_ih, w_hh, b_ih, b_hh)
-    w_up: torch.Tensor  # (frame_size * dim, dim): row j*dim + o is output o of sub-step j
-    b_up: torch.Tensor
+    inp: _Dense  # frame_len -> dim
+    ih: list  # per layer: _Dense, input -> gates
+    hh: list  # per layer: _Dense, hidden -> gates
+    up: _Dense  # dim -> frame_size * dim: row j*dim + o is output o of sub-step j
     h0: torch.Tensor  # (states, layers, 1, dim)
     lstm: bool
 
@@ -63,51 +103,70 @@ class _Tier:
 class _Folded:
     tiers: list  # top first
     lut: torch.Tensor  # (frame_size, q, dim)
-    hidden: list  # (w (dim, dim), b (dim,))
-    w_out: torch.Tensor  # (q, dim)
-    b_out: torch.Tensor
+    hidden: list  # _Dense, dim -> dim
+    out: _Dense  # dim -> q
     q_levels: int
     lookback: int
     frame_size: int  # bottom frame size: samples per MLP window
 
 
 @torch.no_grad()
-def fold(model: SampleRNN, device: torch.device | str = "cpu") -> _Folded:
-    """Plain float32 weights on ``device``; reading ``.weight`` of a weight-normed layer folds it."""
+def fold(model: SampleRNN, device: torch.device | str = "cpu", rows: int | None = None) -> _Folded:
+    """Plain float32 weights on ``device``; reading ``.weight`` of a weight-normed layer folds it.
+
+    ``rows``: the batch size the layers will see, to pack them for oneDNN where that pays (:class:`_Dense`).
+    """
     def t(x: torch.Tensor) -> torch.Tensor:
         return x.detach().float().to(device).contiguous()
+
+    def dense(w: torch.Tensor, b: torch.Tensor | None) -> _Dense:
+        return _Dense(t(w), None if b is None else t(b), rows)
 
     tiers = []
     for tier in model.tiers:
         rnn = tier.rnn
-        cells = [tuple(t(getattr(rnn, f"{n}_l{k}")) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-                 for k in range(rnn.num_layers)]
+        layers = range(rnn.num_layers)
         w = tier.upsample.weight  # (in, out, frame_size)
         fs = tier.frame_size
-        tiers.append(_Tier(tier.frame_len, fs, t(tier.expand.weight), t(tier.expand.bias), cells,
-                           t(w.permute(2, 1, 0).reshape(fs * w.shape[1], w.shape[0])),
-                           t(tier.upsample.bias.repeat(fs)), t(tier.h0), tier.is_lstm))
+        up = dense(w.permute(2, 1, 0).reshape(fs * w.shape[1], w.shape[0]), tier.upsample.bias.repeat(fs))
+        tiers.append(_Tier(tier.frame_len, fs, _Dense(t(tier.expand.weight), t(tier.expand.bias)),
+                           [dense(getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"bias_ih_l{k}")) for k in layers],
+                           [dense(getattr(rnn, f"weight_hh_l{k}"), getattr(rnn, f"bias_hh_l{k}")) for k in layers],
+                           up, t(tier.h0), tier.is_lstm))
     mlp = model.mlp
     w_in = mlp.input.weight  # (dim, embed, frame_size)
     lut = torch.einsum("qe,dej->jqd", mlp.embedding.weight, w_in)
-    return _Folded(tiers, t(lut), [(t(l.weight), t(l.bias)) for l in mlp.hidden], t(mlp.output.weight),
-                   t(mlp.output.bias), model.config.q_levels, model.lookback, mlp.frame_size)
+    return _Folded(tiers, t(lut), [dense(l.weight, l.bias) for l in mlp.hidden], dense(mlp.output.weight,
+                   mlp.output.bias), model.config.q_levels, model.lookback, mlp.frame_size)
 
 
 def _tier_step(tier: _Tier, frame: torch.Tensor, cond: torch.Tensor | None, state: list, q: int):
-    """One step of a frame tier: frame codes (B, frame_len) -> conditioning (B, frame_size, dim)."""
-    x = F.linear(rescale_codes(frame, q), tier.w_in, tier.b_in)
+    """One step of a frame tier: frame codes (B, frame_len) -> conditioning (B, frame_size, dim).
+
+    The GRU and LSTM cells are written out (as ``torch.gru_cell``/``lstm_cell`` compute them) so
+    that their matmuls go through :class:`_Dense`.
+    """
+    x = tier.inp(rescale_codes(frame, q))
     if cond is not None:
         x = x + cond
-    for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(tier.cells):
+    for k, (ih, hh) in enumerate(zip(tier.ih, tier.hh)):
         if tier.lstm:
-            h, c = torch.lstm_cell(x, state[k], w_ih, w_hh, b_ih, b_hh)
+            h, c = state[k]
+            i, f, g, o = (ih(x) + hh(h)).chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
             state[k] = (h, c)
         else:
-            h = torch.gru_cell(x, state[k], w_ih, w_hh, b_ih, b_hh)
+            h = state[k]
+            xr, xz, xn = ih(x).chunk(3, 1)
+            hr, hz, hn = hh(h).chunk(3, 1)
+            r = torch.sigmoid(xr + hr)
+            z = torch.sigmoid(xz + hz)
+            n = torch.tanh(xn + r * hn)
+            h = n + z * (h - n)  # (1 - z) * n + z * h
             state[k] = h
         x = h
-    return F.linear(x, tier.w_up, tier.b_up).view(x.shape[0], tier.frame_size, -1)
+    return tier.up(x).view(x.shape[0], tier.frame_size, -1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,23 +239,29 @@ if numba is not None:
                 window[b, fs + j] = best
 
 
-def _mlp_frame_torch(f: _Folded, cond, window, temps, uniforms, forced):
-    """The torch twin of the numba kernel, for any device: inverse-CDF sampling on bulk uniforms."""
+def _mlp_frame_torch(f: _Folded, cond: torch.Tensor, window: torch.Tensor, inv_t: torch.Tensor,
+                     greedy: torch.Tensor | None, uniforms: torch.Tensor, forced: torch.Tensor | None) -> None:
+    """The torch twin of the numba kernel, for any device: inverse-CDF sampling on bulk uniforms.
+
+    cond (B, fs, dim); window (B, 2 fs) long, filled in place; inv_t (B, 1) = 1 / temperature (1 where
+    greedy); greedy (B,) bool or None when no stream is; uniforms (B, fs); forced (B, fs) or None.
+    """
     fs, q, dim = f.lut.shape
     offsets = torch.arange(fs, device=window.device) * q
     lut = f.lut.view(fs * q, dim)
-    greedy = temps <= 0
-    inv_t = torch.where(greedy, torch.ones_like(temps), 1.0 / temps.clamp_min(1e-8)).unsqueeze(1)
     for j in range(fs):
         # the first layer is a sum of lookup-table rows: one fused gather-and-add
-        x = torch.relu(cond[:, j] + F.embedding_bag(window[:, j:j + fs] + offsets, lut, mode="sum"))
-        for w, b in f.hidden:
-            x = torch.relu(F.linear(x, w, b))
-        logits = F.linear(x, f.w_out, f.b_out)
-        cdf = torch.softmax(logits * inv_t, dim=1).cumsum_(1)
-        drawn = torch.searchsorted(cdf, uniforms[:, j:j + 1] * cdf[:, -1:]).squeeze(1).clamp_(max=q - 1)
-        code = torch.where(greedy, logits.argmax(dim=1), drawn)
-        window[:, fs + j] = torch.where(forced[:, j] >= 0, forced[:, j], code)
+        x = F.embedding_bag(window[:, j:j + fs] + offsets, lut, mode="sum").add_(cond[:, j]).relu_()
+        for layer in f.hidden:
+            x = layer(x, relu=True)
+        logits = f.out(x).mul_(inv_t)
+        cdf = torch.softmax(logits, dim=1).cumsum_(1)
+        code = torch.searchsorted(cdf, uniforms[:, j:j + 1] * cdf[:, -1:]).squeeze(1).clamp_(max=q - 1)
+        if greedy is not None:
+            code = torch.where(greedy, logits.argmax(dim=1), code)
+        if forced is not None:
+            code = torch.where(forced[:, j] >= 0, forced[:, j], code)
+        window[:, fs + j] = code
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +278,8 @@ class Sampler:
     temperature : a float or one per stream; 0 = greedy (argmax).
     seed : seeds the sampling noise; ``None`` draws one.
     device : where to run; default the model's device.
-    backend : ``"numba"`` (CPU only) or ``"torch"``; default numba on CPU below batch 64, else torch.
+    backend : ``"numba"`` (CPU only) or ``"torch"``; default numba on CPU for small batches of narrow
+        models (``NUMBA_MAX_BATCH``, ``NUMBA_MAX_DIM``), else torch.
     """
 
     def __init__(self, model: SampleRNN, batch_size: int = 1, temperature: float | Sequence[float] = 1.0,
@@ -221,12 +287,13 @@ class Sampler:
         if batch_size < 1:
             raise LabError(f"batch size must be at least 1, got {batch_size}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        if backend is None:  # measured in benchmarks/RESULTS.md: numba wins on CPU below batch 64
-            backend = "numba" if self.device.type == "cpu" and numba is not None and batch_size < 64 else "torch"
+        if backend is None:
+            small = batch_size < NUMBA_MAX_BATCH and model.config.dim <= NUMBA_MAX_DIM
+            backend = "numba" if self.device.type == "cpu" and numba is not None and small else "torch"
         if backend == "numba" and (self.device.type != "cpu" or numba is None):
             raise LabError("the numba backend runs on CPU only (and needs numba installed)")
         self.backend = backend
-        self.f = fold(model, self.device)
+        self.f = fold(model, self.device, rows=batch_size)
         self.b = batch_size
         temps = torch.as_tensor(temperature, dtype=torch.float32).flatten()
         if temps.numel() == 1:
@@ -235,7 +302,9 @@ class Sampler:
             raise LabError(f"{temps.numel()} temperatures for {batch_size} streams")
         if bool((temps < 0).any()) or not bool(torch.isfinite(temps).all()):
             raise LabError(f"temperatures must be finite and >= 0, got {temps.tolist()}")
-        self.temps = temps.to(self.device)
+        greedy = temps <= 0
+        self.greedy = greedy.to(self.device) if bool(greedy.any()) else None
+        self.inv_t = torch.where(greedy, 1.0, 1.0 / temps.clamp_min(1e-30)).unsqueeze(1).to(self.device)
         self.temps_np = temps.numpy().astype(np.float32)
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
@@ -259,15 +328,16 @@ class Sampler:
             self.lut = f.lut.numpy()
             dim = f.lut.shape[2]
             self.hid_w = np.ascontiguousarray(
-                np.stack([w.T.numpy() for w, _ in f.hidden]) if f.hidden else np.zeros((0, dim, dim), np.float32))
+                np.stack([d.w.T.numpy() for d in f.hidden]) if f.hidden else np.zeros((0, dim, dim), np.float32))
             self.hid_b = np.ascontiguousarray(
-                np.stack([b.numpy() for _, b in f.hidden]) if f.hidden else np.zeros((0, dim), np.float32))
-            self.out_w = np.ascontiguousarray(f.w_out.T.numpy())
-            self.out_b = f.b_out.numpy()
+                np.stack([d.b.numpy() for d in f.hidden]) if f.hidden else np.zeros((0, dim), np.float32))
+            self.out_w = np.ascontiguousarray(f.out.w.T.numpy())
+            self.out_b = f.out.b.numpy()
             self.hist_np = self.hist.numpy()  # shares memory with self.hist
+            self.free_np = np.full((batch_size, f.frame_size), -1, np.int64)
 
     @torch.no_grad()
-    def _frame(self, forced: torch.Tensor) -> torch.Tensor:
+    def _frame(self, forced: torch.Tensor | None = None) -> torch.Tensor:
         """Advance one bottom frame; ``forced`` (B, fs) holds codes to take as given (-1 = sample)."""
         f = self.f
         fs, lb = f.frame_size, f.lookback
@@ -286,11 +356,13 @@ class Sampler:
             win = self.hist_np[:, lb - fs:]
             win_c = np.ascontiguousarray(win)
             _mlp_frame_numba(self.lut, np.ascontiguousarray(bottom.numpy()), self.hid_w, self.hid_b, self.out_w,
-                             self.out_b, win_c, self.temps_np, uniforms, forced.numpy())
+                             self.out_b, win_c, self.temps_np, uniforms,
+                             self.free_np if forced is None else forced.numpy())
             win[:] = win_c
         else:
             u = torch.rand((self.b, fs), generator=self.torch_rng, device=self.device, dtype=torch.float32)
-            _mlp_frame_torch(f, bottom, self.hist[:, lb - fs:], self.temps, u, forced.to(self.device))
+            _mlp_frame_torch(f, bottom, self.hist[:, lb - fs:], self.inv_t, self.greedy, u,
+                             None if forced is None else forced.to(self.device))
         new = self.hist[:, lb:].clone()
         self.hist[:, :lb] = self.hist[:, fs:fs + lb].clone()
         self.t += fs
@@ -321,7 +393,6 @@ class Sampler:
         if n_samples < 0:
             raise LabError(f"cannot generate a negative number of samples ({n_samples})")
         fs = self.f.frame_size
-        free = torch.full((self.b, fs), -1, dtype=torch.long, device=self.device)
         bar = tqdm(total=n_samples, unit="sample", unit_scale=True, desc="generate", disable=not progress)
         # torch's OpenMP threads spin between ops and starve the BLAS threads of the numba kernel
         threads = torch.get_num_threads()
@@ -336,7 +407,7 @@ class Sampler:
         try:
             while done < n_samples:
                 while have < min(block, n_samples - done):
-                    out = self._frame(free)  # stays on the device until the block is complete
+                    out = self._frame()  # stays on the device until the block is complete
                     parts.append(out)
                     have += out.shape[1]
                 buf = torch.cat([p.to(self.device) for p in parts], dim=1)

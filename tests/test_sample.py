@@ -8,10 +8,12 @@ from scipy import stats
 
 from samplernn_lab import ModelConfig, SampleRNN, generate
 from samplernn_lab.audio import dequantize, quantize
+from samplernn_lab import sample as sample_module
 from samplernn_lab.sample import Sampler, render
 
 CFG = ModelConfig(frame_sizes=(4, 2), dim=32, n_rnn=1, embed_size=8, q_levels=32)
-BACKENDS = ["numba", "torch"]
+# "onednn": the torch backend with the dense layers packed for oneDNN, as for big batches
+BACKENDS = ["numba", "torch", "onednn"]
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +25,17 @@ def model():
     return m
 
 
+def make_sampler(model, backend, batch_size=1, temperature=1.0, seed=0):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sample_module, "PACK_MIN_WORK", 0 if backend == "onednn" else 2 ** 62)
+        s = Sampler(model, batch_size, temperature, seed, backend="numba" if backend == "numba" else "torch")
+    packed = [d.packed is not None for d in [*s.f.hidden, s.f.out, s.f.tiers[0].up]]
+    assert all(packed) if backend == "onednn" else not any(packed)
+    return s
+
+
 def sample(model, n, backend, **kw):
-    s = Sampler(model, kw.pop("batch_size", 1), kw.pop("temperature", 1.0), kw.pop("seed", 0), backend=backend)
+    s = make_sampler(model, backend, kw.pop("batch_size", 1), kw.pop("temperature", 1.0), kw.pop("seed", 0))
     if "prime" in kw:
         s.prime(kw.pop("prime"))
     return torch.cat(list(s.run(n, block=37)), 1)
@@ -113,7 +124,25 @@ def test_prime_with_audio_quantises_it(model):
 
 
 def test_numba_and_torch_backends_agree_greedily(model):
-    assert torch.equal(sample(model, 200, "numba", temperature=0.0), sample(model, 200, "torch", temperature=0.0))
+    ref = sample(model, 200, "numba", temperature=0.0)
+    assert torch.equal(ref, sample(model, 200, "torch", temperature=0.0))
+    assert torch.equal(ref, sample(model, 200, "onednn", temperature=0.0))
+
+
+@pytest.mark.parametrize("rnn_type", ["gru", "lstm"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_multi_layer_tiers_sample_as_the_model_predicts(rnn_type, backend):
+    """The GRU/LSTM cells written out in the sampler match torch's recurrent layers, two layers deep."""
+    torch.manual_seed(1)
+    m = SampleRNN(ModelConfig(frame_sizes=(2, 2), dim=24, n_rnn=2, rnn_type=rnn_type, embed_size=8,
+                              q_levels=16)).eval()
+    with torch.no_grad():  # a non-zero learned h0 and an output sharp enough to give varied argmaxes
+        for tier in m.tiers:
+            tier.h0.normal_(0, 0.5)
+        m.mlp.output.parametrizations.weight.original0.mul_(4.0)
+    codes = sample(m, 160, backend, temperature=0.0, batch_size=3)
+    assert len(set(codes.flatten().tolist())) > 3
+    assert_greedy_matches(m, codes, m.log_probs(codes))
 
 
 @pytest.mark.parametrize("method", ["linear", "mulaw"])
