@@ -59,6 +59,8 @@ def path(sampler: Sampler) -> str:
     if sampler.backend == "torch":  # the numba kernel has its own copy of the MLP's layers
         dense += [*sampler.f.hidden, sampler.f.out]
     packed = sum(d.packed is not None for d in dense)
+    if sampler.device.type == "cuda":
+        return f"{sampler.backend}, CUDA graph {'on' if sampler.use_graph else 'off'}"
     return f"{sampler.backend}, oneDNN {packed}/{len(dense)}"
 
 
@@ -79,9 +81,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="measurements per figure (the median is shown)")
     ap.add_argument("--presets", nargs="+", default=["sketch", "poster"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 16, 128])
+    ap.add_argument("--no-graph", action="store_true", help="CUDA: sample without CUDA graphs")
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="override preset fields")
     a = ap.parse_args()
     torch.manual_seed(0)
+    graph = not a.no_graph
     rows = []
     for name in a.presets:
         preset = get_preset(name, a.set)
@@ -89,7 +93,9 @@ def main() -> None:
         model = SampleRNN(preset.model).eval().to(a.device)
         for batch in a.batches:
             # warm up (numba compiles once; CUDA initialises), then size each measurement to ~seconds
-            sampler_run = lambda n: torch.cat(list(Sampler(model, batch, 1.0, 0, a.device).run(n)), 1)  # noqa: E731
+            def sampler_run(n: int) -> torch.Tensor:
+                return torch.cat(list(Sampler(model, batch, 1.0, 0, a.device, cuda_graph=graph).run(n)), 1)
+
             sampler_run(64)
             probe = rate(sampler_run, 256, batch, a.device)
             fast_n = max(256, int(probe * a.seconds / batch) // 16 * 16)
@@ -102,13 +108,14 @@ def main() -> None:
                 fast.append(rate(sampler_run, fast_n, batch, a.device))
                 naive.append(rate(naive_run, naive_n, batch, a.device))
             fast, naive = statistics.median(fast), statistics.median(naive)
-            rows.append([name, batch, path(Sampler(model, batch, 1.0, 0, a.device)), f"{naive:,.0f}", f"{fast:,.0f}",
-                         f"{fast / naive:.1f}x", f"{fast / sr:.2f}x at {sr // 1000} kHz"])
+            lab = path(Sampler(model, batch, 1.0, 0, a.device, cuda_graph=graph))
+            rows.append([name, batch, lab, f"{naive:,.0f}", f"{fast:,.0f}", f"{fast / naive:.1f}x",
+                         f"{fast / sr:.2f}x at {sr // 1000} kHz"])
             print(rows[-1], flush=True)
     print()
     print(f"machine: {machine(a.device)}; device {a.device}; median of {a.repeats}")
-    print(table(["preset", "batch", "lab path", "naive samples/s", "lab samples/s", "speed-up", "real time (all streams)"],
-                rows))
+    print(table(["preset", "batch", "lab path", "naive samples/s", "lab samples/s", "speed-up",
+                 "real time (all streams)"], rows))
 
 
 if __name__ == "__main__":

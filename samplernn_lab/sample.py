@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,7 @@ except ImportError:  # pragma: no cover
 PACK_MIN_WORK = 2 ** 20
 # The numba kernel runs the per-sample loop below this many streams, for models up to this width (it
 # runs torch with one thread, which slows wide frame tiers); otherwise torch ops do. Measured likewise.
-NUMBA_MAX_BATCH = 8
+NUMBA_MAX_BATCH = 16
 NUMBA_MAX_DIM = 512
 
 
@@ -61,7 +62,7 @@ def _pack(w: torch.Tensor, rows: int) -> torch.Tensor | None:
         probe = torch.randn(2, w.shape[1], generator=torch.Generator().manual_seed(0))
         y = torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
         ok = torch.allclose(y, F.linear(probe, w), rtol=1e-4, atol=1e-4 * float(w.abs().max()) * w.shape[1])
-    except (RuntimeError, AttributeError):  # no oneDNN in this torch build, or the op changed
+    except (RuntimeError, AttributeError, NotImplementedError):  # no oneDNN here, or the op changed
         return None
     return packed if ok else None
 
@@ -144,7 +145,8 @@ def _tier_step(tier: _Tier, frame: torch.Tensor, cond: torch.Tensor | None, stat
     """One step of a frame tier: frame codes (B, frame_len) -> conditioning (B, frame_size, dim).
 
     The GRU and LSTM cells are written out (as ``torch.gru_cell``/``lstm_cell`` compute them) so
-    that their matmuls go through :class:`_Dense`.
+    that their matmuls go through :class:`_Dense`. ``state`` (per layer: h, or (h, c)) is updated in
+    place, so a captured CUDA graph replays on the same memory.
     """
     x = tier.inp(rescale_codes(frame, q))
     if cond is not None:
@@ -153,9 +155,8 @@ def _tier_step(tier: _Tier, frame: torch.Tensor, cond: torch.Tensor | None, stat
         if tier.lstm:
             h, c = state[k]
             i, f, g, o = (ih(x) + hh(h)).chunk(4, 1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            state[k] = (h, c)
+            c.copy_(torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g))
+            h.copy_(torch.sigmoid(o) * torch.tanh(c))
         else:
             h = state[k]
             xr, xz, xn = ih(x).chunk(3, 1)
@@ -163,8 +164,7 @@ def _tier_step(tier: _Tier, frame: torch.Tensor, cond: torch.Tensor | None, stat
             r = torch.sigmoid(xr + hr)
             z = torch.sigmoid(xz + hz)
             n = torch.tanh(xn + r * hn)
-            h = n + z * (h - n)  # (1 - z) * n + z * h
-            state[k] = h
+            h.copy_(n + z * (h - n))  # (1 - z) * n + z * h
         x = h
     return tier.up(x).view(x.shape[0], tier.frame_size, -1)
 
@@ -271,6 +271,10 @@ def _mlp_frame_torch(f: _Folded, cond: torch.Tensor, window: torch.Tensor, inv_t
 class Sampler:
     """Streams of codes from a model, a bottom frame at a time.
 
+    All state (code history, recurrent states, conditioning, noise) lives in tensors allocated
+    once and updated in place: on CUDA, one top-tier frame of steps (every tier's steps and the
+    sample-level loop of ``lookback`` samples) is captured as a CUDA graph and replayed.
+
     Parameters
     ----------
     model : a trained :class:`SampleRNN` (left untouched).
@@ -280,10 +284,12 @@ class Sampler:
     device : where to run; default the model's device.
     backend : ``"numba"`` (CPU only) or ``"torch"``; default numba on CPU for small batches of narrow
         models (``NUMBA_MAX_BATCH``, ``NUMBA_MAX_DIM``), else torch.
+    cuda_graph : replay captured CUDA graphs (CUDA and the torch backend only); default on.
     """
 
     def __init__(self, model: SampleRNN, batch_size: int = 1, temperature: float | Sequence[float] = 1.0,
-                 seed: int | None = None, device: torch.device | str | None = None, backend: str | None = None):
+                 seed: int | None = None, device: torch.device | str | None = None, backend: str | None = None,
+                 cuda_graph: bool = True):
         if batch_size < 1:
             raise LabError(f"batch size must be at least 1, got {batch_size}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -312,18 +318,23 @@ class Sampler:
         self.torch_rng = torch.Generator(device=self.device).manual_seed(int(seed))
 
         f = self.f
+        lb, fs, dev = f.lookback, f.frame_size, self.device
         self.t = 0  # samples produced so far (prime included)
         self._pending = None  # sampled codes of a prime's last, partly forced frame
         silence = audio_io.silence_code(f.q_levels)
         # history: the last `lookback` codes, then room for one bottom frame
-        self.hist = torch.full((batch_size, f.lookback + f.frame_size), silence, dtype=torch.long,
-                               device=self.device)
+        self.hist = torch.full((batch_size, lb + fs), silence, dtype=torch.long, device=dev)
         self.state = []
-        self.cond = [None] * len(f.tiers)
+        self.cond = []
         for tier in f.tiers:
             h0 = tier.h0.expand(-1, -1, batch_size, -1)
-            self.state.append([(h0[0, k], h0[1, k]) if tier.lstm else h0[0, k].contiguous()
+            self.state.append([(h0[0, k].clone(), h0[1, k].clone()) if tier.lstm else h0[0, k].clone()
                                for k in range(h0.shape[1])])
+            self.cond.append(torch.zeros(batch_size, tier.frame_size, h0.shape[-1], device=dev))
+        self.uniforms = torch.zeros(batch_size, lb, device=dev)  # one per sample of a top-tier frame
+        self.codes = torch.zeros(batch_size, lb, dtype=torch.long, device=dev)  # the codes of that frame
+        self.graph = None
+        self.use_graph = cuda_graph and dev.type == "cuda" and backend == "torch"
         if backend == "numba":
             self.lut = f.lut.numpy()
             dim = f.lut.shape[2]
@@ -334,11 +345,24 @@ class Sampler:
             self.out_w = np.ascontiguousarray(f.out.w.T.numpy())
             self.out_b = f.out.b.numpy()
             self.hist_np = self.hist.numpy()  # shares memory with self.hist
-            self.free_np = np.full((batch_size, f.frame_size), -1, np.int64)
+            self.free_np = np.full((batch_size, fs), -1, np.int64)
+
+    def static_tensors(self) -> list[torch.Tensor]:
+        """Every tensor the steps read and write: a captured graph replays on exactly these."""
+        states = [x for tier in self.state for layer in tier for x in (layer if isinstance(layer, tuple) else (layer,))]
+        return [self.hist, *states, *self.cond, self.uniforms, self.codes]
+
+    def _draw(self) -> None:
+        """Noise for the next top-tier frame, drawn at its start (eager and graph paths alike)."""
+        if self.backend == "torch":
+            self.uniforms.uniform_(0.0, 1.0, generator=self.torch_rng)
 
     @torch.no_grad()
-    def _frame(self, forced: torch.Tensor | None = None) -> torch.Tensor:
-        """Advance one bottom frame; ``forced`` (B, fs) holds codes to take as given (-1 = sample)."""
+    def _step(self, forced: torch.Tensor | None = None) -> None:
+        """Advance one bottom frame in place; ``forced`` (B, fs): codes taken as given (-1 = sample).
+
+        The frame's codes land in ``self.codes`` at the frame's place in the top-tier frame.
+        """
         f = self.f
         fs, lb = f.frame_size, f.lookback
         cond = None
@@ -346,11 +370,12 @@ class Sampler:
             n = tier.frame_len
             if self.t % n == 0:
                 frame = self.hist[:, lb - n:lb]
-                self.cond[i] = _tier_step(tier, frame, cond, self.state[i], f.q_levels)
+                self.cond[i].copy_(_tier_step(tier, frame, cond, self.state[i], f.q_levels))
             # the conditioning vector for the current step of the tier below
             sub = (self.t % n) // (n // tier.frame_size)
             cond = self.cond[i][:, sub]
         bottom = self.cond[-1]  # (B, fs, dim): one conditioning vector per sample of this frame
+        pos = self.t % lb
         if self.backend == "numba":
             uniforms = self.np_rng.random((self.b, fs))
             win = self.hist_np[:, lb - fs:]
@@ -360,13 +385,60 @@ class Sampler:
                              self.free_np if forced is None else forced.numpy())
             win[:] = win_c
         else:
-            u = torch.rand((self.b, fs), generator=self.torch_rng, device=self.device, dtype=torch.float32)
-            _mlp_frame_torch(f, bottom, self.hist[:, lb - fs:], self.inv_t, self.greedy, u,
-                             None if forced is None else forced.to(self.device))
-        new = self.hist[:, lb:].clone()
+            _mlp_frame_torch(f, bottom, self.hist[:, lb - fs:], self.inv_t, self.greedy,
+                             self.uniforms[:, pos:pos + fs], None if forced is None else forced.to(self.device))
+        self.codes[:, pos:pos + fs] = self.hist[:, lb:]
         self.hist[:, :lb] = self.hist[:, fs:fs + lb].clone()
         self.t += fs
-        return new
+
+    def _frame(self, forced: torch.Tensor | None = None) -> torch.Tensor:
+        """One bottom frame, eagerly: its codes (B, fs) on the device."""
+        fs, lb = self.f.frame_size, self.f.lookback
+        if self.t % lb == 0:
+            self._draw()
+        pos = self.t % lb
+        self._step(forced)
+        return self.codes[:, pos:pos + fs].clone()
+
+    def _top_frame(self) -> None:
+        """The steps of one top-tier frame (``lookback`` samples) from a frame boundary: what is captured."""
+        for _ in range(self.f.lookback // self.f.frame_size):
+            self._step()
+
+    def _capture(self) -> None:
+        """Record :meth:`_top_frame` as a CUDA graph; the state is left as it was before, even on failure."""
+        saved, t = [x.clone() for x in self.static_tensors()], self.t
+        try:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):  # warm up outside the capture (lazy kernel and cuBLAS set-up)
+                self._top_frame()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            self.t = t
+            with torch.cuda.graph(graph):
+                self._top_frame()
+            self.graph = graph
+        finally:
+            for x, v in zip(self.static_tensors(), saved):
+                x.copy_(v)
+            self.t = t
+
+    def _graph_frame(self) -> torch.Tensor | None:
+        """One top-tier frame by graph replay, or None where the graph path does not apply here."""
+        if not self.use_graph or self.t % self.f.lookback:
+            return None
+        if self.graph is None:
+            try:
+                self._capture()
+            except RuntimeError as err:  # never lose a render to it: go on eagerly
+                warnings.warn(f"CUDA graph capture failed ({err}); sampling without graphs")
+                self.use_graph = False
+                return None
+        self._draw()
+        self.graph.replay()
+        self.t += self.f.lookback
+        return self.codes.clone()
 
     def prime(self, codes: torch.Tensor) -> None:
         """Teacher-force codes (P,) or (B, P) through the model, as if they had been sampled.
@@ -392,7 +464,6 @@ class Sampler:
         """Yield blocks of codes, (B, <= block) ``torch.long`` on CPU, ``n_samples`` in all."""
         if n_samples < 0:
             raise LabError(f"cannot generate a negative number of samples ({n_samples})")
-        fs = self.f.frame_size
         bar = tqdm(total=n_samples, unit="sample", unit_scale=True, desc="generate", disable=not progress)
         # torch's OpenMP threads spin between ops and starve the BLAS threads of the numba kernel
         threads = torch.get_num_threads()
@@ -407,7 +478,9 @@ class Sampler:
         try:
             while done < n_samples:
                 while have < min(block, n_samples - done):
-                    out = self._frame()  # stays on the device until the block is complete
+                    out = self._graph_frame()
+                    if out is None:
+                        out = self._frame()  # stays on the device until the block is complete
                     parts.append(out)
                     have += out.shape[1]
                 buf = torch.cat([p.to(self.device) for p in parts], dim=1)

@@ -170,3 +170,81 @@ def test_negative_length_is_refused(model):
 
     with pytest.raises(LabError, match="negative"):
         generate(model, -5)
+
+
+class _ReplayOnCPU:
+    """Stands in for a captured CUDA graph on CPU: replay re-runs the captured steps on the same tensors."""
+
+    def __init__(self, sampler):
+        self.sampler, self.replays = sampler, 0
+
+    def replay(self):
+        t = self.sampler.t  # a real graph does not advance the Python-side clock; _graph_frame does
+        self.sampler._top_frame()
+        self.sampler.t = t
+        self.replays += 1
+
+
+@pytest.mark.parametrize("prime_len", [0, 43])
+def test_graph_path_replays_the_same_codes(model, monkeypatch, prime_len):
+    """The CUDA-graph path (emulated: replay = re-running the captured steps) equals eager sampling,
+    from a frame boundary and after a prime that ends mid-frame (eager frames until the next boundary)."""
+    prime = torch.randint(0, CFG.q_levels, (prime_len,), generator=torch.Generator().manual_seed(2))
+
+    def codes(graph: bool):
+        s = make_sampler(model, "torch", batch_size=3, temperature=[0.0, 0.7, 1.0], seed=5)
+        if graph:
+            s.use_graph = True
+            monkeypatch.setattr(s, "_capture", lambda: setattr(s, "graph", _ReplayOnCPU(s)))
+        if prime_len:
+            s.prime(prime)
+        out = torch.cat(list(s.run(150, block=64)), 1)
+        return out, s
+
+    eager, _ = codes(False)
+    replayed, s = codes(True)
+    assert s.graph.replays >= 150 // model.lookback - 1
+    assert torch.equal(eager, replayed)
+
+
+def test_graph_steps_touch_only_static_tensors(model):
+    """What a CUDA graph needs: a top-tier frame of steps reads and writes the same tensors every time."""
+    for rnn_type in ("gru", "lstm"):
+        torch.manual_seed(0)
+        m = SampleRNN(ModelConfig(frame_sizes=(4, 2), dim=16, n_rnn=2, rnn_type=rnn_type, embed_size=8,
+                                  q_levels=32)).eval()
+        s = make_sampler(m, "torch", batch_size=2)
+        static = s.static_tensors()
+        ptrs = [x.data_ptr() for x in static]
+        before = [x.clone() for x in static]
+        s._draw()
+        s._top_frame()
+        assert [x.data_ptr() for x in s.static_tensors()] == ptrs
+        assert all(not torch.equal(a, b) for a, b in zip(before, static))  # and every one was updated
+
+
+def test_graph_capture_failure_falls_back_to_eager(model, monkeypatch):
+    """A capture that fails after its warm-up frame leaves the state as it was and sampling goes on
+    eagerly: the same codes as without graphs."""
+    import contextlib
+
+    class Stream:
+        def __init__(self, *a):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    warmed = []
+    s = make_sampler(model, "torch", batch_size=2, seed=1)
+    real_top = s._top_frame
+    monkeypatch.setattr(s, "_top_frame", lambda: (warmed.append(s.t), real_top()))
+    s.use_graph = True  # on CPU, torch.cuda.CUDAGraph() raises after the warm-up: the failure under test
+    with pytest.warns(UserWarning, match="CUDA graph capture failed"):
+        out = torch.cat(list(s.run(40)), 1)
+    assert warmed == [0]
+    assert torch.equal(out, sample(model, 40, "torch", batch_size=2, seed=1))
+    assert not s.use_graph
