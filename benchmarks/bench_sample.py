@@ -5,7 +5,7 @@ model's own (weight-normalised) modules called step by step, the embedding and f
 computed in full, sampling with torch.multinomial.
 
     python benchmarks/bench_sample.py [--device cpu|cuda] [--seconds S] [--repeats N]
-                                      [--presets sketch poster] [--batches 1 16 128] [--set field=value ...]
+                                      [--presets sketch poster] [--batches 1 4 16 128] [--set field=value ...]
 
 Each figure is the median of ``--repeats`` measurements of about ``--seconds`` each, the two loops
 measured in turn, so that a noisy neighbour on a shared machine slows both.
@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0, help="target seconds per measurement")
     ap.add_argument("--repeats", type=int, default=3, help="measurements per figure (the median is shown)")
     ap.add_argument("--presets", nargs="+", default=["sketch", "poster"])
-    ap.add_argument("--batches", nargs="+", type=int, default=[1, 16, 128])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16, 128])
     ap.add_argument("--no-graph", action="store_true", help="CUDA: sample without CUDA graphs")
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="override preset fields")
     a = ap.parse_args()
