@@ -51,8 +51,10 @@ def execute(notebook: Path, out: Path, parameters: dict[str, Any], cwd: Path) ->
 
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
+        # the kernel's own log at ERROR: ipykernel 7 warns on every start that a local TCP kernel is
+        # unencrypted, which broke the run's progress line; cell outputs (stderr included) are kept
         pm.execute_notebook(str(notebook), str(out), parameters=parameters, cwd=str(cwd), progress_bar=False,
-                            kernel_name="python3")
+                            kernel_name="python3", extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except pm.PapermillExecutionError as e:
         raise LabError(f"{out}: cell {e.exec_count} failed: {e.ename}: {e.evalue}".splitlines()[0]) from None
     finally:

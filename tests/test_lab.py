@@ -141,3 +141,16 @@ def test_player_does_not_normalise():
     data = base64.b64decode(re.search(r'base64,([^"]+)"', html).group(1))
     audio, _ = sf.read(io.BytesIO(data))
     assert 0.005 < np.max(np.abs(audio)) < 0.02
+
+
+def test_execute_keeps_the_kernel_log_quiet_and_the_cells_output(tmp_path, capfd):
+    """The kernel's start-up warnings do not break the run's progress line; what cells print stays."""
+    from samplernn_lab.pipeline import execute
+
+    src = tmp_path / "tiny.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import sys\nprint('to stderr', file=sys.stderr)")]), src)
+    execute(src, tmp_path / "out" / "tiny.ipynb", {}, tmp_path)
+    assert "WARNING" not in capfd.readouterr().err
+    book = nbformat.read(tmp_path / "out" / "tiny.ipynb", as_version=4)
+    assert [o.get("text") for o in book.cells[0].outputs] == ["to stderr\n"]
