@@ -429,24 +429,34 @@ class Sampler:
         for _ in range(self.f.lookback // self.f.frame_size):
             self._step()
 
+    def _restore(self, saved: list[torch.Tensor], t: int) -> None:
+        for x, v in zip(self.static_tensors(), saved):
+            x.copy_(v)
+        self.t = t
+
     def _capture(self) -> None:
-        """Record :meth:`_top_frame` as a CUDA graph; the state is left as it was before, even on failure."""
-        saved, t = [x.clone() for x in self.static_tensors()], self.t
+        """Record :meth:`_top_frame` as a CUDA graph, and check that a replay does what running the steps
+        does, from the same state. The state is left as it was before, even on failure."""
+        static = self.static_tensors()
+        saved, t = [x.clone() for x in static], self.t
         try:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):  # warm up outside the capture (lazy kernel and cuBLAS set-up)
                 self._top_frame()
             torch.cuda.current_stream(self.device).wait_stream(side)
+            eager = [x.clone() for x in static]
+            self._restore(saved, t)
             graph = torch.cuda.CUDAGraph()
-            self.t = t
             with torch.cuda.graph(graph):
                 self._top_frame()
+            self._restore(saved, t)
+            graph.replay()
+            if not all(torch.allclose(x, e) for x, e in zip(static, eager)):
+                raise RuntimeError("a replay of the captured steps differs from running them")
             self.graph = graph
         finally:
-            for x, v in zip(self.static_tensors(), saved):
-                x.copy_(v)
-            self.t = t
+            self._restore(saved, t)
 
     def _graph_frame(self) -> torch.Tensor | None:
         """One top-tier frame by graph replay, or None where the graph path does not apply here."""

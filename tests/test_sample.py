@@ -178,37 +178,63 @@ def test_negative_length_is_refused(model):
 
 
 class _ReplayOnCPU:
-    """Stands in for a captured CUDA graph on CPU: replay re-runs the captured steps on the same tensors."""
+    """Stands in for a captured CUDA graph on CPU: replay re-runs the captured steps on the same tensors
+    (``extra`` more times, to play a graph that went wrong)."""
 
-    def __init__(self, sampler):
-        self.sampler, self.replays = sampler, 0
+    def __init__(self, sampler, extra=0):
+        self.sampler, self.extra, self.replays = sampler, extra, 0
 
     def replay(self):
         t = self.sampler.t  # a real graph does not advance the Python-side clock; _graph_frame does
-        self.sampler._top_frame()
+        for _ in range(1 + self.extra):
+            self.sampler._top_frame()
         self.sampler.t = t
         self.replays += 1
 
 
+@pytest.fixture
+def cpu_cuda(monkeypatch):
+    """torch.cuda's streams and graph capture stood in for on CPU, so that Sampler._capture runs as is;
+    returns a function that makes a sampler use the graph path with a given stand-in graph."""
+    import contextlib
+
+    class Stream:
+        def __init__(self, *a):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+
+    def use_graph(sampler, make_graph):
+        sampler.use_graph = True
+        monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: make_graph(sampler))
+        return sampler
+
+    return use_graph
+
+
 @pytest.mark.parametrize("prime_len", [0, 43])
-def test_graph_path_replays_the_same_codes(model, monkeypatch, prime_len):
-    """The CUDA-graph path (emulated: replay = re-running the captured steps) equals eager sampling,
-    from a frame boundary and after a prime that ends mid-frame (eager frames until the next boundary)."""
+def test_graph_path_replays_the_same_codes(model, cpu_cuda, prime_len):
+    """The CUDA-graph path (replay emulated on CPU) equals eager sampling, from a frame boundary and
+    after a prime that ends mid-frame (eager frames until the next boundary)."""
     prime = torch.randint(0, CFG.q_levels, (prime_len,), generator=torch.Generator().manual_seed(2))
 
     def codes(graph: bool):
         s = make_sampler(model, "torch", batch_size=3, temperature=[0.0, 0.7, 1.0], seed=5)
         if graph:
-            s.use_graph = True
-            monkeypatch.setattr(s, "_capture", lambda: setattr(s, "graph", _ReplayOnCPU(s)))
+            cpu_cuda(s, _ReplayOnCPU)
         if prime_len:
             s.prime(prime)
-        out = torch.cat(list(s.run(150, block=64)), 1)
-        return out, s
+        return torch.cat(list(s.run(150, block=64)), 1), s
 
     eager, _ = codes(False)
     replayed, s = codes(True)
-    assert s.graph.replays >= 150 // model.lookback - 1
+    assert s.use_graph and s.graph.replays >= 150 // model.lookback - 1
     assert torch.equal(eager, replayed)
 
 
@@ -228,28 +254,18 @@ def test_graph_steps_touch_only_static_tensors(model):
         assert all(not torch.equal(a, b) for a, b in zip(before, static))  # and every one was updated
 
 
-def test_graph_capture_failure_falls_back_to_eager(model, monkeypatch):
-    """A capture that fails after its warm-up frame leaves the state as it was and sampling goes on
-    eagerly: the same codes as without graphs."""
-    import contextlib
+@pytest.mark.parametrize("failure", ["capture", "replay"])
+def test_graph_failure_falls_back_to_eager(model, cpu_cuda, failure):
+    """A capture that fails, or a graph whose replay differs from the steps, leaves the state as it was
+    and sampling goes on eagerly: the same codes as without graphs, and a warning."""
+    def broken(sampler):
+        if failure == "capture":
+            raise RuntimeError("capture not supported here")
+        return _ReplayOnCPU(sampler, extra=1)
 
-    class Stream:
-        def __init__(self, *a):
-            pass
-
-        def wait_stream(self, other):
-            pass
-
-    monkeypatch.setattr(torch.cuda, "Stream", Stream)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: Stream())
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    warmed = []
-    s = make_sampler(model, "torch", batch_size=2, seed=1)
-    real_top = s._top_frame
-    monkeypatch.setattr(s, "_top_frame", lambda: (warmed.append(s.t), real_top()))
-    s.use_graph = True  # on CPU, torch.cuda.CUDAGraph() raises after the warm-up: the failure under test
-    with pytest.warns(UserWarning, match="CUDA graph capture failed"):
+    s = cpu_cuda(make_sampler(model, "torch", batch_size=2, seed=1), broken)
+    match = "not supported" if failure == "capture" else "differs"
+    with pytest.warns(UserWarning, match=f"CUDA graph capture failed.*{match}"):
         out = torch.cat(list(s.run(40)), 1)
-    assert warmed == [0]
     assert torch.equal(out, sample(model, 40, "torch", batch_size=2, seed=1))
-    assert not s.use_graph
+    assert not s.use_graph and s.graph is None
