@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, table  # noqa: E402
+from common import report  # noqa: E402
 
 from samplernn_lab.audio import silence_code  # noqa: E402
 from samplernn_lab.model import SampleRNN, rescale_codes  # noqa: E402
@@ -112,10 +112,8 @@ def main() -> None:
             rows.append([name, batch, lab, f"{naive:,.0f}", f"{fast:,.0f}", f"{fast / naive:.1f}x",
                          f"{fast / sr:.2f}x at {sr // 1000} kHz"])
             print(rows[-1], flush=True)
-    print()
-    print(f"machine: {machine(a.device)}; device {a.device}; median of {a.repeats}")
-    print(table(["preset", "batch", "lab path", "naive samples/s", "lab samples/s", "speed-up",
-                 "real time (all streams)"], rows))
+    report(["preset", "batch", "lab path", "naive samples/s", "lab samples/s", "speed-up", "real time (all streams)"],
+           rows, a.device, f"; median of {a.repeats}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import soundfile as sf
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, table  # noqa: E402
+from common import report  # noqa: E402
 
 from samplernn_lab.audio import silence_code  # noqa: E402
 from samplernn_lab.dataset import DataConfig, batch_order, load_split, prepare, windows  # noqa: E402
@@ -129,10 +129,8 @@ def main() -> None:
                      f"{per_step * steps / lab:,.0f}", f"{ref / lab:.2f}x",
                      f"{lab / steps:.3f}"])
         print(rows[-1], flush=True)
-    print()
-    print(f"machine: {machine(a.device)}; device {a.device}")
-    print(table(["preset", "batch", "steps", "reference samples/s", "lab samples/s", "lab / reference",
-                 "lab s/step"], rows))
+    report(["preset", "batch", "steps", "reference samples/s", "lab samples/s", "lab / reference", "lab s/step"],
+           rows, a.device)
 
     # Memory of the poster preset at batch 128: weights + gradients + Adam state + saved activations.
     poster = get_preset("poster")

@@ -26,3 +26,10 @@ def table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def report(headers: list[str], rows: list[list], device: str, note: str = "") -> None:
+    """The closing table of a benchmark, under a line naming the machine."""
+    print()
+    print(f"machine: {machine(device)}; device {device}{note}")
+    print(table(headers, rows))
