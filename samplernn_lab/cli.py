@@ -161,7 +161,7 @@ def _run(a) -> None:
 
 
 def _batch(a) -> int:
-    from .pipeline import batch
+    from .batch import batch
 
     report = batch(a.sources, a.out, jobs=a.jobs, **_pipeline_kwargs(a))
     print(f"{report['ok']} runs ok, {report['failed']} failed; open {report['index']}")

@@ -9,7 +9,8 @@ import pytest
 import soundfile as sf
 
 from samplernn_lab.cli import main
-from samplernn_lab.pipeline import NOTEBOOKS, batch, notebooks_dir
+from samplernn_lab.batch import batch
+from samplernn_lab.pipeline import NOTEBOOKS, notebooks_dir
 from signals import bell
 
 TINY = ["dim=32", "embed_size=8", "chunk_seconds=0.5", "copies=2", "seq_len=256", "batch_size=4",
@@ -154,3 +155,10 @@ def test_execute_keeps_the_kernel_log_quiet_and_the_cells_output(tmp_path, capfd
     assert "WARNING" not in capfd.readouterr().err
     book = nbformat.read(tmp_path / "out" / "tiny.ipynb", as_version=4)
     assert [o.get("text") for o in book.cells[0].outputs] == ["to stderr\n"]
+
+
+def test_batch_stays_importable_from_pipeline():
+    import samplernn_lab.batch as module
+    from samplernn_lab import pipeline
+
+    assert pipeline.batch is module.batch and pipeline.write_triage is module.write_triage
