@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import LabError
+from .resemblance import SourceProfile, copy_share, resemblance  # noqa: F401  (the measures live there)
 
 # --- thresholds --------------------------------------------------------------------------------------
 
@@ -107,6 +108,9 @@ _BLOCK_FRAMES = 512  # frames analysed at once (bounds memory on long renders)
 _MIN_BAND_BINS = 32  # octave bands narrower than this are merged upward (flatness needs many bins)
 
 CATEGORIES = ("silence", "tone", "noise", "varied")
+# With its source known, a render further from it than this (1.0 = noise of the source's colour, see
+# samplernn_lab.resemblance) is noise, however much it moves.
+NOISE_RESEMBLANCE = 1.0
 
 
 @dataclass
@@ -419,13 +423,18 @@ def _sentence(category: str, f: dict[str, float]) -> str:
     return s
 
 
-def diagnose(audio: np.ndarray, sr: int) -> Diagnosis:
+def diagnose(audio: np.ndarray, sr: int, source: np.ndarray | SourceProfile | None = None) -> Diagnosis:
     """Say whether a render is silence, a steady tone, noise, or varied.
 
     Parameters
     ----------
     audio : float array, shape (n,), nominally in [-1, 1]; any length (a 0.2 s snippet works).
     sr : sample rate in Hz.
+    source : the sound the model was trained on, at ``sr`` (an array (m,) or a
+        :class:`~samplernn_lab.resemblance.SourceProfile`), optional. When given, the features gain
+        ``resemblance`` and ``copy_share``, and a render further from its source than noise of the
+        source's colour (resemblance above ``NOISE_RESEMBLANCE``) is not called varied but noise: a hiss
+        band around the source's partials is the study's noise failure even when it moves.
 
     Returns
     -------
@@ -438,15 +447,34 @@ def diagnose(audio: np.ndarray, sr: int) -> Diagnosis:
     """
     f = features(audio, sr)
     category = categorize(f)
+    if source is not None:
+        profile = source if isinstance(source, SourceProfile) else SourceProfile(source, sr)
+        f["resemblance"] = profile.resemblance(_as_mono(audio))
+        f["copy_share"] = copy_share(_as_mono(audio), profile.audio, sr)
+        if category == "varied" and f["resemblance"] > NOISE_RESEMBLANCE:
+            return Diagnosis("noise", _far_sentence(f), f)
     return Diagnosis(category=category, sentence=_sentence(category, f), features=f)
 
 
-def diagnose_file(path: str | os.PathLike) -> dict:
-    """Diagnose an audio file: ``{"file": str(path), "category", "sentence", **features}``."""
+def _far_sentence(f: dict[str, float]) -> str:
+    return (f"Noise around the source's sounds: it moves, but it is further from its source than noise of the "
+            f"source's colour (resemblance {f['resemblance']:.2f}; a failure mode).")
+
+
+def diagnose_file(path: str | os.PathLike, source: str | os.PathLike | SourceProfile | None = None) -> dict:
+    """Diagnose an audio file, optionally against its source (a file or a profile at the file's rate).
+
+    Returns ``{"file": str(path), "category", "sentence", **features}``; with a source the features
+    include ``resemblance`` and ``copy_share``.
+    """
     from .audio import load
 
     audio, sr = load(path)
-    return {"file": str(path), **diagnose(audio, sr).to_dict()}
+    if source is not None and not isinstance(source, SourceProfile):
+        source = SourceProfile(load(source, sr)[0], sr)
+    if isinstance(source, SourceProfile) and source.sr != sr:
+        raise LabError(f"{path}: sample rate {sr} Hz differs from the source profile's {source.sr} Hz")
+    return {"file": str(path), **diagnose(audio, sr, source).to_dict()}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -485,6 +513,10 @@ def compare(render: np.ndarray, source: np.ndarray, sr: int) -> dict:
     ``render_onset_rate``, ``source_onset_rate`` : onsets per second.
     ``level_difference_db`` : render RMS minus source RMS, dB.
     ``timbre_match``, ``rhythm_match`` : 1.0 or 0.0, the judgements the sentence makes.
+    ``resemblance`` : :func:`samplernn_lab.resemblance.resemblance`: 0 like another stretch of the
+        source, 1 like noise of the source's colour, above 1 further (tones, silence, white noise).
+    ``copy_share`` : :func:`samplernn_lab.resemblance.copy_share`: share of the render replaying the
+        source verbatim, 0..1.
     ``sentence`` : e.g. "It reproduced the source's timbre but not its rhythm."
     """
     from .audio import rms_dbfs
@@ -520,7 +552,12 @@ def compare(render: np.ndarray, source: np.ndarray, sr: int) -> dict:
     if abs(level) >= LEVEL_NOTE_DB:
         details += f"; {abs(level):.0f} dB {'louder' if level > 0 else 'quieter'}"
     sentence += f" ({details})."
+    close = resemblance(render, source, sr)
+    copied = copy_share(render, source, sr)
+    sentence += f" Resemblance {close:.2f} (0 = the source itself, 1 = noise of its colour)"
+    sentence += f", {copied:.0%} copied verbatim." if copied >= 0.005 else "."
     return {"envelope_distance_db": distance, "onset_rate_ratio": float(ratio),
+            "resemblance": close, "copy_share": copied,
             "render_onset_rate": float(rate_r), "source_onset_rate": float(rate_s),
             "level_difference_db": level, "timbre_match": float(timbre), "rhythm_match": float(rhythm),
             "sentence": sentence}
@@ -543,17 +580,20 @@ def format_table(rows: list[dict], sentence_width: int = 60, file_width: int = 4
     sentence (cut to ``sentence_width`` characters). Missing values show as ``-``.
     """
     headers = ["file", "category", "rms dBFS", "flatness", "dominance", "onsets/s", "sentence"]
+    numbers = [("rms_dbfs", ".1f"), ("spectral_flatness", ".3f"), ("tonal_dominance", ".2f"), ("onset_rate", ".1f")]
+    if any("resemblance" in r for r in rows):  # diagnosed against a source
+        headers[-1:-1] = ["resemblance", "copied"]
+        numbers += [("resemblance", ".2f"), ("copy_share", ".0%")]
 
     def num(row: dict, key: str, fmt: str) -> str:
         v = row.get(key)
         return format(v, fmt) if isinstance(v, (int, float)) and math.isfinite(v) else "-"
 
     body = [[_truncate(str(r.get("file", "-")), file_width, keep_end=True), str(r.get("category", "-")),
-             num(r, "rms_dbfs", ".1f"), num(r, "spectral_flatness", ".3f"), num(r, "tonal_dominance", ".2f"),
-             num(r, "onset_rate", ".1f"), _truncate(str(r.get("sentence", "")), sentence_width)]
+             *(num(r, k, fmt) for k, fmt in numbers), _truncate(str(r.get("sentence", "")), sentence_width)]
             for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
-    right = {2, 3, 4, 5}  # numbers align right
+    right = set(range(2, len(headers) - 1))  # numbers align right
 
     def line(cells: list[str]) -> str:
         return "  ".join(c.rjust(w) if i in right else c.ljust(w)

@@ -103,6 +103,8 @@ def write_triage(out: Path, results: list[dict]) -> None:
             "category": r.get("category") or ("failed" if r["status"] == "failed" else ""),
             "render_categories": " ".join(x["category"] for x in renders),
             "best_val_bits": "" if r.get("best_val_bits") is None else f"{r['best_val_bits']:.4f}",
+            "resemblance": "" if r.get("resemblance") is None else f"{r['resemblance']:.3f}",
+            "copy_share": "" if r.get("copy_share") is None else f"{r['copy_share']:.3f}",
             "epochs": r.get("epochs", ""),
             "run": os.path.relpath(r["run"], out) if r.get("run") else "",
             "renders": " ".join(os.path.relpath(Path(r["run"]) / x["file"], out) for x in renders),
@@ -128,7 +130,7 @@ def _index_html(rows: list[dict]) -> str:
         fig = (f"<a href='{e(r['figure'])}'><img src='{e(r['figure'])}' width='360'></a>" if r["figure"] else "")
         body.append(
             f"<tr class='{e(r['category'])}'><td>{e(r['name'])}</td><td class='cat'>{e(r['category'])}</td>"
-            f"<td>{e(r['render_categories'])}</td><td>{e(r['best_val_bits'])}</td><td>{players}</td><td>{fig}</td>"
+            f"<td>{e(r['render_categories'])}</td><td>{e(r['best_val_bits'])}</td><td>{e(r['resemblance'])}</td><td>{e(r['copy_share'])}</td><td>{players}</td><td>{fig}</td>"
             f"<td>{e(r['error'])}</td></tr>")
     return f"""<!doctype html><html><head><meta charset='utf-8'><title>samplernn-lab batch</title>
 <style>body{{font-family:sans-serif;margin:1em}} table{{border-collapse:collapse}}
@@ -137,7 +139,7 @@ td,th{{border:1px solid #ccc;padding:4px;vertical-align:top}} th{{cursor:pointer
 .failed .cat{{color:#c00}}</style></head><body>
 <h1>samplernn-lab batch: {len(rows)} sources</h1>
 <p>Grouped by category (varied first: those learned something). Click a header to sort.</p>
-<table id='t'><thead><tr><th>source</th><th>category</th><th>renders</th><th>best val bits</th><th>listen</th>
+<table id='t'><thead><tr><th>source</th><th>category</th><th>renders</th><th>best val bits</th><th title='0 = like the source, 1 = like noise of its colour'>resemblance</th><th>copied</th><th>listen</th>
 <th>figure</th><th>error</th></tr></thead><tbody>
 {chr(10).join(body)}
 </tbody></table>

@@ -31,8 +31,8 @@ def save(obj: dict[str, Any], path: str | os.PathLike) -> Path:
 def resolve(run_or_path: str | os.PathLike, which: str = "best") -> Path:
     """A checkpoint path from a run folder and ``best``/``last``/``auto``/``epoch-NNN``, or a path as is.
 
-    ``auto`` is the latest epoch whose per-epoch render was diagnosed ``varied`` (not silence, a steady
-    tone or noise), else ``last``: the lab's triage choosing what to listen to first.
+    ``auto`` is the epoch whose per-epoch render resembles the source most without copying it (see
+    :func:`_liveliest_epoch`), else ``last``: the lab's triage choosing what to listen to first.
     """
     p = Path(run_or_path)
     if p.is_file():
@@ -54,22 +54,41 @@ def resolve(run_or_path: str | os.PathLike, which: str = "best") -> Path:
                    f"{', '.join(sorted(x.name for x in (p / 'checkpoints').glob('*.pt'))) or 'none'})")
 
 
-def _liveliest_epoch(run: Path) -> str | None:
-    metrics = run / "metrics.jsonl"
+def render_events(run: Path) -> list[dict]:
+    """The per-epoch render events of a run's ``metrics.jsonl`` (a cut-off line is skipped), file order."""
+    metrics = Path(run) / "metrics.jsonl"
     if not metrics.exists():
-        return None
-    epochs = []
+        return []
+    events = []
     for line in metrics.read_text().splitlines():
         try:
             row = json.loads(line)
         except ValueError:  # a line cut off by a crash
             continue
-        if row.get("event") == "render" and row.get("category") == "varied":
-            epochs.append(int(row["epoch"]))
-    for epoch in sorted(set(epochs), reverse=True):
-        if (run / "checkpoints" / f"epoch-{epoch:03d}.pt").exists():
-            return f"epoch-{epoch:03d}"
-    return None
+        if isinstance(row, dict) and row.get("event") == "render" and "epoch" in row:
+            events.append(row)
+    return events
+
+
+# ``auto`` passes over epochs whose render replays more than this share of the source verbatim.
+AUTO_MAX_COPY = 0.2
+
+
+def _liveliest_epoch(run: Path) -> str | None:
+    """The epoch ``auto`` picks from the per-epoch render events of ``metrics.jsonl`` (None: none fits).
+
+    Renders judged against their source (``resemblance`` in the event): the epoch whose render is closest
+    to the source (lowest resemblance), among those diagnosed neither silence nor a tone and copying at most
+    ``AUTO_MAX_COPY`` of it. Older runs without the measure: the latest epoch diagnosed varied.
+    """
+    events = [e for e in render_events(run) if (run / "checkpoints" / f"epoch-{int(e['epoch']):03d}.pt").exists()]
+    judged = [e for e in events if isinstance(e.get("resemblance"), (int, float))
+              and e.get("category") not in ("silence", "tone") and e.get("copy_share", 0.0) <= AUTO_MAX_COPY]
+    if judged:
+        best = min(judged, key=lambda e: (e["resemblance"], -int(e["epoch"])))
+        return f"epoch-{int(best['epoch']):03d}"
+    varied = [int(e["epoch"]) for e in events if e.get("category") == "varied"]
+    return f"epoch-{max(varied):03d}" if varied else None
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:

@@ -104,12 +104,30 @@ def _add_diagnose(sub) -> None:
     p = sub.add_parser("diagnose", help="name the category of renders: silence, tone, noise or varied")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.add_argument("--source", metavar="SOURCE", help="the sound the renders were trained on: adds resemblance "
+                   "(0 = like the source, 1 = like noise of its colour) and the share copied verbatim")
 
 
 def _diagnose(a) -> None:
-    from .analysis import diagnose_file, format_table
+    from .analysis import SourceProfile, diagnose_file, format_table
+    from .audio import load
 
-    rows = [diagnose_file(f) for f in a.files]
+    profiles: dict[int, SourceProfile] = {}  # one per sample rate among the files
+
+    def source_at(path: str) -> SourceProfile | None:
+        if a.source is None:
+            return None
+        import soundfile as sf
+
+        try:
+            sr = sf.info(path).samplerate
+        except RuntimeError:
+            sr = load(path)[1]
+        if sr not in profiles:
+            profiles[sr] = SourceProfile(load(a.source, sr)[0], sr)
+        return profiles[sr]
+
+    rows = [diagnose_file(f, source_at(f)) for f in a.files]
     print(json.dumps(rows, indent=1) if a.json else format_table(rows))
 
 

@@ -338,3 +338,24 @@ def excerpts(folder: str | os.PathLike, seconds: float, n: int, seed: int = 0, s
         data, _ = audio_io.load(folder / chunks[(seed + i) % len(chunks)]["path"])
         rows.append(data[:length])
     return np.stack(rows)
+
+
+def source_audio(folder: str | os.PathLike, max_seconds: float = 60.0) -> np.ndarray:
+    """The sound a dataset was made from, at the dataset's rate, to judge renders against.
+
+    The manifest's source files, joined, where they still exist; otherwise the training chunks
+    (copies of the same material), joined. At most ``max_seconds``.
+
+    Returns
+    -------
+    np.ndarray, float32, shape (n,).
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    sr = manifest["sample_rate"]
+    paths = [Path(s["path"]) for s in manifest["sources"]]
+    if paths and all(p.is_file() for p in paths):
+        parts = [audio_io.load(p, sr)[0] for p in paths]
+    else:
+        parts = [audio_io.load(folder / c["path"])[0] for c in manifest["chunks"] if c["split"] == "train"]
+    return np.concatenate(parts)[: int(max_seconds * sr)].astype(np.float32)

@@ -340,12 +340,16 @@ def make_epoch_grid(run_dir: str | os.PathLike) -> Figure:
     """Build the epoch grid (see :func:`epoch_grid`) without saving it."""
     from .analysis import diagnose
     from .audio import load
+    from .checkpoint import render_events
 
+    judged = {int(e["epoch"]): e for e in render_events(Path(run_dir)) if "resemblance" in e}
     panels = []
     for epoch, wav in epoch_renders(run_dir):
         audio, sr = load(wav)
         d = diagnose(audio, sr)
-        panels.append({"epoch": epoch, "file": wav.name, "category": d.category,
+        event = judged.get(epoch, {})  # judged against the source while training
+        panels.append({"epoch": epoch, "file": wav.name, "category": event.get("category", d.category),
+                       "resemblance": event.get("resemblance"), "copy": event.get("copy_share"),
                        "rms": d.features["rms_dbfs"], "log": _log_spectrogram(audio, sr)})
     vmin, vmax = _colour_range(p["log"]["S"] for p in panels)
 
@@ -359,8 +363,10 @@ def make_epoch_grid(run_dir: str | os.PathLike) -> Figure:
         mesh = _draw_log_spectrogram(ax, p["log"], vmin, vmax)
         failed = p["category"] != "varied"
         level = "no signal" if p["rms"] <= -120 else f"{p['rms']:.0f} dBFS"
-        ax.set_title(f"epoch {p['epoch']} \u00b7 {p['category']} \u00b7 {level}", fontsize=10,
-                     color=FAILURE_COLOUR if failed else "black")
+        title = f"epoch {p['epoch']} \u00b7 {p['category']} \u00b7 {level}"
+        if p["resemblance"] is not None:  # 0 = like the source, 1 = like noise of its colour
+            title += f"\nresemblance {p['resemblance']:.2f}" + (f" \u00b7 {p['copy']:.0%} copied" if p["copy"] else "")
+        ax.set_title(title, fontsize=10, color=FAILURE_COLOUR if failed else "black")
         ax.set_xlabel("time (s)")
     for ax in axes[:, 0]:
         ax.set_ylabel("frequency (Hz)")

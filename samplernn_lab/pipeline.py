@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 from collections import Counter
 from pathlib import Path
@@ -67,6 +68,10 @@ def _export_html(path: Path) -> None:
         print(f"warning: no HTML export of {path}: {e}", file=sys.stderr)
 
 
+# The temperature the chain's renders use.
+CHAIN_TEMPERATURE = 1.0
+
+
 def run(source: str | os.PathLike, out: str | os.PathLike, preset: str = "sketch",
         max_minutes: float | None = None, epochs: int | None = None, seconds: float | None = None,
         temperatures: Sequence[float] | None = None, seed: int = 0, overrides: Sequence[str] = (),
@@ -112,13 +117,18 @@ def run(source: str | os.PathLike, out: str | os.PathLike, preset: str = "sketch
 
 def write_summary(run_dir: Path, source: Path, preset: str, overrides: list[str]) -> dict:
     """Gather the run's settings, best validation NLL and the diagnosis of every render."""
-    from .analysis import diagnose_file
+    import soundfile as sf
+
+    from .analysis import SourceProfile, diagnose_file
+    from .audio import load
 
     config = json.loads((run_dir / "config.json").read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    renders = []
+    renders, profile = [], None
     for wav in sorted((run_dir / "renders" / "listen").glob("*.wav")):
-        d = diagnose_file(wav)
+        if profile is None or profile.sr != sf.info(wav).samplerate:  # judged against the source at its rate
+            profile = SourceProfile(load(source, sf.info(wav).samplerate)[0], sf.info(wav).samplerate)
+        d = diagnose_file(wav, profile)
         d["file"] = str(wav.relative_to(run_dir))
         renders.append(d)
     categories = Counter(r["category"] for r in renders)
@@ -130,6 +140,9 @@ def write_summary(run_dir: Path, source: Path, preset: str, overrides: list[str]
         "epochs": len(list((run_dir / "checkpoints").glob("epoch-*.pt"))),
         "steps": max((m.get("step", 0) for m in metrics), default=0),
         "category": categories.most_common(1)[0][0] if renders else None,
+        # 0 = like another stretch of the source, 1 = like noise of its colour (median over renders)
+        "resemblance": statistics.median(r["resemblance"] for r in renders) if renders else None,
+        "copy_share": max((r["copy_share"] for r in renders), default=None),
         "renders": renders,
         "figures": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "figures").glob("*.png")),
         "notebooks": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "notebooks").glob("*.ipynb")),

@@ -61,6 +61,7 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0  # also save last.pt this often within an epoch
     blowup_patience: int = 3  # consecutive non-finite steps before restoring the last checkpoint
     blowup_lr_factor: float = 0.5
+    clock: str = "wall"  # what max_minutes counts: "wall" time, or this "process"'s CPU time (fair on a shared machine)
 
 
 @dataclass
@@ -250,6 +251,8 @@ def train(dataset: str | os.PathLike, out: str | os.PathLike, model_config: Mode
     silence = silence_code(q)
     metrics = open(out / "metrics.jsonl", "a") if is_main else None
     t0 = time.perf_counter()
+    clock = time.process_time if cfg.clock == "process" else time.perf_counter
+    c0 = clock()
     last_save = t0
     blowups = 0
 
@@ -272,7 +275,7 @@ def train(dataset: str | os.PathLike, out: str | os.PathLike, model_config: Mode
     def stop_reason() -> str | None:
         """Why to stop before the next step; all ranks agree (any rank's reason stops all)."""
         spent = (cfg.max_steps is not None and step >= cfg.max_steps) or (
-            cfg.max_minutes is not None and time.perf_counter() - t0 >= cfg.max_minutes * 60)
+            cfg.max_minutes is not None and clock() - c0 >= cfg.max_minutes * 60)
         flags = [spent, stopper.requested is not None]
         if world > 1:
             t = torch.tensor(flags, dtype=torch.float32, device=dev if dev.type == "cuda" else "cpu")
@@ -415,10 +418,27 @@ def _epoch_render(model: SampleRNN, out: Path, dataset: Path, epoch: int, step: 
                    info={"epoch": epoch, "step": step, "prime_seconds": cfg.render_prime_seconds},
                    device=device if device.type == "cuda" else "cpu", progress=False)
     model.train()
+    profile = _source_profile(dataset, sample_rate)
     for p in paths:
-        d = diagnose(load(p)[0], sample_rate)
+        d = diagnose(load(p)[0], sample_rate, profile)
         log({"event": "render", "epoch": epoch, "step": step, "path": str(p.relative_to(out)),
-             "category": d.category, "sentence": d.sentence})
+             "category": d.category, "sentence": d.sentence,
+             "resemblance": round(d.features["resemblance"], 4), "copy_share": round(d.features["copy_share"], 4)})
+
+
+_PROFILES: dict[tuple[str, int], object] = {}
+
+
+def _source_profile(dataset: Path, sample_rate: int):
+    """The source's resemblance profile, made once per dataset and rate (every epoch's render uses it)."""
+    from .dataset import source_audio
+    from .resemblance import SourceProfile
+
+    key = (str(dataset.resolve()), sample_rate)
+    if key not in _PROFILES:
+        _PROFILES.clear()
+        _PROFILES[key] = SourceProfile(source_audio(dataset), sample_rate)
+    return _PROFILES[key]
 
 
 def _loss_curve(out: Path) -> None:

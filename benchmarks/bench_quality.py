@@ -1,0 +1,210 @@
+"""Does the sketch preset make renders that sound like their source, per CPU minute?
+
+For each source: prepare at 16 kHz (the sketch's data settings), then train twice on the same chunks:
+
+* **lab**: ``samplernn_lab.train`` with the sketch preset (its per-epoch renders, validation and
+  checkpoints count against its budget), renders from the ``auto`` checkpoint as the chain does;
+* **reference**: a plain textbook loop: the same SampleRNN sizes without weight normalisation or a
+  learned h0, PyTorch's default initialisation, Adam at 1e-3, truncated BPTT over the same windows,
+  nothing else; renders from its final weights.
+
+Budgets are CPU minutes of one thread (``time.process_time``), so the two trainings, run side by side
+one core each, get the same work however loaded the machine is. After each budget (default 3 and 10
+minutes; training continues from the first budget to the next) both are rendered the same way: 4
+streams x 6 s, each primed with 0.25 s of a different training chunk, at the chain's temperature. Per
+source and budget the table gives validation NLL (bits/sample), resemblance (median over streams and
+its range: 0 = like another stretch of the source, 1 = like coloured noise), the largest copy share
+and the categories.
+
+    python benchmarks/bench_quality.py                       # bundled media, 3 and 10 minutes
+    python benchmarks/bench_quality.py more.wav --minutes 3  # plus other recordings
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import report  # noqa: E402
+
+from samplernn_lab.analysis import diagnose  # noqa: E402
+from samplernn_lab.audio import dequantize, load, quantize  # noqa: E402
+from samplernn_lab.dataset import excerpts, load_split, prepare, windows  # noqa: E402
+from samplernn_lab.model import SampleRNN, nll_bits  # noqa: E402
+from samplernn_lab.presets import get_preset  # noqa: E402
+from samplernn_lab.resemblance import SourceProfile, copy_share  # noqa: E402
+
+STREAMS, SECONDS, PRIME_SECONDS = 4, 6.0, 0.25
+REFERENCE_SEQ_LEN, REFERENCE_BATCH, REFERENCE_LR = 512, 16, 1e-3  # the textbook loop's own settings
+
+
+def reference_loop(dataset: Path, out: Path, preset, budgets: list[float], on_budget) -> None:
+    """The textbook loop: train, and call ``on_budget(minutes, model, val_bits)`` at each budget."""
+    from samplernn_lab.audio import silence_code
+    from samplernn_lab.train import evaluate
+
+    m = preset.model  # the lab's sizes and quantisation ("same size, same quantisation")
+    cfg = type(m)(**{**m.__dict__, "weight_norm": False, "learn_h0": False})
+    torch.manual_seed(preset.train.seed)
+    model = SampleRNN(cfg)
+    for module in model.modules():  # PyTorch's default initialisation, not the lab's
+        if module is not model and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    opt = torch.optim.Adam(model.parameters(), lr=REFERENCE_LR)
+    codes = load_split(dataset, "train", cfg.q_levels, cfg.quantization)
+    val = load_split(dataset, "val", cfg.q_levels, cfg.quantization)
+    seq, bs, silence = REFERENCE_SEQ_LEN, REFERENCE_BATCH, silence_code(cfg.q_levels)
+    gen = torch.Generator().manual_seed(preset.train.seed)
+    start, pending = time.process_time(), list(budgets)
+    while pending:
+        for idx in torch.randperm(codes.shape[0], generator=gen).split(bs):
+            hidden = None
+            for _, window in windows(codes[idx], seq, model.lookback, silence):
+                logits, hidden = model(window, hidden)
+                loss = nll_bits(logits, window[:, model.lookback:])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                hidden = [h.detach() for h in hidden]
+                if pending and time.process_time() - start >= pending[0] * 60:
+                    minutes = pending.pop(0)
+                    model.eval()
+                    on_budget(minutes, model, evaluate(model, val, seq, bs, "cpu"))
+                    model.train()
+                if not pending:
+                    return
+
+
+def lab_loop(dataset: Path, out: Path, preset, budgets: list[float], on_budget) -> None:
+    """The lab's training, stopped at each budget and resumed for the next."""
+    import dataclasses
+
+    from samplernn_lab.checkpoint import load_model
+    from samplernn_lab.train import train
+
+    for i, minutes in enumerate(budgets):
+        more = minutes - (budgets[i - 1] if i else 0.0)  # a resumed training's budget counts from the resume
+        cfg = dataclasses.replace(preset.train, max_minutes=more, epochs=None, clock="process")
+        train(dataset, out, preset.model, cfg, resume=i > 0, device="cpu", progress=False)
+        val = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
+        model, _ = load_model(out, "auto")
+        on_budget(minutes, model, val[-1]["nll_bits"] if val else None)
+
+
+def evaluate_renders(model: SampleRNN, dataset: Path, profile: SourceProfile, source: np.ndarray, sr: int,
+                     temperature: float, seed: int, sampling: dict) -> dict:
+    from samplernn_lab.sample import generate
+
+    prime = excerpts(dataset, PRIME_SECONDS, STREAMS, seed)
+    prime_codes = quantize(torch.from_numpy(prime), model.config.q_levels, model.config.quantization)
+    codes = generate(model, int(SECONDS * sr), STREAMS, temperature, seed=seed, prime=prime_codes, **sampling)
+    audio = dequantize(codes, model.config.q_levels, model.config.quantization).numpy()
+    rows = [{"resemblance": profile.resemblance(a), "copy": copy_share(a, source, sr),
+             "category": diagnose(a, sr).category} for a in audio]
+    res = [r["resemblance"] for r in rows]
+    return {"resemblance": statistics.median(res), "res_min": min(res), "res_max": max(res),
+            "copy": max(r["copy"] for r in rows), "categories": [r["category"] for r in rows]}
+
+
+def one_training(job: dict) -> list[dict]:
+    """One training (lab or reference) of one source with its evaluations, in its own process."""
+    torch.set_num_threads(1)
+    preset = get_preset("sketch", job["overrides"])
+    dataset, sr = Path(job["dataset"]), preset.data.sample_rate
+    source, _ = load(job["source"], sr)
+    profile = SourceProfile(source, sr)
+    results = []
+
+    def on_budget(minutes, model, val_bits):
+        t = time.process_time()
+        row = {"source": Path(job["source"]).stem, "loop": job["loop"], "minutes": minutes, "val_bits": val_bits,
+               **evaluate_renders(model, dataset, profile, source, sr, job["temperature"], job["seed"],
+                                  job["sampling"])}
+        row["eval_seconds"] = time.process_time() - t
+        results.append(row)
+        print(json.dumps(row), flush=True)
+
+    loop = lab_loop if job["loop"] == "lab" else reference_loop  # the reference takes the sizes only
+    budgets = job["budgets"]
+    # the evaluation's own CPU time must not eat the training budget: budgets are training time
+    loop(dataset, Path(job["run"]), preset, budgets, on_budget)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("sources", nargs="*", help="recordings besides the bundled media")
+    p.add_argument("--minutes", type=float, nargs="+", default=[3.0, 10.0])
+    p.add_argument("--no-media", action="store_true", help="leave out the bundled media")
+    p.add_argument("--set", nargs="+", action="extend", default=[], help="sketch overrides for the lab loop")
+    p.add_argument("--temperature", type=float, default=None, help="render temperature (default: the chain's)")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--loops", nargs="+", default=["lab", "reference"], choices=["lab", "reference"])
+    p.add_argument("--jobs", type=int, default=2, help="trainings side by side (one CPU thread each)")
+    p.add_argument("--out", default="runs/bench_quality")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+
+    from samplernn_lab.pipeline import CHAIN_TEMPERATURE
+
+    out = Path(a.out)
+    sources = [] if a.no_media else sorted((ROOT / "media").glob("*.wav"))
+    sources += [Path(s) for s in a.sources]
+    preset = get_preset("sketch", a.set)
+    jobs = []
+    for src in sources:
+        ds = out / "datasets" / src.stem
+        if not (ds / "manifest.json").exists():
+            prepare([src], ds, preset.data, progress=False)
+        for loop in a.loops:
+            run = out / "runs" / f"{src.stem}-{loop}-{time.strftime('%H%M%S')}"
+            jobs.append({"source": str(src), "dataset": str(ds), "run": str(run), "loop": loop,
+                         "overrides": a.set, "budgets": sorted(a.minutes),
+                         "temperature": CHAIN_TEMPERATURE if a.temperature is None else a.temperature,
+                         "top_p": a.top_p, "seed": a.seed,
+                         "sampling": {} if a.top_p is None else {"top_p": a.top_p}})
+    with mp.get_context("spawn").Pool(a.jobs) as pool:
+        rows = [r for rs in pool.imap(one_training, jobs) for r in rs]
+    (out / "results.jsonl").parent.mkdir(parents=True, exist_ok=True)
+    with open(out / f"results-{time.strftime('%Y%m%d-%H%M%S')}.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    table = []
+    for r in sorted(rows, key=lambda r: (r["source"], r["minutes"], r["loop"])):
+        ref = next((x for x in rows if x["source"] == r["source"] and x["minutes"] == r["minutes"]
+                    and x["loop"] == "reference"), None)
+        table.append({
+            "source": r["source"], "min": f"{r['minutes']:g}", "loop": r["loop"],
+            "val bits": "-" if r["val_bits"] is None else f"{r['val_bits']:.3f}",
+            "vs ref": "-" if r["loop"] == "reference" or not ref or ref["val_bits"] is None or r["val_bits"] is None
+            else f"{r['val_bits'] - ref['val_bits']:+.3f}",
+            "resemblance": f"{r['resemblance']:.2f} ({r['res_min']:.2f}-{r['res_max']:.2f})",
+            "copy": f"{r['copy']:.0%}",
+            "categories": " ".join(sorted(r["categories"])),
+        })
+    for loop in a.loops:
+        for minutes in sorted(a.minutes):
+            res = [r["resemblance"] for r in rows if r["loop"] == loop and r["minutes"] == minutes]
+            if res:
+                table.append({"source": "MEDIAN", "min": f"{minutes:g}", "loop": loop,
+                              "resemblance": f"{statistics.median(res):.2f}"})
+    headers = ["source", "min", "loop", "val bits", "vs ref", "resemblance", "copy", "categories"]
+    note = (f"; sketch {' '.join(a.set) or '(as shipped)'}; budgets in CPU minutes of one thread; "
+            f"T={jobs[0]['temperature'] if jobs else '-'}" + (f", top-p {a.top_p}" if a.top_p else ""))
+    report(headers, [[r.get(h, "") for h in headers] for r in table], "cpu", note)
+
+
+if __name__ == "__main__":
+    main()
