@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import report  # noqa: E402
 
 from samplernn_lab.analysis import diagnose  # noqa: E402
-from samplernn_lab.audio import dequantize, load, quantize  # noqa: E402
+from samplernn_lab.audio import dequantize, load, quantize, save  # noqa: E402
 from samplernn_lab.dataset import excerpts, load_split, prepare, windows  # noqa: E402
 from samplernn_lab.model import SampleRNN, nll_bits  # noqa: E402
 from samplernn_lab.presets import get_preset  # noqa: E402
@@ -104,13 +104,16 @@ def lab_loop(dataset: Path, out: Path, preset, budgets: list[float], on_budget) 
 
 
 def evaluate_renders(model: SampleRNN, dataset: Path, profile: SourceProfile, source: np.ndarray, sr: int,
-                     temperature: float, seed: int, sampling: dict) -> dict:
+                     temperature: float, seed: int, sampling: dict, keep: Path) -> dict:
     from samplernn_lab.sample import generate
 
     prime = excerpts(dataset, PRIME_SECONDS, STREAMS, seed)
     prime_codes = quantize(torch.from_numpy(prime), model.config.q_levels, model.config.quantization)
     codes = generate(model, int(SECONDS * sr), STREAMS, temperature, seed=seed, prime=prime_codes, **sampling)
     audio = dequantize(codes, model.config.q_levels, model.config.quantization).numpy()
+    keep.mkdir(parents=True, exist_ok=True)
+    for i, a in enumerate(audio):  # to listen to and to draw
+        save(keep / f"stream-{i}.wav", a, sr)
     rows = [{"resemblance": profile.resemblance(a), "copy": copy_share(a, source, sr),
              "category": diagnose(a, sr).category} for a in audio]
     res = [r["resemblance"] for r in rows]
@@ -131,7 +134,7 @@ def one_training(job: dict) -> list[dict]:
         t = time.process_time()
         row = {"source": Path(job["source"]).stem, "loop": job["loop"], "minutes": minutes, "val_bits": val_bits,
                **evaluate_renders(model, dataset, profile, source, sr, job["temperature"], job["seed"],
-                                  job["sampling"])}
+                                  job["sampling"], Path(job["run"]) / f"eval-{minutes:g}min")}
         row["eval_seconds"] = time.process_time() - t
         results.append(row)
         print(json.dumps(row), flush=True)

@@ -99,6 +99,13 @@ def test_diagnose_cli_table_and_json(tmp_path, capsys):
     assert all({"file", "category", "rms_dbfs", "spectral_flatness", "onset_rate"} <= set(r) for r in rows)
     code, out, _ = cli(["diagnose", *files], capsys)
     assert code == 0 and "silence" in out and "varied" in out and len(out.splitlines()) >= 5
+    # against a source: resemblance and the copied share, in the table and the JSON
+    code, out, _ = cli(["diagnose", *files, "--source", tmp_path / "bells.wav", "--json"], capsys)
+    rows = json.loads(out)
+    assert code == 0 and rows[3]["copy_share"] > 0.9 and rows[3]["resemblance"] < 0.1
+    assert all(r["resemblance"] > 1.0 for r in rows[:3]) and rows[2]["category"] == "noise"
+    code, out, _ = cli(["diagnose", *files, "--source", tmp_path / "bells.wav"], capsys)
+    assert code == 0 and "resemblance" in out.splitlines()[0] and "copied" in out.splitlines()[0]
     code, _, err = cli(["diagnose", tmp_path / "nope.wav"], capsys)
     assert code == 2 and "nope.wav" in err
 

@@ -71,6 +71,8 @@ def test_run_folder_layout(dataset, tmp_path):
     assert [v["epoch"] for v in val] == [1, 2]
     renders = [m for m in metrics(run) if m.get("event") == "render"]
     assert len(renders) == 2 and all(r["category"] in ("silence", "tone", "noise", "varied") for r in renders)
+    # judged against the source while training: the resemblance measure and the copied share
+    assert all(r["resemblance"] >= 0 and 0 <= r["copy_share"] <= 1 for r in renders)
     model, info = load_model(run, "best")
     assert info["epoch"] in (1, 2)
 
