@@ -23,8 +23,8 @@ Decision list (first match wins; constants below)
 Before measuring, the mean (DC offset) is removed and the signal is high-passed at ``HIGHPASS_HZ``, so a
 render with a little DC offset classifies by its content; clipping is reported but not corrected.
 
-Frames are the power of two nearest 46 ms (2048 samples at 44.1 kHz, 1024 at 16 kHz) with a hop of a
-quarter frame; ``noisiness`` uses frames four times longer, to resolve the harmonics of low notes.
+Frames are :func:`samplernn_lab.spectral.window_length` long, the power of two nearest 46 ms (2048
+samples at 44.1 kHz, 1024 at 16 kHz), with a hop of a quarter frame; ``noisiness`` uses frames four times longer, to resolve the harmonics of low notes.
 Tuned on synthetic signals at 16 and 44.1 kHz and checked on real recordings (a drum break, a tabla
 loop, speech, wind chimes, a piano melody, a struck bell: all "varied"; a rubbed glass: "tone").
 """
@@ -39,6 +39,7 @@ import numpy as np
 
 from .errors import LabError
 from .resemblance import SourceProfile, copy_share, resemblance  # noqa: F401  (the measures live there)
+from .spectral import as_mono, frames, pad_to_window, window_length
 
 # --- thresholds --------------------------------------------------------------------------------------
 
@@ -138,22 +139,6 @@ class Diagnosis:
 # frame features
 
 
-def frame_size(sr: int) -> int:
-    """Analysis frame length in samples: the power of two nearest to 46 ms (2048 at 44.1 kHz)."""
-    return int(2 ** max(6, round(math.log2(0.046 * sr))))
-
-
-def _as_mono(audio: np.ndarray) -> np.ndarray:
-    x = np.asarray(audio)
-    if x.ndim == 2 and 1 in x.shape:
-        x = x.reshape(-1)
-    if x.ndim != 1:
-        raise LabError(f"audio must be mono with shape (n,), got shape {x.shape}")
-    if x.size == 0:
-        raise LabError("audio holds no samples")
-    return x.astype(np.float64)
-
-
 def _prepare(x: np.ndarray, sr: int) -> np.ndarray:
     """Remove DC and sub-sonic drift, so an offset does not count as content."""
     import scipy.signal
@@ -234,17 +219,13 @@ def _noisiness(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
     Long frames (4 analysis frames, ~186 ms) resolve the harmonics of low notes, which at 46 ms
     smear into a flat-looking band; noise is flat at any resolution. Returns two arrays (n_long,).
     """
-    import librosa
-
-    n_long = 4 * frame_size(sr)
-    if len(y) < n_long:
-        y = np.pad(y, (0, n_long - len(y)))
-    frames = librosa.util.frame(y, frame_length=n_long, hop_length=n_long // 4)
+    n_long = 4 * window_length(sr)
+    framed = frames(y, n_long, n_long // 4)
     window = np.hanning(n_long)
     lo_bin = max(1, int(math.ceil(FMIN_HZ * n_long / sr)))
     noisiness, levels = [], []
-    for i in range(0, frames.shape[1], _BLOCK_FRAMES // 4):
-        block = frames[:, i:i + _BLOCK_FRAMES // 4]
+    for i in range(0, framed.shape[1], _BLOCK_FRAMES // 4):
+        block = framed[:, i:i + _BLOCK_FRAMES // 4]
         levels.append(10.0 * np.log10(np.maximum(np.mean(block ** 2, axis=0), 1e-12)))
         power = np.abs(np.fft.rfft(block * window[:, None], axis=0)) ** 2
         num = np.zeros(block.shape[1])
@@ -257,17 +238,12 @@ def _noisiness(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _frame_features(y: np.ndarray, sr: int) -> dict:
     """Per-frame features of the whole signal, computed block by block."""
-    import librosa
-
-    n_fft = frame_size(sr)
-    hop = n_fft // 4
-    if len(y) < n_fft:
-        y = np.pad(y, (0, n_fft - len(y)))
-    frames = librosa.util.frame(y, frame_length=n_fft, hop_length=hop)  # (n_fft, n_frames), a view
+    n_fft = window_length(sr)
+    framed = frames(y, n_fft, n_fft // 4)  # (n_fft, n_frames), a view
     window = np.hanning(n_fft)
     lo_bin = max(1, int(math.ceil(FMIN_HZ * n_fft / sr)))
-    parts = [_block_features(frames[:, i:i + _BLOCK_FRAMES], window, sr, n_fft, lo_bin)
-             for i in range(0, frames.shape[1], _BLOCK_FRAMES)]
+    parts = [_block_features(framed[:, i:i + _BLOCK_FRAMES], window, sr, n_fft, lo_bin)
+             for i in range(0, framed.shape[1], _BLOCK_FRAMES)]
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
@@ -280,11 +256,9 @@ def onset_times(audio: np.ndarray, sr: int) -> np.ndarray:
     """
     import librosa
 
-    y = np.asarray(audio, dtype=np.float32)
-    n_fft = frame_size(sr)
+    n_fft = window_length(sr)
     hop = n_fft // 4
-    if len(y) < n_fft:
-        y = np.pad(y, (0, n_fft - len(y)))
+    y = pad_to_window(np.asarray(audio, dtype=np.float32), n_fft)
     if not np.any(y):
         return np.zeros(0)
     env = librosa.onset.onset_strength(y=y, sr=sr, n_fft=n_fft, hop_length=hop)
@@ -316,7 +290,7 @@ def features(audio: np.ndarray, sr: int) -> dict[str, float]:
 
     if sr <= 0:
         raise LabError(f"sample rate must be positive, got {sr}")
-    raw = _as_mono(audio)
+    raw = as_mono(audio)
     finite = np.isfinite(raw)
     nonfinite = 1.0 - float(finite.mean())
     raw = np.where(finite, raw, 0.0)
@@ -449,8 +423,8 @@ def diagnose(audio: np.ndarray, sr: int, source: np.ndarray | SourceProfile | No
     category = categorize(f)
     if source is not None:
         profile = source if isinstance(source, SourceProfile) else SourceProfile(source, sr)
-        f["resemblance"] = profile.resemblance(_as_mono(audio))
-        f["copy_share"] = copy_share(_as_mono(audio), profile.audio, sr)
+        f["resemblance"] = profile.resemblance(as_mono(audio))
+        f["copy_share"] = copy_share(as_mono(audio), profile.audio, sr)
         if category == "varied" and f["resemblance"] > NOISE_RESEMBLANCE:
             return Diagnosis("noise", _far_sentence(f), f)
     return Diagnosis(category=category, sentence=_sentence(category, f), features=f)
@@ -485,9 +459,8 @@ def _ltas_db(y: np.ndarray, sr: int, n_mels: int = 64) -> np.ndarray:
     """Long-term average mel spectrum in dB, shape (n_mels,), shifted to mean 0 over the audible bands."""
     import librosa
 
-    n_fft = frame_size(sr)
-    if len(y) < n_fft:
-        y = np.pad(y, (0, n_fft - len(y)))
+    n_fft = window_length(sr)
+    y = pad_to_window(y, n_fft)
     mel = librosa.feature.melspectrogram(y=y.astype(np.float32), sr=sr, n_fft=n_fft, hop_length=n_fft // 4,
                                          n_mels=n_mels, fmin=FMIN_HZ, fmax=sr / 2)
     env = 10 * np.log10(mel.mean(axis=1) + 1e-20)
@@ -521,8 +494,8 @@ def compare(render: np.ndarray, source: np.ndarray, sr: int) -> dict:
     """
     from .audio import rms_dbfs
 
-    r = _prepare(np.nan_to_num(_as_mono(render)), sr)
-    s = _prepare(np.nan_to_num(_as_mono(source)), sr)
+    r = _prepare(np.nan_to_num(as_mono(render, "render")), sr)
+    s = _prepare(np.nan_to_num(as_mono(source, "source")), sr)
     er, es = _ltas_db(r, sr), _ltas_db(s, sr)
     distance = float(np.sqrt(np.mean(((er - er.mean()) - (es - es.mean())) ** 2)))
     rate_r = len(onset_times(r, sr)) / (len(r) / sr)
@@ -561,43 +534,3 @@ def compare(render: np.ndarray, source: np.ndarray, sr: int) -> dict:
             "render_onset_rate": float(rate_r), "source_onset_rate": float(rate_s),
             "level_difference_db": level, "timbre_match": float(timbre), "rhythm_match": float(rhythm),
             "sentence": sentence}
-
-
-# ------------------------------------------------------------------------------------------------------
-# table for the CLI
-
-
-def _truncate(text: str, width: int, keep_end: bool = False) -> str:
-    if len(text) <= width:
-        return text
-    return "\u2026" + text[-(width - 1):] if keep_end else text[: width - 1] + "\u2026"
-
-
-def format_table(rows: list[dict], sentence_width: int = 60, file_width: int = 40) -> str:
-    """A plain-text table of :func:`diagnose_file` rows for the terminal.
-
-    Columns: file (long paths keep their end), category, rms dBFS, flatness, dominance, onsets/s,
-    sentence (cut to ``sentence_width`` characters). Missing values show as ``-``.
-    """
-    headers = ["file", "category", "rms dBFS", "flatness", "dominance", "onsets/s", "sentence"]
-    numbers = [("rms_dbfs", ".1f"), ("spectral_flatness", ".3f"), ("tonal_dominance", ".2f"), ("onset_rate", ".1f")]
-    if any("resemblance" in r for r in rows):  # diagnosed against a source
-        headers[-1:-1] = ["resemblance", "copied"]
-        numbers += [("resemblance", ".2f"), ("copy_share", ".0%")]
-
-    def num(row: dict, key: str, fmt: str) -> str:
-        v = row.get(key)
-        return format(v, fmt) if isinstance(v, (int, float)) and math.isfinite(v) else "-"
-
-    body = [[_truncate(str(r.get("file", "-")), file_width, keep_end=True), str(r.get("category", "-")),
-             *(num(r, k, fmt) for k, fmt in numbers), _truncate(str(r.get("sentence", "")), sentence_width)]
-            for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
-    right = set(range(2, len(headers) - 1))  # numbers align right
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(headers), rule, *(line(b) for b in body)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -109,7 +110,7 @@ def _add_diagnose(sub) -> None:
 
 
 def _diagnose(a) -> None:
-    from .analysis import SourceProfile, diagnose_file, format_table
+    from .analysis import SourceProfile, diagnose_file
     from .audio import load
 
     profiles: dict[int, SourceProfile] = {}  # one per sample rate among the files
@@ -129,6 +130,42 @@ def _diagnose(a) -> None:
 
     rows = [diagnose_file(f, source_at(f)) for f in a.files]
     print(json.dumps(rows, indent=1) if a.json else format_table(rows))
+
+
+def _truncate(text: str, width: int, keep_end: bool = False) -> str:
+    if len(text) <= width:
+        return text
+    return "\u2026" + text[-(width - 1):] if keep_end else text[: width - 1] + "\u2026"
+
+
+def format_table(rows: list[dict], sentence_width: int = 60, file_width: int = 40) -> str:
+    """A plain-text table of :func:`samplernn_lab.analysis.diagnose_file` rows for the terminal.
+
+    Columns: file (long paths keep their end), category, rms dBFS, flatness, dominance, onsets/s,
+    sentence (cut to ``sentence_width`` characters). Missing values show as ``-``.
+    """
+    headers = ["file", "category", "rms dBFS", "flatness", "dominance", "onsets/s", "sentence"]
+    numbers = [("rms_dbfs", ".1f"), ("spectral_flatness", ".3f"), ("tonal_dominance", ".2f"), ("onset_rate", ".1f")]
+    if any("resemblance" in r for r in rows):  # diagnosed against a source
+        headers[-1:-1] = ["resemblance", "copied"]
+        numbers += [("resemblance", ".2f"), ("copy_share", ".0%")]
+
+    def num(row: dict, key: str, fmt: str) -> str:
+        v = row.get(key)
+        return format(v, fmt) if isinstance(v, (int, float)) and math.isfinite(v) else "-"
+
+    body = [[_truncate(str(r.get("file", "-")), file_width, keep_end=True), str(r.get("category", "-")),
+             *(num(r, k, fmt) for k, fmt in numbers), _truncate(str(r.get("sentence", "")), sentence_width)]
+            for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
+    right = set(range(2, len(headers) - 1))  # numbers align right
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(b) for b in body)])
 
 
 def _add_figures(sub) -> None:

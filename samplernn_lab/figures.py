@@ -6,6 +6,7 @@
 * :func:`epoch_grid` - one spectrogram per epoch of a run, titled with the diagnosis.
 * :func:`loss_curve` - train and validation NLL (bits per sample) against step.
 
+Spectrograms come from :func:`samplernn_lab.spectral.spectrogram_db` (the notebooks use it too).
 Figures are built on :class:`matplotlib.figure.Figure` directly (never pyplot), so the library leaves
 no global state behind and works headless. Levels are dB relative to full scale: a full-scale sine
 reads 0 dB at its frequency.
@@ -26,8 +27,8 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from .errors import LabError
 from .files import atomic_path
+from .spectral import FLOOR_DB, as_mono, spectrogram_db, window_length
 
-FLOOR_DB = -100.0  # spectrogram floor, dBFS: about the noise of 16-bit audio, below anything audible
 DYNAMIC_RANGE_DB = 90.0  # colour scale spans this many dB below the loudest bin of all panels
 LOG_ROWS = 256  # rows of the log-frequency spectrogram
 MAX_COLUMNS = 1600  # spectrogram columns drawn at most; longer sounds are max-pooled in time
@@ -42,45 +43,9 @@ _FREQ_TICKS = [20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000]
 # spectrograms
 
 
-def spectrogram_db(audio: np.ndarray, sr: int, n_fft: int = 2048, hop: int = 512
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Magnitude spectrogram in dB relative to full scale.
-
-    Parameters
-    ----------
-    audio : float array, shape (n,), in [-1, 1].
-    sr : sample rate, Hz.
-    n_fft : window length in samples (Hann window).
-    hop : hop in samples.
-
-    Returns
-    -------
-    S_db : float32 array (1 + n_fft // 2, frames), dBFS: a full-scale sine peaks at 0 dB; floored at
-        ``FLOOR_DB`` (-100 dB).
-    freqs : float array (1 + n_fft // 2,), bin centre frequencies in Hz.
-    times : float array (frames,), frame centres in seconds.
-    """
-    import librosa
-
-    y = _mono(audio, "audio")
-    if len(y) < n_fft:  # librosa wants at least one full frame
-        y = np.pad(y, (0, n_fft - len(y)))
-    window = np.hanning(n_fft + 1)[:-1]  # periodic Hann, as librosa uses
-    stft = librosa.stft(y, n_fft=n_fft, hop_length=hop, window=window, center=True)
-    ref = window.sum() / 2.0  # |X| of a full-scale sine at its bin
-    s_db = 20.0 * np.log10(np.maximum(np.abs(stft) / ref, 10 ** (FLOOR_DB / 20)))
-    freqs = librosa.fft_frequencies(sr=sr, n_fft=n_fft)
-    times = librosa.frames_to_time(np.arange(s_db.shape[1]), sr=sr, hop_length=hop)
-    return s_db.astype(np.float32), freqs, times
-
-
 def _mono(audio: np.ndarray, label: str) -> np.ndarray:
-    x = np.asarray(audio, dtype=np.float32)
-    if x.ndim == 2 and 1 in x.shape:
-        x = x.reshape(-1)
-    if x.ndim != 1 or x.size == 0:
-        raise LabError(f"{label}: audio must be mono with shape (n,) and not empty, got shape {x.shape}")
-    return np.nan_to_num(x)
+    """Mono float32 with NaN and inf zeroed; LabError naming ``label`` otherwise."""
+    return np.nan_to_num(as_mono(audio, f"{label}: audio", dtype=np.float32))
 
 
 def _log_rows(s_db: np.ndarray, freqs: np.ndarray, fmin: float, fmax: float,
@@ -123,15 +88,9 @@ def _time_edges(times: np.ndarray, duration: float) -> np.ndarray:
     return np.clip(edges, 0.0, max(duration, edges[1]))
 
 
-def _frame_size(sr: int) -> int:
-    from .analysis import frame_size
-
-    return frame_size(sr)
-
-
 def _log_spectrogram(audio: np.ndarray, sr: int) -> dict:
     """The middle panel's data: log-frequency rows from ~20 Hz to Nyquist."""
-    n_fft = _frame_size(sr)
+    n_fft = window_length(sr)
     s_db, freqs, times = spectrogram_db(audio, sr, n_fft=n_fft, hop=n_fft // 4)
     fmin = max(20.0, 2.0 * sr / n_fft)
     rows, edges = _log_rows(s_db, freqs, fmin, sr / 2)

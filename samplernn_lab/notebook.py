@@ -38,7 +38,7 @@ def spectrogram_png(audio: np.ndarray, sample_rate: int, title: str = "", width:
     """A small log-frequency spectrogram as PNG bytes (dB, full scale = 0)."""
     from matplotlib.figure import Figure
 
-    from .figures import spectrogram_db
+    from .spectral import spectrogram_db
 
     s_db, freqs, times = spectrogram_db(audio, sample_rate)
     fig = Figure(figsize=(width, 2.2), dpi=100)

@@ -34,7 +34,7 @@ import math
 
 import numpy as np
 
-from .errors import LabError
+from .spectral import as_mono, pad_to_window
 
 # Levels below the source's loudest mel band minus this many dB are held at that floor: about the range
 # between a loud passage and the room around a listener.
@@ -58,14 +58,7 @@ COPY_LAG_SLACK = 2
 
 
 def _mono(audio: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(audio, dtype=np.float64)
-    if x.ndim == 2 and 1 in x.shape:
-        x = x.reshape(-1)
-    if x.ndim != 1:
-        raise LabError(f"{name} must be mono with shape (n,), got shape {x.shape}")
-    if x.size == 0:
-        raise LabError(f"{name} holds no samples")
-    return np.nan_to_num(x)
+    return np.nan_to_num(as_mono(audio, name))
 
 
 def _n_fft(sr: int) -> int:
@@ -88,8 +81,7 @@ def log_mel_frames(audio: np.ndarray, sr: int) -> np.ndarray:
 
     x = _mono(audio, "audio")
     n_fft = _n_fft(sr)
-    if len(x) < n_fft:
-        x = np.pad(x, (0, n_fft - len(x)))
+    x = pad_to_window(x, n_fft)
     mel = librosa.feature.melspectrogram(y=x.astype(np.float32), sr=sr, n_fft=n_fft, hop_length=n_fft // 4,
                                          n_mels=N_MELS, fmin=30.0, fmax=sr / 2, center=False)
     return 10.0 * np.log10(mel.T.astype(np.float64) + 1e-20)
