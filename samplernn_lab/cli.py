@@ -185,10 +185,10 @@ def _figures(a) -> None:
 
 def _add_pipeline(sub) -> None:
     for verb, helptext in (("run", "the notebook chain on one source: prepare, train, listen, figures"),
-                           ("batch", "one run per source, with summary.csv and index.html")):
+                           ("batch", "one run per source (and grid setting), locally or on Ray, with summary.csv and index.html")):
         p = sub.add_parser(verb, help=helptext)
         p.add_argument("sources", nargs="+" if verb == "batch" else 1, metavar="SOURCE")
-        p.add_argument("--out", required=True)
+        p.add_argument("--out", required=verb == "run")
         p.add_argument("--preset", default="sketch")
         p.add_argument("--max-minutes", type=float, default=None)
         p.add_argument("--epochs", type=int, default=None)
@@ -197,7 +197,20 @@ def _add_pipeline(sub) -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE")
         if verb == "batch":
-            p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+            p.add_argument("--jobs", type=int, default=1, help="runs at once without --ray (default 1)")
+            p.add_argument("--max-steps", type=int, default=None, help="training steps per run in all")
+            p.add_argument("--grid", nargs="+", default=[], metavar="FIELD=V1,V2",
+                           help="one run per source per combination of these settings' values")
+            p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                           help="run on Ray: no ADDRESS starts a local instance; auto joins this machine's "
+                                "cluster; ray://HOST:PORT connects through Ray Client")
+            p.add_argument("--gpus-per-run", type=float, default=None,
+                           help="GPUs Ray gives each run (default 1 where the cluster has GPUs, else 0)")
+            p.add_argument("--cpus-per-run", type=float, default=None, help="CPUs Ray gives each run (default 1)")
+            p.add_argument("--retries", type=int, default=2,
+                           help="times a run whose process, worker or node died is resumed (default 2)")
+            p.add_argument("--status", action="store_true",
+                           help="print the table of the batch in the folder given as SOURCE, and exit")
     p = sub.add_parser("demo", help="the whole chain on the bundled example, within minutes on a CPU")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--max-minutes", type=float, default=None)
@@ -216,9 +229,23 @@ def _run(a) -> None:
 
 
 def _batch(a) -> int:
-    from .batch import batch
+    from .batch import batch, format_status, status
 
-    report = batch(a.sources, a.out, jobs=a.jobs, **_pipeline_kwargs(a))
+    if a.status:
+        if len(a.sources) != 1:
+            raise LabError("--status: give the batch's folder (its --out) and nothing else")
+        print(format_status(status(a.sources[0])))
+        return 0
+    if a.out is None:
+        raise LabError("--out: the batch's folder is required")
+    if a.ray not in (None, "local", "auto") and ":" not in a.ray:
+        raise LabError(f"--ray {a.ray}: expected no address, auto, HOST:PORT or ray://HOST:PORT "
+                       "(put --ray after the sources)")
+    if a.ray is None and (a.gpus_per_run is not None or a.cpus_per_run is not None):
+        raise LabError("--gpus-per-run/--cpus-per-run: ask Ray for resources, so they need --ray")
+    report = batch(a.sources, a.out, jobs=a.jobs, grid=a.grid, ray=False if a.ray is None else a.ray,
+                   cpus_per_run=a.cpus_per_run, gpus_per_run=a.gpus_per_run, retries=a.retries,
+                   max_steps=a.max_steps, **_pipeline_kwargs(a))
     print(f"{report['ok']} runs ok, {report['failed']} failed; open {report['index']}")
     return 0 if report["failed"] == 0 else 1
 

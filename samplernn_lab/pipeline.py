@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .errors import LabError
 from .files import write_text
+from .progress import Watcher
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("01_prepare_dataset", "02_train", "03_listen", "04_poster_figures")
@@ -75,9 +76,15 @@ CHAIN_TEMPERATURE = 1.0
 def run(source: str | os.PathLike, out: str | os.PathLike, preset: str = "sketch",
         max_minutes: float | None = None, epochs: int | None = None, seconds: float | None = None,
         temperatures: Sequence[float] | None = None, seed: int = 0, overrides: Sequence[str] = (),
-        batch_size: int = 1, checkpoint: str = "auto", prime_seconds: float = 0.25, progress: bool = True) -> dict:
+        batch_size: int = 1, checkpoint: str = "auto", prime_seconds: float = 0.25, progress: bool = True,
+        resume: bool = False) -> dict:
     """Execute the notebook chain on one source into ``out``; returns the summary (also written
     to ``out/summary.json``). See the module docstring for what lands where.
+
+    With ``resume``, a run that stopped part-way goes on where it stopped: the notebooks that finished
+    (recorded in ``out/chain.json``) are not run again, training continues from ``checkpoints/last.pt``
+    with what is left of the minute budget, and the notebooks after training are executed again.
+    While training, the progress bar shows the run's epoch, step, loss and minutes.
 
     Renders come from the ``auto`` checkpoint by default (the latest epoch whose per-epoch render was
     diagnosed varied, else the last), primed with ``prime_seconds`` of training audio: with one
@@ -91,16 +98,22 @@ def run(source: str | os.PathLike, out: str | os.PathLike, preset: str = "sketch
     chosen = get_preset(preset, list(overrides))  # fail early on a bad preset or field
     seconds = chosen.train.render_seconds * 2 if seconds is None else seconds
     temperatures = list(temperatures) if temperatures else [1.0, 0.9]
-    if out.exists() and (out / "config.json").exists():
+    if out.exists() and (out / "config.json").exists() and not resume:
         raise LabError(f"{out}: already holds a run; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    chain_file = out / "chain.json"
+    done = set(json.loads(chain_file.read_text())["done"]) if resume and chain_file.exists() else set()
+    train_resume = False
+    if resume and "02_train" not in done:
+        train_resume, max_minutes = _resume_training(out, max_minutes, chosen.train.max_minutes)
     nb_in, nb_out = notebooks_dir(), out / "notebooks"
     dataset, figures, listen = out / "dataset", out / "figures", out / "renders" / "listen"
     steps = [
         ("01_prepare_dataset", {"sources": [str(source)], "dataset_dir": str(dataset), "preset": preset,
                                 "overrides": list(overrides), "seed": seed, "overwrite": True}),
         ("02_train", {"dataset_dir": str(dataset), "run_dir": str(out), "preset": preset,
-                      "overrides": list(overrides), "max_minutes": max_minutes, "epochs": epochs, "seed": seed}),
+                      "overrides": list(overrides), "max_minutes": max_minutes, "epochs": epochs, "seed": seed,
+                      "resume": train_resume}),
         ("03_listen", {"run_dir": str(out), "checkpoint": checkpoint, "prime_seconds": prime_seconds,
                        "seconds": seconds,
                        "temperatures": temperatures, "batch": batch_size, "seed": seed, "out_dir": str(listen),
@@ -110,9 +123,37 @@ def run(source: str | os.PathLike, out: str | os.PathLike, preset: str = "sketch
     ]
     bar = tqdm(steps, desc=source.name, unit="notebook", disable=not progress)
     for name, params in bar:
+        if name in done and name in ("01_prepare_dataset", "02_train"):
+            continue  # finished before the run stopped; what comes after training is made again
         bar.set_postfix_str(name)
-        execute(nb_in / f"{name}.ipynb", nb_out / f"{name}.ipynb", params, out)
+        if name == "02_train" and progress:
+            with Watcher(out, lambda tail: bar.set_postfix_str(f"{name}: {tail.line()}")):
+                execute(nb_in / f"{name}.ipynb", nb_out / f"{name}.ipynb", params, out)
+        else:
+            execute(nb_in / f"{name}.ipynb", nb_out / f"{name}.ipynb", params, out)
+        done.add(name)
+        write_text(chain_file, json.dumps({"done": sorted(done)}) + "\n")
     return write_summary(out, source, preset, list(overrides))
+
+
+def _resume_training(out: Path, max_minutes: float | None, preset_minutes: float | None) -> tuple[bool, float | None]:
+    """Whether training goes on from ``out/checkpoints/last.pt``, and the minutes left of its budget.
+
+    A run stopped before its first checkpoint starts training again: only the lab's own files of that
+    start (config.json, metrics.jsonl) are removed.
+    """
+    from .checkpoint import load
+
+    last = out / "checkpoints" / "last.pt"
+    if not last.exists():
+        for name in ("config.json", "metrics.jsonl"):
+            (out / name).unlink(missing_ok=True)
+        return False, max_minutes
+    budget = max_minutes if max_minutes is not None else preset_minutes
+    if budget is None:
+        return True, max_minutes
+    spent = float(load(last).get("seconds", 0.0)) / 60
+    return True, max(0.0, budget - spent)
 
 
 def write_summary(run_dir: Path, source: Path, preset: str, overrides: list[str]) -> dict:

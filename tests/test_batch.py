@@ -1,0 +1,167 @@
+"""batch on a local Ray instance: grids, failures reported, live status, resume after a killed worker, skips.
+
+One Ray instance (2 CPUs, no dashboard) serves the module; batch uses it as it finds it, which is the
+code path of ``--ray`` on a cluster. Models are tiny and runs a few hundred steps.
+"""
+
+import csv
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import soundfile as sf
+
+from samplernn_lab.batch import batch, format_status, parse_grid, plan, status, write_triage
+from samplernn_lab.cli import main
+from samplernn_lab.errors import LabError
+from samplernn_lab.progress import MetricsTail
+from signals import bell
+
+TINY = ["dim=16", "embed_size=8", "chunk_seconds=0.5", "copies=2", "seq_len=256", "batch_size=4",
+        "render_seconds=0.1"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sources")
+    sf.write(root / "a.wav", bell(16000, 2.0, seed=3), 16000, subtype="PCM_16")
+    sf.write(root / "b.wav", bell(16000, 2.0, seed=8), 16000, subtype="PCM_16")
+    (root / "broken.wav").write_text("not audio\n" * 50)
+    return root
+
+
+def test_grid_names_runs_by_source_and_setting(tmp_path, sources):
+    grid = parse_grid(["lr=0.001,0.003", "quantization=linear,mulaw"])
+    jobs = plan([sources / "a.wav", tmp_path / "gone.wav"], tmp_path / "out", grid)
+    assert len(jobs) == 8
+    assert jobs[0]["name"] == "a__lr=0.001__quantization=linear"
+    assert jobs[0]["overrides"] == ["lr=0.001", "quantization=linear"]
+    assert {j["grid"]["quantization"] for j in jobs} == {"linear", "mulaw"}
+    assert all("no such file" in j["error"] for j in jobs if j["name"].startswith("gone"))
+    for bad in (["lr"], ["lr="], ["lr=1", "lr=2"]):
+        with pytest.raises(LabError, match="--grid"):
+            parse_grid(bad)
+    with pytest.raises(LabError, match="nonsense"):  # an unknown field fails before anything runs
+        plan([sources / "a.wav"], tmp_path / "out", {"nonsense": ["1"]})
+
+
+def test_triage_groups_and_sorts_by_the_grid(tmp_path):
+    results = [{"name": f"s{i}__lr={lr}", "source": f"s{i}.wav", "grid": {"lr": lr}, "status": "ok",
+                "category": cat, "run": str(tmp_path / f"s{i}__lr={lr}")}
+               for i, (lr, cat) in enumerate([("0.003", "tone"), ("0.001", "varied"), ("0.003", "varied")])]
+    results.append({"name": "s9__lr=0.001", "source": "s9.wav", "grid": {"lr": "0.001"}, "status": "running (x)"})
+    write_triage(tmp_path, results, ["lr"])
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert [(r["lr"], r["category"] or r["status"]) for r in rows] == [
+        ("0.001", "varied"), ("0.001", "running (x)"), ("0.003", "varied"), ("0.003", "tone")]
+    page = (tmp_path / "index.html").read_text()
+    assert page.index("lr=0.001") < page.index("s1__lr=0.001") < page.index("lr=0.003 &nbsp;")
+    assert page.count("<tbody>") == 2 and "<th>lr</th>" in page
+
+
+def test_ray_batch_of_a_grid_reports_a_broken_source_and_shows_status_while_running(
+        local_ray, sources, tmp_path, capsys):
+    out = tmp_path / "grid"
+    args = ["batch", str(sources / "a.wav"), str(sources / "b.wav"), str(sources / "broken.wav"), "--out", str(out),
+            "--ray", "--grid", "lr=0.001,0.003", "--max-steps", "60", "--seconds", "0.25", "--set", *TINY]
+    codes = []
+    worker = threading.Thread(target=lambda: codes.append(main(args)))
+    worker.start()
+    table = ""
+    while worker.is_alive() and "running (" not in table:
+        time.sleep(0.3)
+        if (out / "batch.json").exists():
+            assert main(["batch", str(out), "--status"]) == 0
+            table = capsys.readouterr().out
+    worker.join()
+    # the table while it ran: a row per run, the grid's column, a run in progress with its progress
+    assert "running (" in table and table.splitlines()[0].split()[:3] == ["name", "lr", "state"]
+    assert "a__lr=0.001" in table and "broken__lr=0.003" in table
+
+    assert codes == [1]  # a run failed
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert len(rows) == 6 and {r["lr"] for r in rows} == {"0.001", "0.003"}
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert sorted(r["name"] for r in ok) == ["a__lr=0.001", "a__lr=0.003", "b__lr=0.001", "b__lr=0.003"]
+    assert all(r["category"] in ("silence", "tone", "noise", "varied") for r in ok)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(failed) == 2 and all("not a readable audio file" in r["error"] for r in failed)
+    for r in ok:
+        assert json.loads((out / r["run"] / "summary.json").read_text())["steps"] == 60
+        assert (out / r["figure"]).exists() and all((out / p).exists() for p in r["renders"].split())
+    page = (out / "index.html").read_text()
+    assert page.count("<audio") == 8 and "lr=0.001 &nbsp;" in page and "lr=0.003 &nbsp;" in page
+
+    # started again: finished runs are skipped, nothing of theirs is rewritten; the broken source fails again
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*__lr=*/**/*") if p.is_file()}
+    t0 = time.perf_counter()
+    report = batch([sources / "a.wav", sources / "b.wav", sources / "broken.wav"], out, grid=["lr=0.001,0.003"],
+                   max_steps=60, seconds=0.25, overrides=TINY, ray=True, progress=False)
+    print(f"second start: {time.perf_counter() - t0:.1f} s")
+    assert [r["status"] for r in report["results"]].count("skipped (done)") == 4 and report["failed"] == 2
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("*__lr=*/**/*") if p.is_file()}
+    lines = format_status(status(out)).splitlines()
+    assert lines[-1] == "4 done, 2 failed"
+
+
+def test_a_killed_worker_is_retried_by_ray_and_resumes_from_its_checkpoint(local_ray, sources, tmp_path):
+    out = tmp_path / "kill"
+    overrides = TINY + ["checkpoint_minutes=0.002"]  # last.pt every ~0.1 s as well as every epoch
+    reports = []
+    worker = threading.Thread(target=lambda: reports.append(batch(
+        [sources / "a.wav"], out, max_steps=400, seconds=0.25, overrides=overrides, ray=True, retries=2,
+        progress=False)))
+    worker.start()
+    state_file, tail = out / "logs" / "a.json", MetricsTail(out / "a")
+    while worker.is_alive():
+        state = json.loads(state_file.read_text()) if state_file.exists() else {}
+        if state.get("state") == "running" and tail.read().step >= 120:
+            break
+        time.sleep(0.05)
+    os.kill(state["pid"], signal.SIGKILL)  # the Ray worker running the task, mid-training
+    worker.join()
+
+    (report,) = reports
+    assert report["ok"] == 1, report["results"]
+    assert json.loads(state_file.read_text())["attempt"] == 2  # Ray ran the task again
+    steps = [json.loads(line)["step"] for line in (out / "a" / "metrics.jsonl").read_text().splitlines()
+             if '"split": "train"' in line]
+    drops = [i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
+    assert len(drops) == 1, drops  # one resume
+    done, resumed_at = steps[drops[0] - 1], steps[drops[0]]
+    redone = done - resumed_at + 1
+    assert resumed_at > 1 and redone < done, (done, resumed_at)
+    assert steps[-1] == 400 and json.loads((out / "a" / "summary.json").read_text())["steps"] == 400
+    assert "--- attempt 2" in (out / "logs" / "a.log").read_text()
+
+
+def test_batch_cli_refuses_mistakes(tmp_path, capsys):
+    assert main(["batch", str(tmp_path), "--status"]) == 2
+    assert "no batch here" in capsys.readouterr().err
+    assert main(["batch", "x.wav"]) == 2 and "--out" in capsys.readouterr().err
+    assert main(["batch", "x.wav", "--out", str(tmp_path), "--cpus-per-run", "2"]) == 2
+    assert "need --ray" in capsys.readouterr().err
+    assert main(["batch", "x.wav", "--ray", "y.wav", "--out", str(tmp_path)]) == 2
+    assert "put --ray after the sources" in capsys.readouterr().err
+
+
+def test_a_folder_the_lab_did_not_make_is_left_alone(tmp_path, sources):
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "mine.txt").write_text("keep me")
+    report = batch([sources / "a.wav"], out, max_steps=5, overrides=TINY, progress=False)
+    assert report["failed"] == 1 and "did not make" in report["results"][0]["error"]
+    assert (out / "a" / "mine.txt").read_text() == "keep me" and sorted(os.listdir(out / "a")) == ["mine.txt"]
+    assert Path(report["csv"]).exists()
