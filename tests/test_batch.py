@@ -130,6 +130,7 @@ def test_a_killed_worker_is_retried_by_ray_and_resumes_from_its_checkpoint(local
         if state.get("state") == "running" and tail.read().step >= 120:
             break
         time.sleep(0.05)
+    killed_at = tail.step
     os.kill(state["pid"], signal.SIGKILL)  # the Ray worker running the task, mid-training
     worker.join()
 
@@ -138,11 +139,12 @@ def test_a_killed_worker_is_retried_by_ray_and_resumes_from_its_checkpoint(local
     assert json.loads(state_file.read_text())["attempt"] == 2  # Ray ran the task again
     steps = [json.loads(line)["step"] for line in (out / "a" / "metrics.jsonl").read_text().splitlines()
              if '"split": "train"' in line]
-    drops = [i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
-    assert len(drops) == 1, drops  # one resume
-    done, resumed_at = steps[drops[0] - 1], steps[drops[0]]
-    redone = done - resumed_at + 1
-    assert resumed_at > 1 and redone < done, (done, resumed_at)
+    # resumed, not restarted: training never went back to its first step; the steps done again after
+    # the kill (those after the last checkpoint, plus what the kernel did in the second it outlived its
+    # worker) are fewer than those done before it
+    assert steps.count(1) == 1 and killed_at >= 120
+    redone = sum(steps[i - 1] - steps[i] + 1 for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    assert redone < killed_at, (redone, killed_at)
     assert steps[-1] == 400 and json.loads((out / "a" / "summary.json").read_text())["steps"] == 400
     assert "--- attempt 2" in (out / "logs" / "a.log").read_text()
 
