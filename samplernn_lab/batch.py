@@ -126,7 +126,8 @@ def run_one(job: dict, options: dict) -> dict:
     def finish(result: dict) -> dict:
         result = {**result, "minutes": round((time.time() - start) / 60, 2), "attempt": attempt}
         _write_json(state_file, {**job, **{k: v for k, v in result.items() if k in ("status", "error", "minutes")},
-                                 "state": "done" if result["status"] == "ok" else "failed", "attempt": attempt})
+                                 "state": "done" if result["status"] == "ok" else "failed", "attempt": attempt,
+                                 "host": socket.gethostname(), "node": _ray_node()})
         return result
 
     error = job.get("error") or _foreign(run_dir, job) or _unreadable(job["source"], run_dir)
@@ -135,7 +136,7 @@ def run_one(job: dict, options: dict) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(run_dir / MARKER, {k: job[k] for k in ("name", "source", "grid", "overrides")})
     _write_json(state_file, {**job, "state": "running", "attempt": attempt, "pid": os.getpid(),
-                             "host": socket.gethostname(), "started": start})
+                             "host": socket.gethostname(), "node": _ray_node(), "started": start})
     try:
         with open(logs / f"{job['name']}.log", "a") as log, redirect_stdout(log), redirect_stderr(log):
             print(f"--- attempt {attempt} on {socket.gethostname()} (pid {os.getpid()})", flush=True)
@@ -159,6 +160,14 @@ def _foreign(run_dir: Path, job: dict) -> str | None:
         return (f"{run_dir}: holds a run of {Path(mine.get('source', '?')).name} with other settings; "
                 "choose another --out")
     return None
+
+
+def _ray_node() -> str | None:
+    """The Ray node this runs on (in a Ray task), else None."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
 
 
 def _unreadable(source: str, run_dir: Path) -> str | None:
@@ -245,6 +254,25 @@ def _result_from_state(job: dict, state: dict) -> dict:
     return {**job, "status": "failed", "error": state.get("error", "failed")}
 
 
+def start_local_ray(tries: int = 3, **kwargs) -> None:
+    """``ray.init`` of a new local instance (no dashboard unless asked), tried again when it times out.
+
+    Ray gives its node a fixed 30 s to register at start-up, which a loaded 2-core machine can miss.
+    """
+    import ray
+
+    kwargs = {"include_dashboard": False, **kwargs}
+    for attempt in range(tries):
+        try:
+            ray.init(address="local", **kwargs)
+            return
+        except Exception as e:  # ray raises a bare Exception for this
+            if "timed out during startup" not in str(e) or attempt == tries - 1:
+                raise
+            ray.shutdown()
+            print(f"Ray's start timed out; trying again ({attempt + 2} of {tries})", file=sys.stderr)
+
+
 class _Ray:
     """Runs jobs as Ray tasks: on a local instance (``address`` None or "local"), the cluster this machine
     belongs to ("auto", or ``HOST:PORT``), or through Ray Client (``ray://HOST:PORT``)."""
@@ -261,7 +289,7 @@ class _Ray:
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             try:
                 if address in (None, "", "local"):
-                    ray.init(address="local", **kwargs)
+                    start_local_ray(**kwargs)
                 else:
                     ray.init(address=address, **kwargs)
             except (ConnectionError, ValueError, RuntimeError) as e:

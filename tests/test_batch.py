@@ -16,7 +16,7 @@ import pytest
 import ray
 import soundfile as sf
 
-from samplernn_lab.batch import batch, format_status, parse_grid, plan, status, write_triage
+from samplernn_lab.batch import batch, format_status, parse_grid, plan, start_local_ray, status, write_triage
 from samplernn_lab.cli import main
 from samplernn_lab.errors import LabError
 from samplernn_lab.progress import MetricsTail
@@ -28,7 +28,7 @@ TINY = ["dim=16", "embed_size=8", "chunk_seconds=0.5", "copies=2", "seq_len=256"
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20)
+    start_local_ray(num_cpus=2, log_to_driver=False, object_store_memory=100 * 2**20)
     yield ray
     ray.shutdown()
 
