@@ -373,14 +373,18 @@ def batch(sources: Sequence[str | os.PathLike], out: str | os.PathLike, jobs: in
             else:
                 runner.submit(job, options)
         _record(out, todo, results, grid, overall, tails)
+        written = time.monotonic()
         while len(results) < len(todo):
-            for r in runner.done(timeout=poll_seconds):
+            finished = runner.done(timeout=poll_seconds)
+            for r in finished:
                 results[r["name"]] = r
                 if r["status"] == "failed":
                     tqdm.write(f"{r['name']}: failed: {r['error']}")
                 if r["name"] in bars:
                     bars.pop(r["name"]).close()
+            if finished or time.monotonic() - written > 30:  # and the running runs' progress now and then
                 _record(out, todo, results, grid, overall, tails)
+                written = time.monotonic()
             if progress:
                 _run_bars(out, todo, results, bars, tails, max_steps)
     finally:
@@ -514,13 +518,21 @@ def write_triage(out: Path, results: list[dict], grid_fields: Sequence[str] = ()
                             if "poster" in f and not f.endswith("_low.png")), ""),
             "error": r.get("error", ""),
         })
-    rows.sort(key=lambda x: ([x[f] for f in grid_fields], CATEGORY_ORDER.get(x["category"], 5), x["name"]))
+    rows.sort(key=lambda x: ([_value_key(x[f]) for f in grid_fields], CATEGORY_ORDER.get(x["category"], 5), x["name"]))
     fields = list(rows[0]) if rows else ["source", "name", *grid_fields]
     with atomic_path(out / "summary.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     write_text(out / "index.html", _index_html(rows, grid_fields))
+
+
+def _value_key(value: str) -> tuple:
+    """Numbers in numeric order (9 before 10), then words."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
 
 
 def _index_html(rows: list[dict], grid_fields: Sequence[str] = ()) -> str:
@@ -536,7 +548,8 @@ def _index_html(rows: list[dict], grid_fields: Sequence[str] = ()) -> str:
         lines = []
         if label:
             counts = Counter(r["category"] or "unfinished" for r in members)
-            summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items(), key=lambda kv: CATEGORY_ORDER.get(kv[0], 5)))
+            ordered = sorted(counts.items(), key=lambda kv: CATEGORY_ORDER.get(kv[0], 5))
+            summary = ", ".join(f"{v} {k}" for k, v in ordered)
             lines.append(f"<tr class='group'><th colspan='{len(columns)}'>{e(label)} &nbsp; <small>{e(summary)}"
                          f"</small></th></tr>")
         for r in members:

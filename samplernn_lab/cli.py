@@ -185,7 +185,7 @@ def _figures(a) -> None:
 
 def _add_pipeline(sub) -> None:
     for verb, helptext in (("run", "the notebook chain on one source: prepare, train, listen, figures"),
-                           ("batch", "one run per source (and grid setting), locally or on Ray, with summary.csv and index.html")):
+                           ("batch", "one run per source and grid setting, locally or on Ray; summary.csv, index.html")):
         p = sub.add_parser(verb, help=helptext)
         p.add_argument("sources", nargs="+" if verb == "batch" else 1, metavar="SOURCE")
         p.add_argument("--out", required=verb == "run")
