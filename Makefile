@@ -32,6 +32,7 @@ lab: setup
 bench: setup
 	$(PY) benchmarks/bench_sample.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_batch.py
 
 media: setup
 	$(PY) media/make_media.py

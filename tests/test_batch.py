@@ -167,3 +167,17 @@ def test_a_folder_the_lab_did_not_make_is_left_alone(tmp_path, sources):
     assert report["failed"] == 1 and "did not make" in report["results"][0]["error"]
     assert (out / "a" / "mine.txt").read_text() == "keep me" and sorted(os.listdir(out / "a")) == ["mine.txt"]
     assert Path(report["csv"]).exists()
+
+
+def test_metrics_tail_reads_what_was_appended_and_waits_for_a_half_written_line(tmp_path):
+    tail = MetricsTail(tmp_path)
+    assert tail.read().line() == "preparing" and not tail.started
+    with open(tmp_path / "metrics.jsonl", "w") as fh:
+        fh.write('{"step": 1, "epoch": 1, "split": "train", "nll_bits": 8.0, "seconds": 6}\n')
+        fh.write('{"step": 2, "epoch": 1, "split": "train", "nll_bits": 6.0, "seconds": 12}\n{"step": 3, "ep')
+    assert tail.read().step == 2 and tail.epoch == 0 and abs(tail.bits - 7.8) < 1e-9
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write('och": 1, "split": "train", "nll_bits": 5.0, "seconds": 18}\n')
+        fh.write('{"step": 3, "epoch": 1, "split": "val", "nll_bits": 5.5, "seconds": 24}\n')
+    assert tail.read().step == 3 and tail.epoch == 1 and tail.val_bits == 5.5
+    assert tail.line() == "epoch 1, step 3, 7.52 bits, 0.4 min"
