@@ -101,6 +101,29 @@ def _generate(a) -> None:
         print(p)
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="a run's checkpoint as a TorchScript file for nn~ (Max/MSP, PureData)")
+    p.add_argument("run", metavar="RUN", help="run folder (or a checkpoint file)")
+    p.add_argument("--checkpoint", default="best", help="best, last, auto, epoch-NNN or a path (default best)")
+    p.add_argument("--out", required=True, help="file to write (FILE.ts)")
+    p.add_argument("--sample-rate", type=int, default=48000,
+                   help="the host's rate in Hz (default 48000; nn~ sets its own when it loads the file)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
+                   help="weights of the frame tiers and the MLP (default fp32)")
+    p.add_argument("--prime-seconds", type=float, default=0.25,
+                   help="start from (and reset to) this much of the run's training audio (default 0.25; 0: silence)")
+    p.add_argument("--prime", help="start from this audio file instead (at the run's sample rate)")
+    p.add_argument("--seed", type=int, default=0, help="the sampling noise's seed (an attribute in the host)")
+
+
+def _export(a) -> None:
+    from .live import export
+
+    path = export(a.run, a.out, which=a.checkpoint, host_rate=a.sample_rate, precision=a.precision,
+                  prime_seconds=a.prime_seconds, prime=a.prime, seed=a.seed)
+    print(f"{path}: load it with [nn~ {path.name} forward] (temperature in, audio out) or [nn~ {path.name} follow]")
+
+
 def _add_diagnose(sub) -> None:
     p = sub.add_parser("diagnose", help="name the category of renders: silence, tone, noise or varied")
     p.add_argument("files", nargs="+", metavar="FILE")
@@ -256,14 +279,14 @@ def _demo(a) -> None:
     demo(a.out, max_minutes=a.max_minutes)
 
 
-VERBS = {"prepare": _prepare, "train": _train, "generate": _generate, "diagnose": _diagnose, "figures": _figures,
-         "run": _run, "batch": _batch, "demo": _demo}
+VERBS = {"prepare": _prepare, "train": _train, "generate": _generate, "export": _export, "diagnose": _diagnose,
+         "figures": _figures, "run": _run, "batch": _batch, "demo": _demo}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="samplernn-lab", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
-    for add in (_add_prepare, _add_train, _add_generate, _add_diagnose, _add_figures, _add_pipeline):
+    for add in (_add_prepare, _add_train, _add_generate, _add_export, _add_diagnose, _add_figures, _add_pipeline):
         add(sub)
     return parser
 

@@ -1,0 +1,95 @@
+"""``samplernn-lab export``: a run's checkpoint as a TorchScript file for nn~ (Max/MSP, PureData)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import audio as audio_io
+from ..errors import LabError
+from ..files import atomic_path
+from ..model import SampleRNN
+from ..precision import check_precision
+from .module import DENSE, Cell, DenseF32, LiveSampleRNN, Tier
+
+
+@torch.no_grad()
+def build(model: SampleRNN, model_rate: int, host_rate: int = 48000, precision: str = "fp32",
+          prime: np.ndarray | torch.Tensor | None = None) -> LiveSampleRNN:
+    """The live module of ``model`` (eager; :func:`script` makes it TorchScript).
+
+    Parameters
+    ----------
+    model : a trained :class:`SampleRNN` (left untouched).
+    model_rate : the rate the model was trained at, Hz.
+    host_rate : the host's rate, Hz; nn~ sets it again after loading (``set_sample_rate``).
+    precision : ``"fp32"``, ``"bf16"`` or ``"int8"``: the weights of the frame tiers and the MLP.
+    prime : audio in [-1, 1] at ``model_rate`` (P,), or codes: teacher-forced to make the primed start
+        that the module begins from and resets to. None: h0 and silence.
+    """
+    from ..sample import fold
+
+    check_precision(precision)
+    if host_rate <= 0:
+        raise LabError(f"--sample-rate must be a positive number of Hz, got {host_rate}")
+    dense = DENSE[precision]
+    model = model.float().cpu()
+    f = fold(model, "cpu")
+    cfg = model.config
+    tiers, h0 = [], []
+    for tier in f.tiers:
+        cells = [Cell(dense(ih.w, ih.b), dense(hh.w, hh.b), tier.lstm) for ih, hh in zip(tier.ih, tier.hh)]
+        tiers.append(Tier(tier.frame_len, tier.frame_size, DenseF32(tier.inp.w, tier.inp.b), cells,
+                          dense(tier.up.w, tier.up.b)))
+        for k in range(cfg.n_rnn):  # h0 (states, layers, 1, dim): per layer h, then c (zeros for a GRU)
+            h0.append(tier.h0[0, k])
+            h0.append(tier.h0[1, k] if tier.lstm else torch.zeros_like(tier.h0[0, k]))
+    levels = audio_io.dequantize(torch.arange(cfg.q_levels), cfg.q_levels, cfg.quantization)
+    live = LiveSampleRNN(tiers, f.lut, [dense(d.w, d.b) for d in f.hidden], dense(f.out.w, f.out.b), levels, h0,
+                         int(model_rate), int(host_rate), cfg.n_rnn, precision)
+    if prime is not None:
+        from ..sample import prime_codes
+
+        codes = prime_codes(model, prime)
+        live.prime_with(codes.reshape(1, -1))
+    return live
+
+
+def script(live: LiveSampleRNN) -> torch.jit.ScriptModule:
+    """TorchScript of the live module, in eval mode."""
+    return torch.jit.script(live.eval())
+
+
+def export(run: str | os.PathLike, out: str | os.PathLike, which: str = "best", host_rate: int = 48000,
+           precision: str = "fp32", prime_seconds: float = 0.25, prime: str | os.PathLike | None = None,
+           seed: int = 0) -> Path:
+    """Write ``out`` (``.ts``): the checkpoint ``which`` of ``run`` as an nn~ module.
+
+    The module starts from (and resets to) ``prime_seconds`` of the run's training audio, or the
+    file ``prime`` (at the run's rate), teacher-forced; ``prime_seconds=0`` and no file: from silence.
+    """
+    from ..checkpoint import load_model
+
+    out = Path(out)
+    model, info = load_model(run, which)
+    sr = int(info["config"]["sample_rate"])
+    prime_audio = None
+    if prime is not None:
+        prime_audio, _ = audio_io.load(prime, sr)
+    elif prime_seconds > 0:
+        from ..dataset import excerpts
+
+        dataset = Path(info["config"].get("dataset", ""))
+        if not (dataset / "manifest.json").exists():
+            dataset = Path(run) / "dataset"
+        if (dataset / "manifest.json").exists():
+            prime_audio = excerpts(dataset, prime_seconds, 1, seed)[0]
+    live = build(model, sr, host_rate, precision, prime_audio)
+    live.set_seed(seed)
+    scripted = script(live)
+    with atomic_path(out) as tmp:
+        scripted.save(tmp)
+    return out

@@ -1,0 +1,50 @@
+"""Weight precisions for sampling: float32, bfloat16, or int8 with one scale per output row.
+
+At batch 1 a wide model's sampler is bound by memory bandwidth (every weight of the frame tiers and
+the MLP is read once per step), so reading fewer bytes per weight is the way to go faster:
+
+* ``"fp32"``: the model's own weights;
+* ``"bf16"``: weights rounded to bfloat16 (8 bits of mantissa), products summed in float32 (fast where the
+  CPU has AVX-512 BF16 or AMX, or on a GPU; slower than float32 on CPUs without them);
+* ``"int8"``: each output row ``w[o]`` stored as ``round(w[o] / s[o])`` in [-127, 127] with ``s[o] =
+  max|w[o]| / 127``, multiplied with bfloat16 activations (``torch._weight_int8pack_mm``, torch >= 2.3).
+
+Both change the distribution sampled from slightly: ``tests/test_precision.py`` bounds the KL divergence
+from the float32 model's per-sample distribution.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import LabError
+
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a :class:`LabError`."""
+    if precision not in PRECISIONS:
+        raise LabError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantisation of ``w`` (out, in), one scale per output row.
+
+    Returns
+    -------
+    q : torch.int8 (out, in), values in [-127, 127].
+    scales : float32 (out,): ``w ~= q * scales[:, None]`` (rows of zeros get scale 1).
+    """
+    w = w.detach().float()
+    scales = w.abs().amax(dim=1) / 127.0
+    scales = torch.where(scales > 0, scales, torch.ones_like(scales))
+    q = torch.round(w / scales[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.contiguous(), scales.contiguous()
+
+
+def int8_linear(x: torch.Tensor, q: torch.Tensor, scales_bf16: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``x @ (q * scales).T + b`` in float32 out; ``x`` (rows, in) float32, ``scales_bf16`` (out,) bfloat16."""
+    y = torch._weight_int8pack_mm(x.to(torch.bfloat16), q, scales_bf16).float()
+    return y if b is None else y + b
