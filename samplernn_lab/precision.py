@@ -48,3 +48,36 @@ def int8_linear(x: torch.Tensor, q: torch.Tensor, scales_bf16: torch.Tensor, b: 
     """``x @ (q * scales).T + b`` in float32 out; ``x`` (rows, in) float32, ``scales_bf16`` (out,) bfloat16."""
     y = torch._weight_int8pack_mm(x.to(torch.bfloat16), q, scales_bf16).float()
     return y if b is None else y + b
+
+
+class LowPrecisionDense:
+    """``x @ w.T + b`` (then ReLU if asked) with the weights stored in ``precision``; float32 in and out.
+
+    ``w`` stays readable as the float32 values the low-precision weights stand for (``dequantized``),
+    for code that reads weights directly (the numba kernel): it then samples the same distribution,
+    without the speed-up.
+    """
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None, precision: str):
+        check_precision(precision)
+        self.precision, self.b, self.packed = precision, b, None
+        w = w.detach().float()
+        if precision == "bf16":
+            self.wb = w.to(torch.bfloat16).contiguous()
+            self.w = self.wb.float()
+        elif precision == "int8":
+            self.q, scales = int8_rows(w)
+            self.s = scales.to(torch.bfloat16)
+            self.w = (self.q.float() * self.s.float()[:, None]).contiguous()
+        else:
+            self.w = w.contiguous()
+
+    def __call__(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        if self.precision == "bf16":
+            y = torch.nn.functional.linear(x.to(torch.bfloat16), self.wb).float()
+            y = y if self.b is None else y.add_(self.b)
+        elif self.precision == "int8":
+            y = int8_linear(x, self.q, self.s, self.b)
+        else:
+            y = torch.nn.functional.linear(x, self.w, self.b)
+        return torch.relu_(y) if relu else y
