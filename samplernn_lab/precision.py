@@ -20,6 +20,8 @@ import torch
 from .errors import LabError
 
 PRECISIONS = ("fp32", "bf16", "int8")
+# torch._weight_int8pack_mm crashes (torch 2.13, CPU) on fewer than 8 inputs; such tiny layers stay float32
+INT8_MIN_IN = 8
 
 
 def check_precision(precision: str) -> str:
@@ -60,8 +62,10 @@ class LowPrecisionDense:
 
     def __init__(self, w: torch.Tensor, b: torch.Tensor | None, precision: str):
         check_precision(precision)
-        self.precision, self.b, self.packed = precision, b, None
         w = w.detach().float()
+        if precision == "int8" and w.shape[1] < INT8_MIN_IN:
+            precision = "fp32"
+        self.precision, self.b, self.packed = precision, b, None
         if precision == "bf16":
             self.wb = w.to(torch.bfloat16).contiguous()
             self.w = self.wb.float()
@@ -81,3 +85,54 @@ class LowPrecisionDense:
         else:
             y = torch.nn.functional.linear(x, self.w, self.b)
         return torch.relu_(y) if relu else y
+
+
+@torch.no_grad()
+def folded_log_probs(f, codes: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of ``codes`` under folded weights ``f`` (any precision), teacher-forced.
+
+    Starts, like generation and :meth:`SampleRNN.log_probs`, from h0 and a lookback of silence codes,
+    and steps the frame tiers exactly as the sampler does (``tier_step``), so it measures the
+    distribution the sampler draws from.
+
+    Parameters
+    ----------
+    f : a :class:`samplernn_lab.sampling.folding.Folded` on CPU.
+    codes : (B, T) long, T a multiple of the bottom frame size.
+
+    Returns
+    -------
+    (B, T, q_levels) float32 log-probabilities: entry ``[b, t]`` is the distribution of sample ``t``.
+    """
+    from .sampling.folding import tier_step
+
+    b, n = codes.shape
+    lb, fs, q = f.lookback, f.frame_size, f.q_levels
+    if n % fs:
+        raise ValueError(f"{n} codes: need a multiple of the bottom frame size {fs}")
+    hist = torch.cat([torch.full((b, lb), q // 2, dtype=torch.long), codes.long()], 1)
+    states = []
+    for tier in f.tiers:
+        h0 = tier.h0.expand(-1, -1, b, -1)
+        states.append([(h0[0, k].clone(), h0[1, k].clone()) if tier.lstm else h0[0, k].clone()
+                       for k in range(h0.shape[1])])
+    conds: list = [None] * len(f.tiers)
+    firsts = []
+    for s in range(0, n, fs):
+        cond = None
+        for i, tier in enumerate(f.tiers):
+            size = tier.frame_len
+            if s % size == 0:
+                conds[i] = tier_step(tier, hist[:, lb + s - size:lb + s], cond, states[i], q)
+            cond = conds[i][:, (s % size) // (size // tier.frame_size)]
+        # the first MLP layer of each sample of the frame: conditioning plus lookup-table rows of its window
+        x = conds[-1].clone()
+        for j in range(fs):
+            window = hist[:, lb + s + j - fs:lb + s + j]
+            for k in range(fs):
+                x[:, j] += f.lut[k, window[:, k]]
+        firsts.append(x)
+    x = torch.relu(torch.cat(firsts, 1).reshape(b * n, -1))
+    for layer in f.hidden:
+        x = layer(x, relu=True)
+    return torch.log_softmax(f.out(x).float(), -1).reshape(b, n, -1)

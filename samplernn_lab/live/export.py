@@ -12,7 +12,7 @@ from .. import audio as audio_io
 from ..errors import LabError
 from ..files import atomic_path
 from ..model import SampleRNN
-from ..precision import check_precision
+from ..precision import INT8_MIN_IN, check_precision
 from .module import DENSE, Cell, DenseF32, LiveSampleRNN, Tier
 
 
@@ -35,7 +35,10 @@ def build(model: SampleRNN, model_rate: int, host_rate: int = 48000, precision: 
     check_precision(precision)
     if host_rate <= 0:
         raise LabError(f"--sample-rate must be a positive number of Hz, got {host_rate}")
-    dense = DENSE[precision]
+    def dense(w: torch.Tensor, b: torch.Tensor) -> torch.nn.Module:
+        small = precision == "int8" and w.shape[1] < INT8_MIN_IN
+        return DENSE["fp32" if small else precision](w, b)
+
     model = model.float().cpu()
     f = fold(model, "cpu")
     cfg = model.config
