@@ -27,7 +27,7 @@ from common import report  # noqa: E402
 from samplernn_lab.audio import silence_code  # noqa: E402
 from samplernn_lab.model import SampleRNN, rescale_codes  # noqa: E402
 from samplernn_lab.presets import get_preset  # noqa: E402
-from samplernn_lab.sample import Sampler  # noqa: E402
+from samplernn_lab.sampling import Sampler  # noqa: E402
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from .dataset import DataConfig, prepare
 from .errors import LabError
 from .model import ModelConfig, SampleRNN
 from .presets import Preset, get_preset
-from .sample import generate, render
+from .sampling import generate, render
 from .train import TrainConfig, train
 
 __version__ = "0.1.0"

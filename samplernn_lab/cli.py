@@ -92,7 +92,7 @@ def _add_generate(sub) -> None:
 
 
 def _generate(a) -> None:
-    from .sample import render_checkpoint
+    from .sampling import render_checkpoint
 
     paths = render_checkpoint(a.run, a.out, a.seconds, which=a.checkpoint, batch_size=a.batch,
                               temperatures=a.temperature, seed=a.seed, prime=a.prime,

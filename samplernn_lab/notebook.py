@@ -84,7 +84,7 @@ def listen_controls(run: str | os.PathLike, out: str | os.PathLike | None = None
     import ipywidgets as w
     from IPython.display import display
 
-    from .sample import render_checkpoint
+    from .sampling import render_checkpoint
 
     run = Path(run)
     out = Path(out) if out is not None else run / "renders" / "listen"

@@ -8,8 +8,7 @@ from scipy import stats
 
 from samplernn_lab import ModelConfig, SampleRNN, generate
 from samplernn_lab.audio import dequantize, quantize
-from samplernn_lab import sample as sample_module
-from samplernn_lab.sample import Sampler, render
+from samplernn_lab.sampling import Sampler, Tuning, render
 
 CFG = ModelConfig(frame_sizes=(4, 2), dim=32, n_rnn=1, embed_size=8, q_levels=32)
 # "onednn": the torch backend with the dense layers packed for oneDNN, as for big batches
@@ -26,9 +25,8 @@ def model():
 
 
 def make_sampler(model, backend, batch_size=1, temperature=1.0, seed=0):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sample_module, "PACK_MIN_WORK", 0 if backend == "onednn" else 2 ** 62)
-        s = Sampler(model, batch_size, temperature, seed, backend="numba" if backend == "numba" else "torch")
+    tuning = Tuning(pack_min_work=0 if backend == "onednn" else 2**62)
+    s = Sampler(model, batch_size, temperature, seed, backend="numba" if backend == "numba" else "torch", tuning=tuning)
     packed = [d.packed is not None for d in [*s.f.hidden, s.f.out, s.f.tiers[0].up]]
     assert all(packed) if backend == "onednn" else not any(packed)
     return s
@@ -269,3 +267,13 @@ def test_graph_failure_falls_back_to_eager(model, cpu_cuda, failure):
         out = torch.cat(list(s.run(40)), 1)
     assert torch.equal(out, sample(model, 40, "torch", batch_size=2, seed=1))
     assert not s.use_graph and s.graph is None
+
+
+def test_old_import_paths_still_work():
+    """Code outside the repository imports the sampler from ``samplernn_lab.sample`` and the package root."""
+    import samplernn_lab
+    from samplernn_lab import sample, sampling
+
+    for name in ("generate", "Sampler", "fold", "render", "render_checkpoint", "prime_codes"):
+        assert getattr(sample, name) is getattr(sampling, name)
+    assert samplernn_lab.generate is sampling.generate and samplernn_lab.render is sampling.render

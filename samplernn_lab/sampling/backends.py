@@ -1,0 +1,118 @@
+"""Backends: where the sample-level loop of a bottom frame runs, behind one small interface.
+
+A backend holds what its kernel needs (weights in its layout, sampling noise, temperatures) and offers:
+
+* ``draw()``: noise for the next top-tier frame, called at its start (outside a captured CUDA graph);
+* ``frame(cond, window, pos, forced)``: sample one bottom frame into ``window`` in place;
+* ``static_tensors()``: the tensors ``frame`` reads that a CUDA graph must replay on;
+* ``torch_threads``: torch threads to run with (None: leave as is), ``graphable``: CUDA graphs apply.
+
+:func:`choose_backend` picks one from the device, the batch and the model's width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import LabError
+from .folding import PACK_MIN_WORK, Folded
+from .kernels import mlp_frame_numba, mlp_frame_torch, numba
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Speed settings of the sampler; none changes the distribution sampled from.
+
+    Parameters
+    ----------
+    pack_min_work : rows x weights from which a CPU dense layer runs on oneDNN with packed weights.
+    numba_max_batch : the numba kernel runs below this many streams ...
+    numba_max_dim : ... for models up to this width (it runs torch with one thread, which slows wide frame
+        tiers); otherwise torch ops do. Measured on the CI kind of machine (benchmarks/RESULTS.md).
+    """
+
+    pack_min_work: int = PACK_MIN_WORK
+    numba_max_batch: int = 16
+    numba_max_dim: int = 512
+
+
+def choose_backend(device: torch.device, batch_size: int, dim: int, backend: str | None = None,
+                   tuning: Tuning = Tuning()) -> str:
+    """``"numba"`` or ``"torch"``: ``backend`` checked, or the default for this device, batch and width."""
+    if backend is None:
+        small = batch_size < tuning.numba_max_batch and dim <= tuning.numba_max_dim
+        backend = "numba" if device.type == "cpu" and numba is not None and small else "torch"
+    if backend not in BACKENDS:
+        raise LabError(f"unknown sampling backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if backend == "numba" and (device.type != "cpu" or numba is None):
+        raise LabError("the numba backend runs on CPU only (and needs numba installed)")
+    return backend
+
+
+class NumbaBackend:
+    """The per-sample loop of a frame in one compiled numba call (CPU); noise from numpy, per frame."""
+
+    name = "numba"
+    torch_threads = 1  # torch's OpenMP threads spin between ops and starve the kernel's BLAS threads
+    graphable = False
+
+    def __init__(self, f: Folded, batch_size: int, temps: torch.Tensor, seed: int, device: torch.device):
+        dim = f.lut.shape[2]
+        self.lut = f.lut.numpy()
+        self.hid_w = np.ascontiguousarray(
+            np.stack([d.w.T.numpy() for d in f.hidden]) if f.hidden else np.zeros((0, dim, dim), np.float32))
+        self.hid_b = np.ascontiguousarray(
+            np.stack([d.b.numpy() for d in f.hidden]) if f.hidden else np.zeros((0, dim), np.float32))
+        self.out_w = np.ascontiguousarray(f.out.w.T.numpy())
+        self.out_b = f.out.b.numpy()
+        self.temps = temps.numpy().astype(np.float32)
+        self.free = np.full((batch_size, f.frame_size), -1, np.int64)
+        self.rng = np.random.default_rng(seed)
+
+    def static_tensors(self) -> list[torch.Tensor]:
+        return []
+
+    def draw(self) -> None:
+        pass  # uniforms are drawn per frame
+
+    def frame(self, cond: torch.Tensor, window: torch.Tensor, pos: int, forced: torch.Tensor | None) -> None:
+        b, fs = self.free.shape
+        uniforms = self.rng.random((b, fs))
+        win = window.numpy()  # shares memory with the sampler's history
+        win_c = np.ascontiguousarray(win)
+        mlp_frame_numba(self.lut, np.ascontiguousarray(cond.numpy()), self.hid_w, self.hid_b, self.out_w, self.out_b,
+                        win_c, self.temps, uniforms, self.free if forced is None else forced.numpy())
+        win[:] = win_c
+
+
+class TorchBackend:
+    """The per-sample loop as torch ops on any device; uniforms drawn per top-tier frame into a static tensor."""
+
+    name = "torch"
+    torch_threads = None
+    graphable = True
+
+    def __init__(self, f: Folded, batch_size: int, temps: torch.Tensor, seed: int, device: torch.device):
+        self.f = f
+        greedy = temps <= 0
+        self.greedy = greedy.to(device) if bool(greedy.any()) else None
+        self.inv_t = torch.where(greedy, 1.0, 1.0 / temps.clamp_min(1e-30)).unsqueeze(1).to(device)
+        self.rng = torch.Generator(device=device).manual_seed(int(seed))
+        self.uniforms = torch.zeros(batch_size, f.lookback, device=device)  # one per sample of a top-tier frame
+
+    def static_tensors(self) -> list[torch.Tensor]:
+        return [self.uniforms]
+
+    def draw(self) -> None:
+        self.uniforms.uniform_(0.0, 1.0, generator=self.rng)
+
+    def frame(self, cond: torch.Tensor, window: torch.Tensor, pos: int, forced: torch.Tensor | None) -> None:
+        fs = self.f.frame_size
+        forced = None if forced is None else forced.to(window.device)
+        mlp_frame_torch(self.f, cond, window, self.inv_t, self.greedy, self.uniforms[:, pos:pos + fs], forced)
+
+
+BACKENDS = {"numba": NumbaBackend, "torch": TorchBackend}

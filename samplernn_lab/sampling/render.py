@@ -1,0 +1,110 @@
+"""Renders on disk: streams of a model written to WAV files in blocks, each with a JSON sidecar."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .. import audio as audio_io
+from ..errors import LabError
+from ..files import atomic_path, write_text
+from ..model import SampleRNN
+from .sampler import Sampler, prime_codes
+
+
+def render(model: SampleRNN, out_dir: str | os.PathLike, seconds: float, sample_rate: int, *,
+           batch_size: int = 1, temperatures: Sequence[float] = (1.0,), seed: int = 0,
+           prime: np.ndarray | None = None, label: str = "render", info: dict | None = None,
+           device: torch.device | str | None = None, block_seconds: float = 2.0,
+           progress: bool = True) -> list[Path]:
+    """Render ``batch_size`` streams per temperature to WAV files, streamed to disk in blocks.
+
+    Files are named ``{label}_t{temperature}_s{seed}_{stream}.wav`` with a ``.json`` sidecar of the
+    settings. Codes are dequantised exactly (bin centres): no normalisation, no DC shift.
+    Returns the WAV paths.
+    """
+    import soundfile as sf
+
+    if seconds < 0:
+        raise LabError(f"--seconds must not be negative, got {seconds}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    temps = [float(t) for t in temperatures]
+    per_stream = [t for t in temps for _ in range(batch_size)]
+    cfg = model.config
+    n = int(round(seconds * sample_rate))
+    paths = [out_dir / f"{label}_t{t:g}_s{seed}_{i % batch_size}.wav" for i, t in enumerate(per_stream)]
+    sampler = Sampler(model, len(per_stream), per_stream, seed, device)
+    if prime is not None:
+        sampler.prime(prime_codes(model, prime))
+    start = time.perf_counter()
+    # Each WAV is written under a temporary name and renamed when complete (files are closed first).
+    with ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_path(p)) for p in paths]
+        files = [stack.enter_context(sf.SoundFile(t, "w", samplerate=sample_rate, channels=1, subtype="PCM_16",
+                                                  format="WAV")) for t in tmps]
+        for block in sampler.run(n, block=max(1, int(block_seconds * sample_rate)), progress=progress,
+                                 sample_rate=sample_rate):
+            audio = audio_io.dequantize(block, cfg.q_levels, cfg.quantization).numpy()
+            for fh, row in zip(files, audio):
+                fh.write(row)
+    elapsed = time.perf_counter() - start
+    for path, t in zip(paths, per_stream):
+        side = {"file": path.name, "label": label, "temperature": t, "seed": seed, "seconds": seconds,
+                "sample_rate": sample_rate, "streams_in_batch": len(per_stream), "prime": prime is not None,
+                "q_levels": cfg.q_levels, "quantization": cfg.quantization,
+                "samples_per_second": n * len(per_stream) / max(elapsed, 1e-9),
+                "realtime_factor": n * len(per_stream) / max(elapsed, 1e-9) / sample_rate, **(info or {})}
+        write_text(path.with_suffix(".json"), json.dumps(side, indent=1, default=str) + "\n")
+    return paths
+
+
+def render_checkpoint(run: str | os.PathLike, out_dir: str | os.PathLike, seconds: float, which: str = "best", *,
+                      batch_size: int = 1, temperatures: Sequence[float] = (1.0,), seed: int = 0,
+                      prime: str | os.PathLike | None = None, prime_seconds: float = 0.0,
+                      device: str | None = None, progress: bool = True) -> list[Path]:
+    """Render from a run folder's checkpoint (``best``, ``last``, ``auto``, ``epoch-NNN`` or a path).
+
+    A prime file must be at the run's sample rate (it is not resampled silently). Without one,
+    ``prime_seconds > 0`` primes each stream with that much of the run's training audio (a different
+    chunk per stream), so renders continue the source instead of starting from digital silence.
+    """
+    from ..checkpoint import load_model
+
+    model, info = load_model(run, which)
+    sr = int(info["config"]["sample_rate"])
+    prime_audio = None
+    if prime is not None:
+        import soundfile as sf
+
+        try:
+            prime_sr = sf.info(str(prime)).samplerate
+        except Exception:
+            prime_sr = None
+        if prime_sr is not None and prime_sr != sr:
+            raise LabError(f"{prime}: sampled at {prime_sr} Hz, but the model was trained at {sr} Hz "
+                           f"(resample it first)")
+        prime_audio, _ = audio_io.load(prime, sr)
+    elif prime_seconds > 0:
+        from ..dataset import excerpts
+
+        dataset = Path(info["config"]["dataset"])
+        if not dataset.exists():  # the run folder was moved: the lab chain keeps its dataset inside
+            dataset = Path(run) / "dataset"
+        prime_audio = excerpts(dataset, prime_seconds, batch_size * len(temperatures), seed)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device)
+    label = Path(info["path"]).stem
+    meta = {"checkpoint": info["path"], "epoch": info.get("epoch"), "step": info.get("step"),
+            "prime_file": str(prime) if prime else None,
+            "prime_seconds": prime_audio.shape[-1] / sr if prime_audio is not None else 0.0}
+    return render(model, out_dir, seconds, sr, batch_size=batch_size, temperatures=temperatures, seed=seed,
+                  prime=prime_audio, label=label, info=meta, device=device, progress=progress)
