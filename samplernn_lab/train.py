@@ -407,7 +407,7 @@ def _epoch_render(model: SampleRNN, out: Path, dataset: Path, epoch: int, step: 
         return
     from .analysis import diagnose
     from .audio import load
-    from .sample import render
+    from .sampling import render
 
     from .dataset import excerpts
 

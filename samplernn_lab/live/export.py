@@ -30,7 +30,7 @@ def build(model: SampleRNN, model_rate: int, host_rate: int = 48000, precision: 
     prime : audio in [-1, 1] at ``model_rate`` (P,), or codes: teacher-forced to make the primed start
         that the module begins from and resets to. None: h0 and silence.
     """
-    from ..sample import fold
+    from ..sampling import fold
 
     check_precision(precision)
     if host_rate <= 0:
@@ -54,7 +54,7 @@ def build(model: SampleRNN, model_rate: int, host_rate: int = 48000, precision: 
     live = LiveSampleRNN(tiers, f.lut, [dense(d.w, d.b) for d in f.hidden], dense(f.out.w, f.out.b), levels, h0,
                          int(model_rate), int(host_rate), cfg.n_rnn, precision)
     if prime is not None:
-        from ..sample import prime_codes
+        from ..sampling import prime_codes
 
         codes = prime_codes(model, prime)
         live.prime_with(codes.reshape(1, -1))
