@@ -15,7 +15,7 @@ import soundfile as sf
 import torch
 
 from .errors import LabError
-from .files import atomic_path
+from .files import atomic_path, writing
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".mp3")
 QUANTIZATIONS = ("linear", "mulaw")
@@ -88,8 +88,13 @@ def save(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, subtype: 
     ----------
     audio : float array in [-1, 1], shape (n,). Values outside are clipped by the PCM encoder.
     subtype : ``"PCM_16"`` (default) or ``"FLOAT"``.
+
+    Raises
+    ------
+    LabError
+        The write failed (a full disk); the previous file at ``path`` is kept.
     """
-    with atomic_path(path) as tmp:
+    with writing(path), atomic_path(path) as tmp:
         sf.write(tmp, np.asarray(audio, dtype=np.float32), int(sample_rate), subtype=subtype, format="WAV")
     return Path(path)
 

@@ -14,7 +14,7 @@ import torch
 
 from .. import audio as audio_io
 from ..errors import LabError
-from ..files import atomic_path, write_text
+from ..files import atomic_path, write_text, writing
 from ..model import SampleRNN
 from .sampler import Sampler, prime_codes
 
@@ -28,13 +28,15 @@ def render(model: SampleRNN, out_dir: str | os.PathLike, seconds: float, sample_
 
     Files are named ``{label}_t{temperature}_s{seed}_{stream}.wav`` with a ``.json`` sidecar of the
     settings. Codes are dequantised exactly (bin centres): no normalisation, no DC shift.
-    Returns the WAV paths.
+    Returns the WAV paths. A failed write (a full disk) raises LabError naming the file and leaves the
+    files of an earlier render of the same names whole (and no ``out_dir`` where there was none).
     """
     import soundfile as sf
 
     if seconds < 0:
         raise LabError(f"--seconds must not be negative, got {seconds}")
     out_dir = Path(out_dir)
+    made_out_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     temps = [float(t) for t in temperatures]
     per_stream = [t for t in temps for _ in range(batch_size)]
@@ -46,15 +48,25 @@ def render(model: SampleRNN, out_dir: str | os.PathLike, seconds: float, sample_
         sampler.prime(prime_codes(model, prime))
     start = time.perf_counter()
     # Each WAV is written under a temporary name and renamed when complete (files are closed first).
-    with ExitStack() as stack:
-        tmps = [stack.enter_context(atomic_path(p)) for p in paths]
-        files = [stack.enter_context(sf.SoundFile(t, "w", samplerate=sample_rate, channels=1, subtype="PCM_16",
-                                                  format="WAV")) for t in tmps]
-        for block in sampler.run(n, block=max(1, int(block_seconds * sample_rate)), progress=progress,
-                                 sample_rate=sample_rate):
-            audio = audio_io.dequantize(block, cfg.q_levels, cfg.quantization).numpy()
-            for fh, row in zip(files, audio):
-                fh.write(row)
+    try:
+        with ExitStack() as stack:
+            tmps = [stack.enter_context(atomic_path(p)) for p in paths]
+            files = []
+            for path, tmp in zip(paths, tmps):
+                with writing(path):
+                    files.append(sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, subtype="PCM_16",
+                                              format="WAV"))
+                stack.callback(_close, files[-1], path)
+            for block in sampler.run(n, block=max(1, int(block_seconds * sample_rate)), progress=progress,
+                                     sample_rate=sample_rate):
+                audio = audio_io.dequantize(block, cfg.q_levels, cfg.quantization).numpy()
+                for path, fh, row in zip(paths, files, audio):
+                    with writing(path):
+                        fh.write(row)
+    except BaseException:
+        if made_out_dir:
+            _remove_if_empty(out_dir)
+        raise
     elapsed = time.perf_counter() - start
     for path, t in zip(paths, per_stream):
         side = {"file": path.name, "label": label, "temperature": t, "seed": seed, "seconds": seconds,
@@ -64,6 +76,18 @@ def render(model: SampleRNN, out_dir: str | os.PathLike, seconds: float, sample_
                 "realtime_factor": n * len(per_stream) / max(elapsed, 1e-9) / sample_rate, **(info or {})}
         write_text(path.with_suffix(".json"), json.dumps(side, indent=1, default=str) + "\n")
     return paths
+
+
+def _close(fh, path: Path) -> None:
+    with writing(path):  # closing writes the header: it can fail too
+        fh.close()
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty: it holds something that is not ours to remove
+        pass
 
 
 def render_checkpoint(run: str | os.PathLike, out_dir: str | os.PathLike, seconds: float, which: str = "best", *,
