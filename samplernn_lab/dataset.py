@@ -100,8 +100,11 @@ def find_sources(paths: list[str | os.PathLike]) -> list[Path]:
 
 
 def load_source(path: Path, sample_rate: int) -> Source:
-    """Read and check one source sound (errors name the file)."""
-    data = path.read_bytes()
+    """Read and check one source sound (errors name the file, also one that vanished since it was found)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise LabError(f"{path}: could not read it ({e.strerror or e})") from None
     audio, _ = audio_io.load(path, sample_rate)
     if float(np.max(np.abs(audio))) < SILENT_PEAK:
         raise LabError(f"{path}: source is silent (peak below -80 dBFS)")
@@ -263,11 +266,22 @@ def read_manifest(folder: str | os.PathLike) -> dict:
         raise LabError(f"{folder}: not a dataset (no {MANIFEST}; make one with `samplernn-lab prepare`)")
     try:
         manifest = json.loads(path.read_text())
-        manifest["sample_rate"], manifest["chunks"]
-    except (ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise LabError(f"{path}: not a valid manifest ({e})") from None
-    for c in manifest["chunks"]:
-        if not (folder / c["path"]).exists():
+    if not isinstance(manifest, dict):
+        raise LabError(f"{path}: not a valid manifest (not a JSON object)")
+    for key, kind in (("sample_rate", int), ("chunk_samples", int), ("chunks", list), ("settings", dict),
+                      ("sources", list)):
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest[key], bool):
+            raise LabError(f"{path}: not a valid manifest ({key!r} missing or not a {kind.__name__})")
+    root = folder.resolve()
+    for i, c in enumerate(manifest["chunks"]):
+        if not (isinstance(c, dict) and isinstance(c.get("path"), str) and c.get("split") in SPLITS):
+            raise LabError(f"{path}: not a valid manifest (chunk {i} needs a path and a split)")
+        # only files inside the dataset folder: a manifest is data, and must not reach other files
+        if Path(c["path"]).is_absolute() or not (folder / c["path"]).resolve().is_relative_to(root):
+            raise LabError(f"{path}: chunk {i} points outside the dataset folder ({c['path']}); refused")
+        if not (folder / c["path"]).is_file():
             raise LabError(f"{path}: lists {c['path']}, which is missing")
     return manifest
 
@@ -353,7 +367,7 @@ def source_audio(folder: str | os.PathLike, max_seconds: float = 60.0) -> np.nda
     folder = Path(folder)
     manifest = read_manifest(folder)
     sr = manifest["sample_rate"]
-    paths = [Path(s["path"]) for s in manifest["sources"]]
+    paths = [Path(s["path"]) for s in manifest["sources"] if isinstance(s, dict) and isinstance(s.get("path"), str)]
     if paths and all(p.is_file() for p in paths):
         parts = [audio_io.load(p, sr)[0] for p in paths]
     else:
