@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -291,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_MACHINE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -301,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"samplernn-lab {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the machine's doing, not a bug: a full disk, a read-only folder, no permission
+        if e.errno not in _MACHINE_ERRORS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"samplernn-lab {args.verb}: error: {where}{e.strerror}", file=sys.stderr)
+        return 2
     return int(code or 0)
 
 
