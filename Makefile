@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lab bench clean media
+.PHONY: setup demo test test-browser lab bench clean media
 
 setup: $(STAMP)
 
@@ -22,6 +22,18 @@ $(STAMP): pyproject.toml Makefile
 
 test: setup
 	$(PY) -m pytest -q
+
+# The browser tests (tests/test_browser.py, marker `browser`, left out of `make test`): JupyterLab running
+# 03_listen and a batch's index.html, in Debian's chromium driven by playwright (which downloads no browser).
+# Installs chromium through apt where it is missing (as root, or through sudo) and the pinned driver
+# (the `browser` extra of pyproject.toml) into .venv.
+PLAYWRIGHT ?= playwright==1.65.2
+SUDO := $(if $(filter 0,$(shell id -u)),,$(shell command -v sudo))
+test-browser: setup
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	$(PY) -m pip install --quiet '$(PLAYWRIGHT)'
+	$(PY) -m pytest -q -m browser tests/test_browser.py
 
 demo: setup
 	$(VENV)/bin/samplernn-lab demo --out runs/demo

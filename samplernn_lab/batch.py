@@ -555,7 +555,7 @@ def _index_html(rows: list[dict], grid_fields: Sequence[str] = ()) -> str:
         for r in members:
             players = "".join(f"<div><audio controls preload='none' src='{e(p)}'></audio><br><small>"
                               f"{e(Path(p).name)}</small></div>" for p in r["renders"].split())
-            fig = (f"<a href='{e(r['figure'])}'><img src='{e(r['figure'])}' width='360'></a>" if r["figure"] else "")
+            fig = (f"<a href='{e(r['figure'])}'><img src='{e(r['figure'])}' width='360' loading='lazy'></a>" if r["figure"] else "")
             category = r["category"] or r["status"]
             cells = [f"<td>{e(r['name'])}</td>", *(f"<td>{e(str(r[f]))}</td>" for f in grid_fields),
                      f"<td class='cat'>{e(category)}</td>", f"<td>{e(r['render_categories'])}</td>",
