@@ -330,7 +330,7 @@ def batch(sources: Sequence[str | os.PathLike], out: str | os.PathLike, jobs: in
           temperatures: Sequence[float] | None = None, seed: int = 0, overrides: Sequence[str] = (),
           progress: bool = True, grid: dict[str, list[str]] | Sequence[str] | None = None,
           ray: str | None | bool = False, cpus_per_run: float | None = None, gpus_per_run: float | None = None,
-          retries: int = 2, max_steps: int | None = None, poll_seconds: float = 2.0) -> dict:
+          retries: int = 2, max_steps: int | None = None, poll_seconds: float = 2.0, rescue: bool = True) -> dict:
     """One run per source and grid setting into ``out/<name>/``, with ``summary.csv`` and ``index.html``
     rewritten as each run finishes.
 
@@ -344,6 +344,7 @@ def batch(sources: Sequence[str | os.PathLike], out: str | os.PathLike, jobs: in
     cpus_per_run, gpus_per_run : Ray resources per run (default 1 CPU; 1 GPU where the cluster has GPUs).
     retries : times a run whose process, worker or node died is started again (resuming).
     max_steps : training steps per run in all.
+    rescue : re-prime renders' trapped streams (see :func:`samplernn_lab.pipeline.run`).
 
     A run that stopped part-way resumes; a finished run (``summary.json``) is skipped; a failing run or
     missing source is reported with its error and does not stop the others. Returns counts (``ok``,
@@ -356,7 +357,7 @@ def batch(sources: Sequence[str | os.PathLike], out: str | os.PathLike, jobs: in
     overrides = list(overrides) + ([f"train.max_steps={max_steps}"] if max_steps is not None else [])
     todo = plan(sources, out, grid, overrides, preset)
     options = {"preset": preset, "max_minutes": max_minutes, "epochs": epochs, "seconds": seconds,
-               "temperatures": list(temperatures) if temperatures else None, "seed": seed}
+               "temperatures": list(temperatures) if temperatures else None, "seed": seed, "rescue": rescue}
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
     _write_json(out / "batch.json", {"grid": grid, "options": options, "jobs": todo})

@@ -90,6 +90,9 @@ def _add_generate(sub) -> None:
                    help="without --prime: continue this many seconds of the run's training audio (default 0)")
     p.add_argument("--out", required=True, help="folder for the WAVs and their JSON sidecars")
     p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--rescue", action="store_true",
+                   help="re-prime a stream from the training audio when it falls silent or locks into a steady "
+                        "tone for a few seconds; where and why goes into the sidecar JSON (default off)")
 
 
 def _generate(a) -> None:
@@ -97,7 +100,7 @@ def _generate(a) -> None:
 
     paths = render_checkpoint(a.run, a.out, a.seconds, which=a.checkpoint, batch_size=a.batch,
                               temperatures=a.temperature, seed=a.seed, prime=a.prime,
-                              prime_seconds=a.prime_seconds, device=a.device)
+                              prime_seconds=a.prime_seconds, device=a.device, rescue=a.rescue)
     for p in paths:
         print(p)
 
@@ -220,6 +223,8 @@ def _add_pipeline(sub) -> None:
         p.add_argument("--temperature", type=float, nargs="+", default=None)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE")
+        p.add_argument("--no-rescue", dest="rescue", action="store_false",
+                       help="leave trapped streams (silent, steady tone) alone in the renders (default: re-prime them)")
         if verb == "batch":
             p.add_argument("--jobs", type=int, default=1, help="runs at once without --ray (default 1)")
             p.add_argument("--max-steps", type=int, default=None, help="training steps per run in all")
@@ -238,11 +243,13 @@ def _add_pipeline(sub) -> None:
     p = sub.add_parser("demo", help="the whole chain on the bundled example, within minutes on a CPU")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--no-rescue", dest="rescue", action="store_false",
+                   help="leave trapped streams (silent, steady tone) alone in the renders (default: re-prime them)")
 
 
 def _pipeline_kwargs(a) -> dict:
     return {"preset": a.preset, "max_minutes": a.max_minutes, "epochs": a.epochs, "seconds": a.seconds,
-            "temperatures": a.temperature, "seed": a.seed, "overrides": a.set}
+            "temperatures": a.temperature, "seed": a.seed, "overrides": a.set, "rescue": a.rescue}
 
 
 def _run(a) -> None:
@@ -277,7 +284,7 @@ def _batch(a) -> int:
 def _demo(a) -> None:
     from .pipeline import demo
 
-    demo(a.out, max_minutes=a.max_minutes)
+    demo(a.out, max_minutes=a.max_minutes, rescue=a.rescue)
 
 
 VERBS = {"prepare": _prepare, "train": _train, "generate": _generate, "export": _export, "diagnose": _diagnose,

@@ -77,7 +77,7 @@ def run(source: str | os.PathLike, out: str | os.PathLike, preset: str = "sketch
         max_minutes: float | None = None, epochs: int | None = None, seconds: float | None = None,
         temperatures: Sequence[float] | None = None, seed: int = 0, overrides: Sequence[str] = (),
         batch_size: int = 1, checkpoint: str = "auto", prime_seconds: float = 0.25, progress: bool = True,
-        resume: bool = False) -> dict:
+        resume: bool = False, rescue: bool = True) -> dict:
     """Execute the notebook chain on one source into ``out``; returns the summary (also written
     to ``out/summary.json``). See the module docstring for what lands where.
 
@@ -89,6 +89,8 @@ def run(source: str | os.PathLike, out: str | os.PathLike, preset: str = "sketch
     Renders come from the ``auto`` checkpoint by default (the latest epoch whose per-epoch render was
     diagnosed varied, else the last), primed with ``prime_seconds`` of training audio: with one
     source the lowest validation NLL is often an early epoch, and late epochs can lock into a tone.
+    With ``rescue`` (the default here), a stream that falls silent or locks into a steady tone is
+    re-primed from the training audio (:mod:`samplernn_lab.sampling.rescue`); the sidecars say where.
     """
     from .presets import get_preset
 
@@ -117,7 +119,7 @@ def run(source: str | os.PathLike, out: str | os.PathLike, preset: str = "sketch
         ("03_listen", {"run_dir": str(out), "checkpoint": checkpoint, "prime_seconds": prime_seconds,
                        "seconds": seconds,
                        "temperatures": temperatures, "batch": batch_size, "seed": seed, "out_dir": str(listen),
-                       "source": str(source), "interactive": False}),
+                       "source": str(source), "interactive": False, "rescue": rescue}),
         ("04_poster_figures", {"run_dir": str(out), "source": str(source), "renders_dir": str(listen),
                                "out_dir": str(figures)}),
     ]
@@ -196,7 +198,7 @@ def write_summary(run_dir: Path, source: Path, preset: str, overrides: list[str]
 from .batch import CATEGORY_ORDER, batch, write_triage  # noqa: E402, F401
 
 
-def demo(out: str | os.PathLike = "runs/demo", max_minutes: float | None = None) -> dict:
+def demo(out: str | os.PathLike = "runs/demo", max_minutes: float | None = None, rescue: bool = True) -> dict:
     """The chain on the bundled glass-bells example with the sketch preset, sized for a 2-core CPU
     (about four minutes in all); prints where to look."""
     source = ROOT / "media" / "synth_glassbells.wav"
@@ -210,7 +212,8 @@ def demo(out: str | os.PathLike = "runs/demo", max_minutes: float | None = None)
     # Three minutes are about 13 epochs of this 6 s sound; much longer and the sketch model learns it by
     # heart and collapses into a steady tone (measured: every 6 s render of epoch 27 of a 6 min demo).
     minutes = 3.0 if max_minutes is None else max_minutes
-    summary = run(source, out, preset="sketch", max_minutes=minutes, seconds=6.0, temperatures=[1.0, 0.95])
+    summary = run(source, out, preset="sketch", max_minutes=minutes, seconds=6.0, temperatures=[1.0, 0.95],
+                  rescue=rescue)
     print(f"\nThe demo is done. Look in {out}/:")
     print(f"  renders/listen/*.wav   what the model invents ({', '.join(r['category'] for r in summary['renders'])})")
     print("  renders/epoch-NNN/     a short render after every epoch")

@@ -164,3 +164,25 @@ def test_auto_checkpoint_resembles_the_source_most_without_copying(tmp_path):
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     # epoch 3 copies half of its source and epoch 4 is a steady tone: epoch 2 is the closest of the rest
     assert resolve(run, "auto").name == "epoch-002.pt"
+
+
+def test_generate_rescue_flag_fills_the_sidecar(run, tmp_path, capsys):
+    args = ["generate", run, "--checkpoint", "last", "--seconds", "3.5", "--temperature", "0", "--out"]
+    assert cli(args + [tmp_path / "off"], capsys)[0] == 0
+    assert json.loads((tmp_path / "off" / "last_t0_s0_0.json").read_text())["rescue"] is None
+    code, _, err = cli(args + [tmp_path / "on", "--rescue"], capsys)
+    assert code == 0, err
+    rescue = json.loads((tmp_path / "on" / "last_t0_s0_0.json").read_text())["rescue"]
+    assert rescue["silence_seconds"] >= 3.0 and rescue["tone_seconds"] >= 3.0
+    assert all(e["reason"] in ("silence", "tone") and 3.0 <= e["seconds"] < 3.5 for e in rescue["events"])
+
+
+def test_rescue_is_on_in_the_chain_and_can_be_turned_off():
+    from samplernn_lab.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["generate", "r", "--seconds", "1", "--out", "o"]).rescue is False
+    assert parse(["run", "s.wav", "--out", "o"]).rescue is True
+    assert parse(["run", "s.wav", "--out", "o", "--no-rescue"]).rescue is False
+    assert parse(["batch", "s.wav", "--out", "o", "--no-rescue"]).rescue is False
+    assert parse(["demo"]).rescue is True and parse(["demo", "--no-rescue"]).rescue is False

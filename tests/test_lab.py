@@ -30,7 +30,7 @@ EXPECTED_PARAMETERS = {
     "01_prepare_dataset": {"sources", "dataset_dir", "preset", "overrides", "seed", "overwrite"},
     "02_train": {"dataset_dir", "run_dir", "preset", "overrides", "max_minutes", "epochs", "seed", "resume", "device"},
     "03_listen": {"run_dir", "checkpoint", "prime_seconds", "seconds", "temperatures", "batch", "seed", "out_dir",
-                  "source", "interactive"},
+                  "source", "interactive", "rescue"},
     "04_poster_figures": {"run_dir", "source", "renders_dir", "out_dir", "low_hz"},
 }
 
@@ -81,6 +81,8 @@ def test_run_leaves_renders_figures_and_summary(one_run):
     for r in summary["renders"]:
         data, sr = sf.read(one_run / r["file"])
         assert sr == 16000 and len(data) == 8000
+        side = json.loads((one_run / r["file"]).with_suffix(".json").read_text())
+        assert side["rescue"]["events"] == [] and side["rescue"]["silence_seconds"] >= 3.0  # on in the chain
     figures = {Path(f).name for f in summary["figures"]}
     assert {"poster.png", "epoch_grid.png"} <= figures
     assert (one_run / "figures" / "poster.pdf").exists()

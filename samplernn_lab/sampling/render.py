@@ -16,6 +16,7 @@ from .. import audio as audio_io
 from ..errors import LabError
 from ..files import atomic_path, write_text, writing
 from ..model import SampleRNN
+from .rescue import Rescue, Watchdog, training_audio
 from .sampler import Sampler, prime_codes
 
 
@@ -23,11 +24,13 @@ def render(model: SampleRNN, out_dir: str | os.PathLike, seconds: float, sample_
            batch_size: int = 1, temperatures: Sequence[float] = (1.0,), seed: int = 0,
            prime: np.ndarray | None = None, label: str = "render", info: dict | None = None,
            device: torch.device | str | None = None, block_seconds: float = 2.0,
-           progress: bool = True) -> list[Path]:
+           progress: bool = True, rescue: Rescue | None = None) -> list[Path]:
     """Render ``batch_size`` streams per temperature to WAV files, streamed to disk in blocks.
 
     Files are named ``{label}_t{temperature}_s{seed}_{stream}.wav`` with a ``.json`` sidecar of the
     settings. Codes are dequantised exactly (bin centres): no normalisation, no DC shift.
+    With ``rescue`` (:class:`.rescue.Rescue`), streams that fall silent or lock into a steady tone are
+    re-primed from its source audio; the sidecar's ``rescue`` lists where (``events``), else is null.
     Returns the WAV paths. A failed write (a full disk) raises LabError naming the file and leaves the
     files of an earlier render of the same names whole (and no ``out_dir`` where there was none).
     """
@@ -44,6 +47,11 @@ def render(model: SampleRNN, out_dir: str | os.PathLike, seconds: float, sample_
     n = int(round(seconds * sample_rate))
     paths = [out_dir / f"{label}_t{t:g}_s{seed}_{i % batch_size}.wav" for i, t in enumerate(per_stream)]
     sampler = Sampler(model, len(per_stream), per_stream, seed, device)
+    watchdog = None
+    if rescue is not None:
+        if rescue.sample_rate != sample_rate:
+            raise LabError(f"rescue: source audio at {rescue.sample_rate} Hz for a render at {sample_rate} Hz")
+        watchdog = Watchdog(rescue, len(per_stream), cfg.q_levels, cfg.quantization, model.lookback)
     if prime is not None:
         sampler.prime(prime_codes(model, prime))
     start = time.perf_counter()
@@ -58,7 +66,7 @@ def render(model: SampleRNN, out_dir: str | os.PathLike, seconds: float, sample_
                                               format="WAV"))
                 stack.callback(_close, files[-1], path)
             for block in sampler.run(n, block=max(1, int(block_seconds * sample_rate)), progress=progress,
-                                     sample_rate=sample_rate):
+                                     sample_rate=sample_rate, watchdog=watchdog):
                 audio = audio_io.dequantize(block, cfg.q_levels, cfg.quantization).numpy()
                 for path, fh, row in zip(paths, files, audio):
                     with writing(path):
@@ -68,12 +76,15 @@ def render(model: SampleRNN, out_dir: str | os.PathLike, seconds: float, sample_
             _remove_if_empty(out_dir)
         raise
     elapsed = time.perf_counter() - start
-    for path, t in zip(paths, per_stream):
+    for i, (path, t) in enumerate(zip(paths, per_stream)):
         side = {"file": path.name, "label": label, "temperature": t, "seed": seed, "seconds": seconds,
                 "sample_rate": sample_rate, "streams_in_batch": len(per_stream), "prime": prime is not None,
                 "q_levels": cfg.q_levels, "quantization": cfg.quantization,
                 "samples_per_second": n * len(per_stream) / max(elapsed, 1e-9),
-                "realtime_factor": n * len(per_stream) / max(elapsed, 1e-9) / sample_rate, **(info or {})}
+                "realtime_factor": n * len(per_stream) / max(elapsed, 1e-9) / sample_rate,
+                "rescue": None if watchdog is None else {**watchdog.settings(), "events": [
+                    e for e in watchdog.events[i] if e["seconds"] < seconds]},  # a restart past the end is unheard
+                **(info or {})}
         write_text(path.with_suffix(".json"), json.dumps(side, indent=1, default=str) + "\n")
     return paths
 
@@ -93,12 +104,13 @@ def _remove_if_empty(folder: Path) -> None:
 def render_checkpoint(run: str | os.PathLike, out_dir: str | os.PathLike, seconds: float, which: str = "best", *,
                       batch_size: int = 1, temperatures: Sequence[float] = (1.0,), seed: int = 0,
                       prime: str | os.PathLike | None = None, prime_seconds: float = 0.0,
-                      device: str | None = None, progress: bool = True) -> list[Path]:
+                      device: str | None = None, progress: bool = True, rescue: bool = False) -> list[Path]:
     """Render from a run folder's checkpoint (``best``, ``last``, ``auto``, ``epoch-NNN`` or a path).
 
     A prime file must be at the run's sample rate (it is not resampled silently). Without one,
     ``prime_seconds > 0`` primes each stream with that much of the run's training audio (a different
     chunk per stream), so renders continue the source instead of starting from digital silence.
+    ``rescue`` turns on the trap watchdog (:mod:`.rescue`), re-priming from the run's training audio.
     """
     from ..checkpoint import load_model
 
@@ -116,12 +128,12 @@ def render_checkpoint(run: str | os.PathLike, out_dir: str | os.PathLike, second
             raise LabError(f"{prime}: sampled at {prime_sr} Hz, but the model was trained at {sr} Hz "
                            f"(resample it first)")
         prime_audio, _ = audio_io.load(prime, sr)
-    elif prime_seconds > 0:
+    dataset = Path(info["config"]["dataset"])
+    if not dataset.exists():  # the run folder was moved: the lab chain keeps its dataset inside
+        dataset = Path(run) / "dataset"
+    if prime is None and prime_seconds > 0:
         from ..dataset import excerpts
 
-        dataset = Path(info["config"]["dataset"])
-        if not dataset.exists():  # the run folder was moved: the lab chain keeps its dataset inside
-            dataset = Path(run) / "dataset"
         prime_audio = excerpts(dataset, prime_seconds, batch_size * len(temperatures), seed)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -130,5 +142,6 @@ def render_checkpoint(run: str | os.PathLike, out_dir: str | os.PathLike, second
     meta = {"checkpoint": info["path"], "epoch": info.get("epoch"), "step": info.get("step"),
             "prime_file": str(prime) if prime else None,
             "prime_seconds": prime_audio.shape[-1] / sr if prime_audio is not None else 0.0}
+    watch = Rescue(training_audio(dataset), sr, seed=seed) if rescue else None
     return render(model, out_dir, seconds, sr, batch_size=batch_size, temperatures=temperatures, seed=seed,
-                  prime=prime_audio, label=label, info=meta, device=device, progress=progress)
+                  prime=prime_audio, label=label, info=meta, device=device, progress=progress, rescue=watch)

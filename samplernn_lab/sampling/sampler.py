@@ -21,6 +21,7 @@ from ..errors import LabError
 from ..model import SampleRNN
 from .backends import BACKENDS, Tuning, choose_backend
 from .folding import fold, tier_step
+from .rescue import Watchdog
 
 
 class Sampler:
@@ -63,29 +64,37 @@ class Sampler:
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
 
-        f = self.f
+        self._alloc()
+        self.kernel = BACKENDS[self.backend](self.f, batch_size, temps, seed, self.device)
+        self.graph = None
+        self.use_graph = cuda_graph and self.device.type == "cuda" and self.kernel.graphable
+        self._side: Sampler | None = None  # a one-stream sampler on the same weights, to restart streams with
+
+    def _alloc(self) -> None:
+        """The initial state, allocated: h0, a lookback of silence codes, t = 0."""
+        f, b = self.f, self.b
         lb, fs, dev = f.lookback, f.frame_size, self.device
         self.t = 0  # samples produced so far (prime included)
         self._pending = None  # sampled codes of a prime's last, partly forced frame
         silence = audio_io.silence_code(f.q_levels)
         # history: the last `lookback` codes, then room for one bottom frame
-        self.hist = torch.full((batch_size, lb + fs), silence, dtype=torch.long, device=dev)
+        self.hist = torch.full((b, lb + fs), silence, dtype=torch.long, device=dev)
         self.state = []
         self.cond = []
         for tier in f.tiers:
-            h0 = tier.h0.expand(-1, -1, batch_size, -1)
+            h0 = tier.h0.expand(-1, -1, b, -1)
             self.state.append([(h0[0, k].clone(), h0[1, k].clone()) if tier.lstm else h0[0, k].clone()
                                for k in range(h0.shape[1])])
-            self.cond.append(torch.zeros(batch_size, tier.frame_size, h0.shape[-1], device=dev))
-        self.codes = torch.zeros(batch_size, lb, dtype=torch.long, device=dev)  # the codes of a top-tier frame
-        self.kernel = BACKENDS[self.backend](f, batch_size, temps, seed, dev)
-        self.graph = None
-        self.use_graph = cuda_graph and dev.type == "cuda" and self.kernel.graphable
+            self.cond.append(torch.zeros(b, tier.frame_size, h0.shape[-1], device=dev))
+        self.codes = torch.zeros(b, lb, dtype=torch.long, device=dev)  # the codes of a top-tier frame
+
+    def _states(self) -> list[torch.Tensor]:
+        """The recurrent states, flat: (B, dim) each."""
+        return [x for tier in self.state for layer in tier for x in (layer if isinstance(layer, tuple) else (layer,))]
 
     def static_tensors(self) -> list[torch.Tensor]:
         """Every tensor the steps read and write: a captured graph replays on exactly these."""
-        states = [x for tier in self.state for layer in tier for x in (layer if isinstance(layer, tuple) else (layer,))]
-        return [self.hist, *states, *self.cond, *self.kernel.static_tensors(), self.codes]
+        return [self.hist, *self._states(), *self.cond, *self.kernel.static_tensors(), self.codes]
 
     def _draw(self) -> None:
         """Noise for the next top-tier frame, drawn at its start (eager and graph paths alike)."""
@@ -193,9 +202,40 @@ class Sampler:
             if part.shape[1] < fs:
                 self._pending = out[:, part.shape[1]:]
 
+    def restart(self, stream: int, codes: torch.Tensor) -> None:
+        """Start stream ``stream`` afresh: from the initial state, primed with ``codes`` (P,), as a new
+        stream would be, while the others go on. Only at a top-tier frame boundary (``t % lookback == 0``),
+        with P a multiple of ``lookback``, so that every tier of the new state steps next.
+
+        The prime is teacher-forced on a one-stream sampler on the same weights, whose state is then
+        copied into the stream's rows (in place: a captured CUDA graph replays on them).
+        """
+        lb = self.f.lookback
+        codes = torch.as_tensor(codes, dtype=torch.long).reshape(-1)
+        if self.t % lb or codes.numel() % lb or codes.numel() == 0:
+            raise ValueError(f"restart at t={self.t} with {codes.numel()} codes: both must be multiples of {lb}")
+        if self._side is None:
+            side = object.__new__(Sampler)
+            side.device, side.backend, side.f, side.b = self.device, self.backend, self.f, 1
+            side._alloc()
+            side.kernel = BACKENDS[self.backend](self.f, 1, torch.zeros(1), 0, self.device)
+            side.graph, side.use_graph, side._side = None, False, None
+            self._side = side
+        side = self._side
+        side._alloc()
+        side.prime(codes)
+        with torch.no_grad():
+            self.hist[stream].copy_(side.hist[0])
+            for mine, new in zip(self._states(), side._states()):
+                mine[stream].copy_(new[0])
+
     def run(self, n_samples: int, block: int = 16384, progress: bool = False,
-            sample_rate: int | None = None) -> Iterator[torch.Tensor]:
-        """Yield blocks of codes, (B, <= block) ``torch.long`` on CPU, ``n_samples`` in all."""
+            sample_rate: int | None = None, watchdog: Watchdog | None = None) -> Iterator[torch.Tensor]:
+        """Yield blocks of codes, (B, <= block) ``torch.long`` on CPU, ``n_samples`` in all.
+
+        With a ``watchdog`` (:class:`.rescue.Watchdog`), streams it finds trapped are restarted from an
+        excerpt of the source it holds (:meth:`restart`), checked at top-tier frame boundaries.
+        """
         if n_samples < 0:
             raise LabError(f"cannot generate a negative number of samples ({n_samples})")
         bar = tqdm(total=n_samples, unit="sample", unit_scale=True, desc="generate", disable=not progress)
@@ -209,6 +249,9 @@ class Sampler:
         if pending is not None:
             parts.append(pending)
             have = pending.shape[1]
+            if watchdog is not None:
+                watchdog.observe(pending)
+        lb = self.f.lookback
         try:
             while done < n_samples:
                 while have < min(block, n_samples - done):
@@ -217,6 +260,11 @@ class Sampler:
                         out = self._frame()  # stays on the device until the block is complete
                     parts.append(out)
                     have += out.shape[1]
+                    if watchdog is not None:
+                        watchdog.observe(out)
+                        if self.t % lb == 0 and watchdog.due():
+                            for stream, _ in watchdog.check():
+                                self.restart(stream, watchdog.excerpt_codes())
                 buf = torch.cat([p.to(self.device) for p in parts], dim=1)
                 k = min(block, n_samples - done)
                 yield buf[:, :k].cpu()
