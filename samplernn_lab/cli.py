@@ -84,6 +84,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--batch", type=int, default=1, help="streams per temperature")
     p.add_argument("--temperature", type=float, nargs="+", default=[1.0], help="one or more; 0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                   help="nucleus sampling: only the most likely codes whose probabilities sum to P (0 < P <= 1; "
+                        "default 1 = the whole distribution)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prime", help="audio file to continue from (at the run's sample rate)")
     p.add_argument("--prime-seconds", type=float, default=0.0,
@@ -100,7 +103,7 @@ def _generate(a) -> None:
 
     paths = render_checkpoint(a.run, a.out, a.seconds, which=a.checkpoint, batch_size=a.batch,
                               temperatures=a.temperature, seed=a.seed, prime=a.prime,
-                              prime_seconds=a.prime_seconds, device=a.device, rescue=a.rescue)
+                              prime_seconds=a.prime_seconds, device=a.device, rescue=a.rescue, top_p=a.top_p)
     for p in paths:
         print(p)
 

@@ -1,6 +1,7 @@
 """Backends: where the sample-level loop of a bottom frame runs, behind one small interface.
 
-A backend holds what its kernel needs (weights in its layout, sampling noise, temperatures) and offers:
+A backend holds what its kernel needs (weights in its layout, sampling noise, temperatures, the nucleus
+mass ``top_p``) and offers:
 
 * ``draw()``: noise for the next top-tier frame, called at its start (outside a captured CUDA graph);
 * ``frame(cond, window, pos, forced)``: sample one bottom frame into ``window`` in place;
@@ -59,8 +60,10 @@ class NumbaBackend:
     torch_threads = 1  # torch's OpenMP threads spin between ops and starve the kernel's BLAS threads
     graphable = False
 
-    def __init__(self, f: Folded, batch_size: int, temps: torch.Tensor, seed: int, device: torch.device):
+    def __init__(self, f: Folded, batch_size: int, temps: torch.Tensor, seed: int, device: torch.device,
+                 top_p: float = 1.0):
         dim = f.lut.shape[2]
+        self.top_p = float(top_p)
         self.lut = f.lut.numpy()
         self.hid_w = np.ascontiguousarray(
             np.stack([d.w.T.numpy() for d in f.hidden]) if f.hidden else np.zeros((0, dim, dim), np.float32))
@@ -84,7 +87,7 @@ class NumbaBackend:
         win = window.numpy()  # shares memory with the sampler's history
         win_c = np.ascontiguousarray(win)
         mlp_frame_numba(self.lut, np.ascontiguousarray(cond.numpy()), self.hid_w, self.hid_b, self.out_w, self.out_b,
-                        win_c, self.temps, uniforms, self.free if forced is None else forced.numpy())
+                        win_c, self.temps, uniforms, self.free if forced is None else forced.numpy(), self.top_p)
         win[:] = win_c
 
 
@@ -95,8 +98,10 @@ class TorchBackend:
     torch_threads = None
     graphable = True
 
-    def __init__(self, f: Folded, batch_size: int, temps: torch.Tensor, seed: int, device: torch.device):
+    def __init__(self, f: Folded, batch_size: int, temps: torch.Tensor, seed: int, device: torch.device,
+                 top_p: float = 1.0):
         self.f = f
+        self.top_p = float(top_p)
         greedy = temps <= 0
         self.greedy = greedy.to(device) if bool(greedy.any()) else None
         self.inv_t = torch.where(greedy, 1.0, 1.0 / temps.clamp_min(1e-30)).unsqueeze(1).to(device)
@@ -112,7 +117,8 @@ class TorchBackend:
     def frame(self, cond: torch.Tensor, window: torch.Tensor, pos: int, forced: torch.Tensor | None) -> None:
         fs = self.f.frame_size
         forced = None if forced is None else forced.to(window.device)
-        mlp_frame_torch(self.f, cond, window, self.inv_t, self.greedy, self.uniforms[:, pos:pos + fs], forced)
+        mlp_frame_torch(self.f, cond, window, self.inv_t, self.greedy, self.uniforms[:, pos:pos + fs], forced,
+                        self.top_p)
 
 
 BACKENDS = {"numba": NumbaBackend, "torch": TorchBackend}

@@ -1,7 +1,9 @@
 """The sample-level loop of one bottom frame, twice: a numba kernel (CPU) and torch ops (any device).
 
 Both sample by inverse CDF of ``softmax(logits / temperature)`` at one uniform per sample, drawn in
-bulk by the caller, and take codes as given where ``forced`` is not -1 (priming).
+bulk by the caller, and take codes as given where ``forced`` is not -1 (priming). With ``top_p < 1`` the
+distribution is first cut to its nucleus: the most likely codes whose probabilities sum to ``top_p`` or
+more (every code as likely as the least likely of them: ties at the cut stay), renormalised.
 """
 
 from __future__ import annotations
@@ -44,10 +46,12 @@ if numba is not None:
                         y[r, d] += v * w[k, d]
 
     @numba.njit(cache=True, nogil=True)
-    def mlp_frame_numba(lut, cond, hid_w, hid_b, out_w, out_b, window, temps, uniforms, forced):  # pragma: no cover
+    def mlp_frame_numba(lut, cond, hid_w, hid_b, out_w, out_b, window, temps, uniforms, forced,
+                        top_p):  # pragma: no cover
         # lut (fs, q, dim); cond (B, fs, dim); hid_w (L, dim, dim) transposed to (in, out); hid_b (L, dim)
         # out_w (dim, q) transposed; window (B, 2 fs) int64: fs previous codes, then the fs to fill;
-        # temps (B,); uniforms (B, fs) float64; forced (B, fs) int64, -1 where a code is sampled.
+        # temps (B,); uniforms (B, fs) float64; forced (B, fs) int64, -1 where a code is sampled;
+        # top_p: nucleus mass (1.0: the whole distribution).
         fs, q, dim = lut.shape
         b_size = cond.shape[0]
         n_hidden = hid_w.shape[0]
@@ -99,23 +103,41 @@ if numba is not None:
                         e = math.exp((float(logits[b, i] + out_b[i]) - float(top)) / t)
                         weights[i] = e
                         total += e
+                    if top_p < 1.0:  # keep the nucleus: codes at least as likely as the one reaching top_p
+                        order = np.argsort(weights)
+                        need = top_p * total
+                        acc = 0.0
+                        cut = 0.0
+                        for k in range(q - 1, -1, -1):
+                            cut = weights[order[k]]
+                            acc += cut
+                            if acc >= need:
+                                break
+                        total = 0.0
+                        for i in range(q):
+                            if weights[i] < cut:
+                                weights[i] = 0.0
+                            else:
+                                total += weights[i]
                     target = uniforms[b, j] * total
                     acc = 0.0
-                    best = q - 1
                     for i in range(q):
-                        acc += weights[i]
-                        if acc > target:
-                            best = i
-                            break
+                        if weights[i] > 0.0:
+                            best = i  # the last code with mass, should round-off leave the target unreached
+                            acc += weights[i]
+                            if acc > target:
+                                break
                 window[b, fs + j] = best
 
 
 def mlp_frame_torch(f: Folded, cond: torch.Tensor, window: torch.Tensor, inv_t: torch.Tensor,
-                     greedy: torch.Tensor | None, uniforms: torch.Tensor, forced: torch.Tensor | None) -> None:
+                    greedy: torch.Tensor | None, uniforms: torch.Tensor, forced: torch.Tensor | None,
+                    top_p: float = 1.0) -> None:
     """The torch twin of the numba kernel, for any device: inverse-CDF sampling on bulk uniforms.
 
     cond (B, fs, dim); window (B, 2 fs) long, filled in place; inv_t (B, 1) = 1 / temperature (1 where
-    greedy); greedy (B,) bool or None when no stream is; uniforms (B, fs); forced (B, fs) or None.
+    greedy); greedy (B,) bool or None when no stream is; uniforms (B, fs); forced (B, fs) or None;
+    top_p: nucleus mass (1.0: the whole distribution).
     """
     fs, q, dim = f.lut.shape
     offsets = torch.arange(fs, device=window.device) * q
@@ -126,10 +148,25 @@ def mlp_frame_torch(f: Folded, cond: torch.Tensor, window: torch.Tensor, inv_t: 
         for layer in f.hidden:
             x = layer(x, relu=True)
         logits = f.out(x).mul_(inv_t)
-        cdf = torch.softmax(logits, dim=1).cumsum_(1)
+        probs = torch.softmax(logits, dim=1)
+        if top_p < 1.0:
+            probs = nucleus(probs, top_p)
+        cdf = probs.cumsum_(1)
         code = torch.searchsorted(cdf, uniforms[:, j:j + 1] * cdf[:, -1:]).squeeze(1).clamp_(max=q - 1)
         if greedy is not None:
             code = torch.where(greedy, logits.argmax(dim=1), code)
         if forced is not None:
             code = torch.where(forced[:, j] >= 0, forced[:, j], code)
         window[:, fs + j] = code
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``probs`` (..., q) with the mass outside each distribution's nucleus set to 0 (not renormalised).
+
+    The nucleus: the most likely codes whose probabilities sum to ``top_p`` or more, and every code as
+    likely as the least likely of them (ties at the cut stay, as in the numba kernel).
+    """
+    ranked = probs.sort(dim=-1, descending=True).values
+    inside = (ranked.cumsum(-1) < top_p * ranked.sum(-1, keepdim=True)).sum(-1, keepdim=True)  # codes before the cut
+    cut = ranked.gather(-1, inside.clamp_(max=probs.shape[-1] - 1))
+    return torch.where(probs >= cut, probs, torch.zeros_like(probs))

@@ -43,13 +43,19 @@ class Sampler:
         itself (:mod:`.backends`) is ``self.kernel``.
     cuda_graph : replay captured CUDA graphs (CUDA and the torch backend only); default on.
     tuning : speed settings (:class:`Tuning`); none changes the distribution.
+    top_p : nucleus (top-p) truncation: sample only from the most likely codes whose probabilities (after
+        the temperature) sum to ``top_p`` or more, renormalised; 1.0 (the default) keeps the whole
+        distribution. Both backends honour it; greedy streams ignore it.
     """
 
     def __init__(self, model: SampleRNN, batch_size: int = 1, temperature: float | Sequence[float] = 1.0,
                  seed: int | None = None, device: torch.device | str | None = None, backend: str | None = None,
-                 cuda_graph: bool = True, tuning: Tuning = Tuning()):
+                 cuda_graph: bool = True, tuning: Tuning = Tuning(), top_p: float = 1.0):
         if batch_size < 1:
             raise LabError(f"batch size must be at least 1, got {batch_size}")
+        if not 0.0 < top_p <= 1.0:
+            raise LabError(f"top_p (--top-p) must be in (0, 1], got {top_p}")
+        self.top_p = float(top_p)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.backend = choose_backend(self.device, batch_size, model.config.dim, backend, tuning)
         self.f = fold(model, self.device, rows=batch_size, pack_min_work=tuning.pack_min_work)
@@ -65,7 +71,7 @@ class Sampler:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
 
         self._alloc()
-        self.kernel = BACKENDS[self.backend](self.f, batch_size, temps, seed, self.device)
+        self.kernel = BACKENDS[self.backend](self.f, batch_size, temps, seed, self.device, top_p=self.top_p)
         self.graph = None
         self.use_graph = cuda_graph and self.device.type == "cuda" and self.kernel.graphable
         self._side: Sampler | None = None  # a one-stream sampler on the same weights, to restart streams with
@@ -281,7 +287,7 @@ class Sampler:
 
 def generate(model: SampleRNN, n_samples: int, batch_size: int = 1, temperature: float | Sequence[float] = 1.0,
              seed: int | None = None, prime: np.ndarray | torch.Tensor | None = None,
-             device: torch.device | str | None = None, progress: bool = False) -> torch.Tensor:
+             device: torch.device | str | None = None, progress: bool = False, top_p: float = 1.0) -> torch.Tensor:
     """Sample ``n_samples`` codes per stream.
 
     Parameters
@@ -295,12 +301,13 @@ def generate(model: SampleRNN, n_samples: int, batch_size: int = 1, temperature:
         or codes (``torch.long``) of shape (P,) or (batch_size, P). Teacher-forced first.
     device : default the model's device.
     progress : show a progress bar.
+    top_p : nucleus truncation (see :class:`Sampler`); 1.0 = off.
 
     Returns
     -------
     torch.LongTensor (batch_size, n_samples) on CPU, codes in [0, q_levels).
     """
-    sampler = Sampler(model, batch_size, temperature, seed, device)
+    sampler = Sampler(model, batch_size, temperature, seed, device, top_p=top_p)
     if prime is not None:
         sampler.prime(prime_codes(model, prime))
     blocks = list(sampler.run(n_samples, progress=progress))
