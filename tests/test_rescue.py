@@ -85,7 +85,7 @@ class StandIn:
     name, torch_threads, graphable = "standin", 1, False  # one thread: a loaded machine
     bell = quantize(bell_peal(SR, 30.0), CFG.q_levels).numpy()
 
-    def __init__(self, f, batch_size, temps, seed, device):
+    def __init__(self, f, batch_size, temps, seed, device, **options):
         self.fs = f.frame_size
         self.played = np.zeros(batch_size, np.int64)  # sampled codes per stream
         self.silence = silence_code(f.q_levels)
