@@ -6,9 +6,11 @@ computed in full, sampling with torch.multinomial.
 
     python benchmarks/bench_sample.py [--device cpu|cuda] [--seconds S] [--repeats N]
                                       [--presets sketch poster] [--batches 1 4 16 128] [--set field=value ...]
+                                      [--precisions fp32 bf16 int8]
 
 Each figure is the median of ``--repeats`` measurements of about ``--seconds`` each, the two loops
-measured in turn, so that a noisy neighbour on a shared machine slows both.
+measured in turn, so that a noisy neighbour on a shared machine slows both. ``--precisions`` adds a row
+per weight precision of the lab's sampler (``Sampler(..., precision=...)``), each paired with the naive loop.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ def main() -> None:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16, 128])
     ap.add_argument("--no-graph", action="store_true", help="CUDA: sample without CUDA graphs")
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="override preset fields")
+    ap.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16", "int8"],
+                    help="weight precisions of the lab's sampler to measure (default fp32)")
     a = ap.parse_args()
     torch.manual_seed(0)
     graph = not a.no_graph
@@ -91,10 +95,11 @@ def main() -> None:
         preset = get_preset(name, a.set)
         sr = preset.data.sample_rate
         model = SampleRNN(preset.model).eval().to(a.device)
-        for batch in a.batches:
+        for batch, precision in [(b, p) for b in a.batches for p in a.precisions]:
             # warm up (numba compiles once; CUDA initialises), then size each measurement to ~seconds
             def sampler_run(n: int) -> torch.Tensor:
-                return torch.cat(list(Sampler(model, batch, 1.0, 0, a.device, cuda_graph=graph).run(n)), 1)
+                s = Sampler(model, batch, 1.0, 0, a.device, cuda_graph=graph, precision=precision)
+                return torch.cat(list(s.run(n)), 1)
 
             sampler_run(64)
             probe = rate(sampler_run, 256, batch, a.device)
@@ -108,11 +113,11 @@ def main() -> None:
                 fast.append(rate(sampler_run, fast_n, batch, a.device))
                 naive.append(rate(naive_run, naive_n, batch, a.device))
             fast, naive = statistics.median(fast), statistics.median(naive)
-            lab = path(Sampler(model, batch, 1.0, 0, a.device, cuda_graph=graph))
-            rows.append([name, batch, lab, f"{naive:,.0f}", f"{fast:,.0f}", f"{fast / naive:.1f}x",
+            lab = path(Sampler(model, batch, 1.0, 0, a.device, cuda_graph=graph, precision=precision))
+            rows.append([name, batch, precision, lab, f"{naive:,.0f}", f"{fast:,.0f}", f"{fast / naive:.1f}x",
                          f"{fast / sr:.2f}x at {sr // 1000} kHz"])
             print(rows[-1], flush=True)
-    report(["preset", "batch", "lab path", "naive samples/s", "lab samples/s", "speed-up", "real time (all streams)"],
+    report(["preset", "batch", "precision", "lab path", "naive samples/s", "lab samples/s", "speed-up", "real time (all streams)"],
            rows, a.device, f"; median of {a.repeats}")
 
 

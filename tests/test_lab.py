@@ -30,7 +30,7 @@ EXPECTED_PARAMETERS = {
     "01_prepare_dataset": {"sources", "dataset_dir", "preset", "overrides", "seed", "overwrite"},
     "02_train": {"dataset_dir", "run_dir", "preset", "overrides", "max_minutes", "epochs", "seed", "resume", "device"},
     "03_listen": {"run_dir", "checkpoint", "prime_seconds", "seconds", "temperatures", "batch", "seed", "out_dir",
-                  "source", "interactive", "rescue"},
+                  "source", "interactive", "rescue", "top_p", "precision"},
     "04_poster_figures": {"run_dir", "source", "renders_dir", "out_dir", "low_hz"},
 }
 

@@ -85,8 +85,9 @@ class Folded:
 
 @torch.no_grad()
 def fold(model: SampleRNN, device: torch.device | str = "cpu", rows: int | None = None,
-         pack_min_work: int = PACK_MIN_WORK) -> Folded:
-    """Plain float32 weights on ``device``.
+         pack_min_work: int = PACK_MIN_WORK, precision: str = "fp32") -> Folded:
+    """Plain weights on ``device``: float32, or for ``precision`` "bf16"/"int8" the dense layers of the frame
+    tiers and the MLP in that precision (:class:`samplernn_lab.precision.LowPrecisionDense`).
 
     Parameters
     ----------
@@ -94,12 +95,19 @@ def fold(model: SampleRNN, device: torch.device | str = "cpu", rows: int | None 
     device : where the folded tensors live.
     rows : the batch size the layers will see, to pack them for oneDNN where that pays (:class:`Dense`).
     pack_min_work : rows x weights from which a CPU layer is packed for oneDNN.
+    precision : ``"fp32"`` (the model's distribution), ``"bf16"`` or ``"int8"`` (within a stated KL of it,
+        ``tests/test_precision.py``); the input layers of the tiers and the lookup tables stay float32.
     """
+    from ..precision import LowPrecisionDense, check_precision
+
+    check_precision(precision)
 
     def t(x: torch.Tensor) -> torch.Tensor:
         return x.detach().float().to(device).contiguous()
 
-    def dense(w: torch.Tensor, b: torch.Tensor | None) -> Dense:
+    def dense(w: torch.Tensor, b: torch.Tensor | None) -> Dense | LowPrecisionDense:
+        if precision != "fp32":
+            return LowPrecisionDense(t(w), None if b is None else t(b), precision)
         return Dense(t(w), None if b is None else t(b), rows, pack_min_work)
 
     tiers = []

@@ -24,14 +24,16 @@ def render(model: SampleRNN, out_dir: str | os.PathLike, seconds: float, sample_
            batch_size: int = 1, temperatures: Sequence[float] = (1.0,), seed: int = 0,
            prime: np.ndarray | None = None, label: str = "render", info: dict | None = None,
            device: torch.device | str | None = None, block_seconds: float = 2.0,
-           progress: bool = True, rescue: Rescue | None = None, top_p: float = 1.0) -> list[Path]:
+           progress: bool = True, rescue: Rescue | None = None, top_p: float = 1.0,
+           precision: str = "fp32") -> list[Path]:
     """Render ``batch_size`` streams per temperature to WAV files, streamed to disk in blocks.
 
     Files are named ``{label}_t{temperature}_s{seed}_{stream}.wav`` with a ``.json`` sidecar of the
     settings. Codes are dequantised exactly (bin centres): no normalisation, no DC shift.
     With ``rescue`` (:class:`.rescue.Rescue`), streams that fall silent or lock into a steady tone are
     re-primed from its source audio; the sidecar's ``rescue`` lists where (``events``), else is null.
-    ``top_p`` < 1 samples from each step's nucleus only (:class:`.sampler.Sampler`); the sidecar records it.
+    ``top_p`` < 1 samples from each step's nucleus only, ``precision`` picks the weights' precision
+    (:class:`.sampler.Sampler`); the sidecar records both.
     Returns the WAV paths. A failed write (a full disk) raises LabError naming the file and leaves the
     files of an earlier render of the same names whole (and no ``out_dir`` where there was none).
     """
@@ -47,7 +49,7 @@ def render(model: SampleRNN, out_dir: str | os.PathLike, seconds: float, sample_
     cfg = model.config
     n = int(round(seconds * sample_rate))
     paths = [out_dir / f"{label}_t{t:g}_s{seed}_{i % batch_size}.wav" for i, t in enumerate(per_stream)]
-    sampler = Sampler(model, len(per_stream), per_stream, seed, device, top_p=top_p)
+    sampler = Sampler(model, len(per_stream), per_stream, seed, device, top_p=top_p, precision=precision)
     watchdog = None
     if rescue is not None:
         if rescue.sample_rate != sample_rate:
@@ -78,7 +80,8 @@ def render(model: SampleRNN, out_dir: str | os.PathLike, seconds: float, sample_
         raise
     elapsed = time.perf_counter() - start
     for i, (path, t) in enumerate(zip(paths, per_stream)):
-        side = {"file": path.name, "label": label, "temperature": t, "top_p": top_p, "seed": seed, "seconds": seconds,
+        side = {"file": path.name, "label": label, "temperature": t, "top_p": top_p, "precision": precision,
+                "seed": seed, "seconds": seconds,
                 "sample_rate": sample_rate, "streams_in_batch": len(per_stream), "prime": prime is not None,
                 "q_levels": cfg.q_levels, "quantization": cfg.quantization,
                 "samples_per_second": n * len(per_stream) / max(elapsed, 1e-9),
@@ -106,7 +109,7 @@ def render_checkpoint(run: str | os.PathLike, out_dir: str | os.PathLike, second
                       batch_size: int = 1, temperatures: Sequence[float] = (1.0,), seed: int = 0,
                       prime: str | os.PathLike | None = None, prime_seconds: float = 0.0,
                       device: str | None = None, progress: bool = True, rescue: bool = False,
-                      top_p: float = 1.0) -> list[Path]:
+                      top_p: float = 1.0, precision: str = "fp32") -> list[Path]:
     """Render from a run folder's checkpoint (``best``, ``last``, ``auto``, ``epoch-NNN`` or a path).
 
     A prime file must be at the run's sample rate (it is not resampled silently). Without one,
@@ -147,4 +150,4 @@ def render_checkpoint(run: str | os.PathLike, out_dir: str | os.PathLike, second
     watch = Rescue(training_audio(dataset), sr, seed=seed) if rescue else None
     return render(model, out_dir, seconds, sr, batch_size=batch_size, temperatures=temperatures, seed=seed,
                   prime=prime_audio, label=label, info=meta, device=device, progress=progress, rescue=watch,
-                  top_p=top_p)
+                  top_p=top_p, precision=precision)
