@@ -5,14 +5,19 @@ The public names, one per stage: :func:`prepare` (dataset), :class:`SampleRNN` /
 :func:`render` (sampling), :func:`diagnose` (analysis).
 """
 
-from .dataset import DataConfig, prepare
-from .errors import LabError
-from .model import ModelConfig, SampleRNN
-from .presets import Preset, get_preset
-from .sampling import generate, render
-from .train import TrainConfig, train
+from importlib.metadata import PackageNotFoundError, version
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("samplernn-lab")  # the one version source: pyproject.toml, via the package metadata
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+from .config import DataConfig, ModelConfig, Preset, TrainConfig, get_preset  # noqa: E402
+from .dataset import prepare  # noqa: E402
+from .errors import LabError  # noqa: E402
+from .model import SampleRNN  # noqa: E402
+from .sampling import generate, render  # noqa: E402
+from .train import train  # noqa: E402
 
 
 def __getattr__(name: str):

@@ -1,103 +1,71 @@
-"""Checkpoint files: written atomically, read back into a model with its settings.
+"""Checkpoint files: written atomically, read back safely into a model with its settings.
 
 A checkpoint is a ``torch.save`` dict with ``format``, ``config`` (the run's config.json), ``model``
 (state dict), ``epoch``, ``step`` and, for ``last.pt``, everything a resume needs (optimiser,
-data position, carried hidden state, RNG, best validation NLL).
+data position, carried hidden state, RNG, best validation NLL). It holds only tensors and plain values,
+and is read with ``torch.load(..., weights_only=True)``: a file holding anything else (a pickle that would
+run code when opened) is refused, never executed.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
-from pathlib import Path
+import pickle
+from pathlib import Path, PurePath
 from typing import Any
 
 import torch
 
+from .config import ModelConfig
 from .errors import LabError
 from .files import atomic_path
-from .model import ModelConfig, SampleRNN
+from .model import SampleRNN
+from .rundir import AUTO_MAX_COPY, render_events, resolve
+from .rundir import liveliest_epoch as _liveliest_epoch  # noqa: F401 (the old name)
+
+__all__ = ["AUTO_MAX_COPY", "FORMAT", "load", "load_model", "plain", "render_events", "resolve", "save"]
 
 FORMAT = "samplernn-lab checkpoint 1"
 
 
+def plain(obj: Any) -> Any:
+    """``obj`` with dataclasses turned into dicts and paths into strings, recursively (tensors kept)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v) for v in obj)
+    return obj
+
+
 def save(obj: dict[str, Any], path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **obj}, tmp)
+    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file.
+
+    A failed write (a full disk) leaves the previous file at ``path`` whole and raises LabError.
+    """
+    try:
+        with atomic_path(path) as tmp:
+            torch.save({"format": FORMAT, **plain(obj)}, tmp)
+    except (OSError, RuntimeError) as e:  # torch reports a failed write as RuntimeError
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0][:200]
+        raise LabError(f"{path}: could not write the checkpoint ({reason}); the previous one is kept") from None
     return Path(path)
 
 
-def resolve(run_or_path: str | os.PathLike, which: str = "best") -> Path:
-    """A checkpoint path from a run folder and ``best``/``last``/``auto``/``epoch-NNN``, or a path as is.
-
-    ``auto`` is the epoch whose per-epoch render resembles the source most without copying it (see
-    :func:`_liveliest_epoch`), else ``last``: the lab's triage choosing what to listen to first.
-    """
-    p = Path(run_or_path)
-    if p.is_file():
-        return p
-    if not p.is_dir():
-        raise LabError(f"{p}: no such run folder or checkpoint file")
-    if which == "auto":
-        which = _liveliest_epoch(p) or "last"
-    if which not in ("best", "last") and Path(which).is_file():
-        return Path(which)
-    name = which if which.endswith(".pt") else f"{which}.pt"
-    candidates = [p / "checkpoints" / name]
-    if which == "best":  # a run without validation data has no best.pt
-        candidates.append(p / "checkpoints" / "last.pt")
-    for c in candidates:
-        if c.exists():
-            return c
-    raise LabError(f"{p}: no checkpoint {name!r} (train first, or pick one of "
-                   f"{', '.join(sorted(x.name for x in (p / 'checkpoints').glob('*.pt'))) or 'none'})")
-
-
-def render_events(run: Path) -> list[dict]:
-    """The per-epoch render events of a run's ``metrics.jsonl`` (a cut-off line is skipped), file order."""
-    metrics = Path(run) / "metrics.jsonl"
-    if not metrics.exists():
-        return []
-    events = []
-    for line in metrics.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:  # a line cut off by a crash
-            continue
-        if isinstance(row, dict) and row.get("event") == "render" and "epoch" in row:
-            events.append(row)
-    return events
-
-
-# ``auto`` passes over epochs whose render replays more than this share of the source verbatim.
-AUTO_MAX_COPY = 0.2
-
-
-def _liveliest_epoch(run: Path) -> str | None:
-    """The epoch ``auto`` picks from the per-epoch render events of ``metrics.jsonl`` (None: none fits).
-
-    Renders judged against their source (``resemblance`` in the event): the epoch whose render is closest
-    to the source (lowest resemblance), among those diagnosed neither silence nor a tone and copying at most
-    ``AUTO_MAX_COPY`` of it. Older runs without the measure: the latest epoch diagnosed varied.
-    """
-    events = [e for e in render_events(run) if (run / "checkpoints" / f"epoch-{int(e['epoch']):03d}.pt").exists()]
-    judged = [e for e in events if isinstance(e.get("resemblance"), (int, float))
-              and e.get("category") not in ("silence", "tone") and e.get("copy_share", 0.0) <= AUTO_MAX_COPY]
-    if judged:
-        best = min(judged, key=lambda e: (e["resemblance"], -int(e["epoch"])))
-        return f"epoch-{int(best['epoch']):03d}"
-    varied = [int(e["epoch"]) for e in events if e.get("category") == "varied"]
-    return f"epoch-{max(varied):03d}" if varied else None
-
-
 def load(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint dict (on CPU); errors name the file."""
+    """Read a checkpoint dict (on CPU) holding only tensors and plain values; errors name the file."""
     path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise LabError(f"{path}: refused: it holds objects other than tensors and plain values "
+                       f"(opening it could run code)") from None
     except Exception as e:
-        raise LabError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        raise LabError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})".splitlines()[0]) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise LabError(f"{path}: not a samplernn-lab checkpoint")
     return ckpt
@@ -107,11 +75,14 @@ def load_model(run_or_path: str | os.PathLike, which: str = "best") -> tuple[Sam
     """The model of a checkpoint, in eval mode on CPU, and the checkpoint dict (without weights)."""
     path = resolve(run_or_path, which)
     ckpt = load(path)
-    cfg = ModelConfig(**ckpt["config"]["model"])
+    try:
+        cfg = ModelConfig(**ckpt["config"]["model"])
+    except (KeyError, TypeError) as e:
+        raise LabError(f"{path}: its config has no usable model settings ({e})") from None
     model = SampleRNN(cfg)
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
+    except (RuntimeError, KeyError) as e:
         detail = " ".join(line.strip() for line in str(e).splitlines()[1:2]) or str(e).splitlines()[0]
         raise LabError(f"{path}: weights do not fit the model its config describes ({detail[:200]})") from None
     model.eval()

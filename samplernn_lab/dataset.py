@@ -31,44 +31,13 @@ from tqdm.auto import tqdm
 
 from . import audio as audio_io
 from .augment import Piece, augment
+from .config import DataConfig
 from .errors import LabError
 from .files import plain_mode
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
 SILENT_PEAK = 1e-4  # -80 dBFS: a source quieter than this everywhere is treated as silent
-
-
-@dataclass
-class DataConfig:
-    """Settings of ``prepare``; stored in the manifest as ``settings``."""
-
-    sample_rate: int = 44100
-    copies: int = 8
-    chunk_seconds: float = 8.0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    gain_jitter_db: float = 0.0
-    crossfade_ms: float = 10.0
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.sample_rate < 1000:
-            raise LabError(f"sample rate must be at least 1000 Hz, got {self.sample_rate}")
-        if self.copies < 1:
-            raise LabError(f"copies must be at least 1, got {self.copies}")
-        if self.chunk_seconds <= 0:
-            raise LabError(f"chunk seconds must be positive, got {self.chunk_seconds}")
-        for name in ("val_fraction", "test_fraction"):
-            v = getattr(self, name)
-            if not 0.0 <= v < 0.5:
-                raise LabError(f"{name.replace('_', ' ')} must be in [0, 0.5), got {v}")
-        if self.gain_jitter_db < 0 or self.crossfade_ms < 0:
-            raise LabError("gain jitter and crossfade must not be negative")
-
-    @property
-    def chunk_samples(self) -> int:
-        return int(round(self.chunk_seconds * self.sample_rate))
 
 
 @dataclass

@@ -375,20 +375,12 @@ def read_metrics(metrics_path: str | os.PathLike) -> list[dict]:
     LabError
         Missing file, a broken line before the last, or no line with ``nll_bits``.
     """
+    from .rundir import iter_metrics
+
     path = Path(metrics_path)
-    if not path.is_file():
-        raise LabError(f"{path}: no such metrics file")
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
     rows = []
-    for k, (lineno, line) in enumerate(numbered):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            if k == len(numbered) - 1:  # the training may be writing it right now
-                continue
-            raise LabError(f"{path}: line {lineno} is not valid JSON") from None
-        if not isinstance(obj, dict) or "nll_bits" not in obj:
+    for lineno, obj in iter_metrics(path):
+        if "nll_bits" not in obj:
             continue
         try:
             nll, step = float(obj["nll_bits"]), float(obj["step"])

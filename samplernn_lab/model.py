@@ -25,52 +25,15 @@ Shapes: codes are ``torch.long`` (B, T) in [0, q_levels); log-probabilities (B, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
+from .config import ModelConfig
+
 Hidden = list  # one entry per frame tier, top first: a tensor (GRU) or a (h, c) tuple (LSTM)
-
-
-@dataclass
-class ModelConfig:
-    """Sizes of a SampleRNN. ``frame_sizes`` bottom tier first."""
-
-    frame_sizes: tuple[int, ...] = (8, 2)
-    dim: int = 1024
-    n_rnn: int = 2
-    rnn_type: str = "gru"
-    embed_size: int = 256
-    q_levels: int = 256
-    quantization: str = "linear"
-    mlp_hidden_layers: int = 1
-    learn_h0: bool = True
-    weight_norm: bool = True
-
-    def __post_init__(self) -> None:
-        self.frame_sizes = tuple(int(f) for f in self.frame_sizes)
-
-    @property
-    def frame_lengths(self) -> tuple[int, ...]:
-        """Samples per frame of each tier, bottom first: the running product of ``frame_sizes``."""
-        return tuple(math.prod(self.frame_sizes[: i + 1]) for i in range(len(self.frame_sizes)))
-
-    @property
-    def lookback(self) -> int:
-        """Samples of context before the first prediction: the top tier's frame length."""
-        return self.frame_lengths[-1]
-
-    def validate(self) -> None:
-        if not self.frame_sizes or any(f < 1 for f in self.frame_sizes):
-            raise ValueError(f"frame_sizes must be positive integers, got {self.frame_sizes}")
-        if self.rnn_type not in ("gru", "lstm"):
-            raise ValueError(f"rnn_type must be 'gru' or 'lstm', got {self.rnn_type!r}")
-        for name in ("dim", "n_rnn", "embed_size", "q_levels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 def _wn(module: nn.Module, enabled: bool, dim: int = 0) -> nn.Module:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .errors import LabError
 from .files import write_text
 from .progress import Watcher
+from .rundir import CONFIG, RunDir, is_empty, marker_kind, read_metrics, write_marker
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("01_prepare_dataset", "02_train", "03_listen", "04_poster_figures")
@@ -100,9 +101,13 @@ def run(source: str | os.PathLike, out: str | os.PathLike, preset: str = "sketch
     chosen = get_preset(preset, list(overrides))  # fail early on a bad preset or field
     seconds = chosen.train.render_seconds * 2 if seconds is None else seconds
     temperatures = list(temperatures) if temperatures else [1.0, 0.9]
-    if out.exists() and (out / "config.json").exists() and not resume:
+    if out.exists() and (out / CONFIG).exists() and not resume:
         raise LabError(f"{out}: already holds a run; choose another --out")
+    if not is_empty(out) and marker_kind(out) is None:
+        raise LabError(f"{out}: folder is not empty and was not made by samplernn-lab; choose a new or empty --out")
     out.mkdir(parents=True, exist_ok=True)
+    if marker_kind(out) is None:
+        write_marker(out, "run")
     chain_file = out / "chain.json"
     done = set(json.loads(chain_file.read_text())["done"]) if resume and chain_file.exists() else set()
     train_resume = False
@@ -165,8 +170,8 @@ def write_summary(run_dir: Path, source: Path, preset: str, overrides: list[str]
     from .analysis import SourceProfile, diagnose_file
     from .audio import load
 
-    config = json.loads((run_dir / "config.json").read_text())
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    config = RunDir(run_dir).read_config()
+    metrics = read_metrics(RunDir(run_dir).metrics, missing_ok=True)
     renders, profile = [], None
     for wav in sorted((run_dir / "renders" / "listen").glob("*.wav")):
         if profile is None or profile.sr != sf.info(wav).samplerate:  # judged against the source at its rate
@@ -205,10 +210,14 @@ def demo(out: str | os.PathLike = "runs/demo", max_minutes: float | None = None,
     if not source.exists():
         raise LabError(f"{source}: the bundled example is missing")
     out = Path(out)
-    if out.exists():
+    if not is_empty(out):  # the demo starts fresh, but replaces only a previous demo
+        if marker_kind(out) != "demo":
+            raise LabError(f"{out}: not empty and not a previous demo; choose a new or empty --out")
         import shutil
 
-        shutil.rmtree(out)  # the demo always starts fresh
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    write_marker(out, "demo")
     # Three minutes are about 13 epochs of this 6 s sound; much longer and the sketch model learns it by
     # heart and collapses into a steady tone (measured: every 6 s render of epoch 27 of a 6 min demo).
     minutes = 3.0 if max_minutes is None else max_minutes

@@ -1,20 +1,12 @@
 """The training loop: truncated BPTT over chunk windows, resumable, guarded against blow-ups.
 
-Read it top to bottom in :func:`train`. One optimiser step per window of ``seq_len`` samples; the
-hidden state is carried from window to window of the same chunks and reset to the learned h0 at
-each batch's start (every batch is a fresh set of chunks). Everything random derives from the
-seed and the epoch, so a checkpoint's data position is enough to resume exactly.
+Read it top to bottom in :func:`train`. One optimiser step per window of ``seq_len`` samples
+(:func:`train_step`); the hidden state is carried from window to window of the same chunks and reset to
+the learned h0 at each batch's start (every batch is a fresh set of chunks). Everything random derives
+from the seed and the epoch, so a checkpoint's data position is enough to resume exactly.
 
-Run folder::
-
-    RUN/config.json              model, train, data and quantisation settings
-    RUN/metrics.jsonl            one JSON object per line: step, epoch, split, nll_bits, seconds, ...
-    RUN/checkpoints/last.pt      everything a resume needs (written each epoch, every few minutes,
-                                 and on Ctrl-C / SIGTERM / budget end)
-    RUN/checkpoints/best.pt      weights at the best validation NLL
-    RUN/checkpoints/epoch-NNN.pt weights after epoch NNN
-    RUN/renders/epoch-NNN/*.wav  a short render after each epoch, to listen to progress
-    RUN/loss.png                 the loss curve
+What changes while training is one :class:`TrainState`; what stays fixed for the call (folder, device,
+data, log, clock) is one :class:`Session`. The run folder's layout is :mod:`samplernn_lab.rundir`'s.
 """
 
 from __future__ import annotations
@@ -24,9 +16,11 @@ import json
 import math
 import os
 import signal
+import threading
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,105 +30,332 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
 from .audio import silence_code
+from .config import ModelConfig, TrainConfig
 from .dataset import batch_order, load_split, read_manifest, windows
 from .errors import LabError
 from .files import write_text
-from .model import ModelConfig, SampleRNN, nll_bits
+from .model import Hidden, SampleRNN, nll_bits
+from .rundir import MetricsWriter, RunDir, RunLock, epoch_name, is_empty, marker_kind, write_marker
 
-
-@dataclass
-class TrainConfig:
-    """Training settings. Budgets: training stops at whichever of epochs, steps, minutes ends first."""
-
-    seq_len: int = 1024
-    batch_size: int = 128
-    lr: float = 1e-3
-    grad_clip: float = 1.0
-    epochs: int | None = None
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    seed: int = 0
-    amp: bool = True  # mixed precision on CUDA
-    render_seconds: float = 2.0  # per-epoch render; 0 = none
-    render_temperature: float = 1.0
-    render_prime_seconds: float = 0.25  # start epoch renders from training audio, not digital silence
-    checkpoint_minutes: float = 10.0  # also save last.pt this often within an epoch
-    blowup_patience: int = 3  # consecutive non-finite steps before restoring the last checkpoint
-    blowup_lr_factor: float = 0.5
-    clock: str = "wall"  # what max_minutes counts: "wall" time, or this "process"'s CPU time (fair on a shared machine)
+__all__ = ["Session", "TrainConfig", "TrainResult", "TrainState", "blowup_guard", "end_of_epoch", "evaluate",
+           "save", "train", "train_step"]
 
 
 @dataclass
 class TrainResult:
+    """How a training ended: ``status`` is ``"finished"``, ``"budget"`` or ``"interrupted"``."""
+
     run: Path
-    status: str  # "finished", "budget", "interrupted"
+    status: str
     step: int
     epoch: int
     best_val_bits: float | None
 
 
-class _Stop:
-    """Turns SIGINT / SIGTERM into a flag the loop checks after each step (a second Ctrl-C forces)."""
+@dataclass
+class TrainState:
+    """Everything that changes while training (and what ``last.pt`` keeps of it)."""
 
-    def __init__(self):
-        self.requested = None
-
-    @contextmanager
-    def installed(self):
-        if not _is_main_thread():
-            yield self
-            return
-        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-        def handler(signum, frame):
-            if self.requested is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self.requested = signal.Signals(signum).name
-
-        for s in old:
-            signal.signal(s, handler)
-        try:
-            yield self
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+    model: SampleRNN
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    cfg: TrainConfig
+    net: torch.nn.Module | None = None  # the model, or its DistributedDataParallel wrapper
+    amp_dtype: torch.dtype | None = None  # autocast dtype on CUDA; None: full precision
+    epoch: int = 0  # epochs done; the position of the next step is (epoch, batch, window)
+    batch: int = 0
+    window: int = 0
+    step: int = 0
+    best_val: float | None = None
+    lr: float = 1e-3
+    hidden: Hidden | None = None  # carried from window to window of the same chunks
+    blowups: int = 0  # non-finite steps in a row
+    running: float | None = None  # smoothed training loss, for the progress bar
 
 
-def _is_main_thread() -> bool:
-    import threading
+@dataclass
+class Session:
+    """What stays fixed for one call of :func:`train`: where, on what, with which data; the log, the clock."""
 
-    return threading.current_thread() is threading.main_thread()
+    run: RunDir
+    dataset: Path = field(default_factory=Path)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    world: int = 1
+    run_config: dict = field(default_factory=dict)
+    sample_rate: int = 16000
+    train_codes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.long))
+    val_codes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.long))
+    log: MetricsWriter = field(default_factory=lambda: MetricsWriter(None))
+    clock: Callable[[], float] = time.perf_counter  # what max_minutes counts (TrainConfig.clock)
+    progress: bool = False
+    seconds_before: float = 0.0  # clock seconds of the runs this one resumes
+    started: float = 0.0  # clock reading at the start
+    last_save: float = 0.0  # time.perf_counter() at the last save of last.pt
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes the run folder; the others only train."""
+        return self.rank == 0
+
+    def elapsed(self) -> float:
+        """Clock seconds trained, resumed runs included."""
+        return self.seconds_before + self.clock() - self.started
+
+    def say(self, message: str) -> None:
+        """A line above the progress bar, from rank 0."""
+        if self.is_main:
+            tqdm.write(message)
 
 
-def _dist_info() -> tuple[int, int]:
-    if dist.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    return 0, 1
+def train(dataset: str | os.PathLike, out: str | os.PathLike, model_config: ModelConfig | None = None,
+          config: TrainConfig | None = None, *, resume: bool = False, device: str | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train a SampleRNN on a dataset folder into a run folder (layout: :mod:`samplernn_lab.rundir`).
+
+    Parameters
+    ----------
+    dataset : folder written by :func:`samplernn_lab.dataset.prepare`.
+    out : run folder: new, empty, or one the lab made without a run in it yet, unless ``resume``.
+    model_config, config : sizes and training settings (a preset's ``model`` and ``train``).
+        On resume the model config comes from the checkpoint; ``config``'s budgets apply.
+    resume : continue from ``out/checkpoints/last.pt``.
+    device : ``"cpu"``, ``"cuda"`` or None (CUDA when present).
+
+    Returns
+    -------
+    TrainResult with how it ended (``"finished"``, ``"budget"`` or ``"interrupted"``).
+    """
+    rank, world, owns_group = setup_distributed(device)
+    state, status, ended = None, None, False
+    try:
+        state, session = start(Path(dataset), RunDir(out), model_config, config or TrainConfig(), resume=resume,
+                               device=device, rank=rank, world=world, progress=progress)
+        with ExitStack() as stack:
+            if session.is_main:
+                stack.enter_context(claim_run_folder(session, resume))
+                session.log = stack.enter_context(MetricsWriter(session.run.metrics))
+            stopper = stack.enter_context(_Stop().installed())
+            while state.cfg.epochs is None or state.epoch < state.cfg.epochs:
+                status = run_epoch(state, session, stopper)
+                if status:  # a budget spent or a signal: keep the place, show the curve
+                    save(state, session)
+                    if session.is_main and state.step > 0:
+                        _loss_curve(session.run)
+                    break
+                end_of_epoch(state, session)
+        ended = True
+    finally:
+        teardown_distributed(state, world, owns_group, clean=ended)
+    return TrainResult(session.run.root, status or "finished", state.step, state.epoch, state.best_val)
 
 
-def _detach(hidden):
-    if hidden is None:
-        return None
-    return [tuple(x.detach() for x in h) if isinstance(h, tuple) else h.detach() for h in hidden]
+# ---------------------------------------------------------------------------------------------
+# one epoch, one step
 
 
-def _to(hidden, device):
-    if hidden is None:
-        return None
-    return [tuple(x.to(device) for x in h) if isinstance(h, tuple) else h.to(device) for h in hidden]
+def run_epoch(state: TrainState, session: Session, stopper: _Stop) -> str | None:
+    """Train from the state's position to the end of its epoch; returns why it stopped early, or None."""
+    cfg = state.cfg
+    batches = batch_order(session.train_codes.shape[0], cfg.batch_size, cfg.seed, state.epoch)
+    if session.world > 1:  # each rank reads its own shard of every batch
+        batches = [b[session.rank::session.world] for b in batches if len(b) >= session.world]
+    n_windows = session.train_codes.shape[1] // cfg.seq_len
+    silence = silence_code(state.model.config.q_levels)
+    bar = tqdm(total=len(batches) * n_windows, initial=state.batch * n_windows + state.window,
+               desc=f"epoch {state.epoch + 1}", unit="step", disable=not (session.progress and session.is_main))
+    try:
+        while state.batch < len(batches):
+            chunks = session.train_codes[batches[state.batch]]
+            for wi, window in windows(chunks, cfg.seq_len, state.model.lookback, silence):
+                if wi < state.window:
+                    continue
+                stop = stop_reason(state, session, stopper)
+                if stop:
+                    return stop
+                loss, grad_norm = train_step(state, window.to(session.device, non_blocking=True))
+                state.window = wi + 1
+                if state.window == n_windows:  # the batch is done: the next one starts from h0
+                    state.batch, state.window, state.hidden = state.batch + 1, 0, None
+                if not blowup_guard(state, session, loss, grad_norm):
+                    continue
+                session.log.write({"step": state.step, "epoch": state.epoch + 1, "split": "train", "nll_bits": loss,
+                                   "seconds": round(session.elapsed(), 3), "grad_norm": round(grad_norm, 4)})
+                bar.update(1)
+                bar.set_postfix(bits=f"{state.running:.3f}")
+                if time.perf_counter() - session.last_save > cfg.checkpoint_minutes * 60:
+                    save(state, session)
+            if state.window:  # a resumed position past this batch's last window
+                state.batch, state.window, state.hidden = state.batch + 1, 0, None
+    finally:
+        bar.close()
+    return None
 
 
-def _check_dataset(dataset: Path, cfg_model: ModelConfig, cfg: TrainConfig) -> dict:
-    manifest = read_manifest(dataset)
-    lb = cfg_model.lookback
-    if cfg.seq_len % lb:
-        raise LabError(f"seq_len {cfg.seq_len} must be a multiple of the top frame length {lb}")
-    if manifest["chunk_samples"] < cfg.seq_len:
-        raise LabError(f"{dataset}: chunks of {manifest['chunk_samples']} samples are shorter than one "
-                       f"window (seq_len {cfg.seq_len}); prepare longer chunks or lower seq_len")
-    if not any(c["split"] == "train" for c in manifest["chunks"]):
-        raise LabError(f"{dataset}: has no training chunks")
-    return manifest
+def train_step(state: TrainState, window: torch.Tensor) -> tuple[float, float]:
+    """One optimiser step on one window of codes, ``(B, lookback + seq_len)`` long, on the model's device.
+
+    Returns ``(loss, grad_norm)``: the window's NLL in bits per sample and the gradient norm before
+    clipping. A non-finite loss or gradient skips the update and drops the carried state; what follows is
+    :func:`blowup_guard`'s call.
+    """
+    model, opt, scaler = state.model, state.optimizer, state.scaler
+    with torch.autocast("cuda", dtype=state.amp_dtype) if state.amp_dtype is not None else nullcontext():
+        logits, new_hidden = (model if state.net is None else state.net)(window, state.hidden)
+        loss = nll_bits(logits, window[:, model.lookback:])
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), state.cfg.grad_clip))
+    loss_value = float(loss.detach())
+    if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+        state.hidden = None
+        opt.zero_grad(set_to_none=True)
+        scaler.update()
+        return loss_value, grad_norm
+    scaler.step(opt)
+    scaler.update()
+    state.hidden = _detach(new_hidden)
+    state.step += 1
+    state.running = loss_value if state.running is None else 0.98 * state.running + 0.02 * loss_value
+    return loss_value, grad_norm
+
+
+def blowup_guard(state: TrainState, session: Session, loss: float, grad_norm: float) -> bool:
+    """True for a finite step. A non-finite one is logged; ``blowup_patience`` of them in a row restore
+    ``last.pt`` (or keep the weights when there is none yet) at ``blowup_lr_factor`` times the learning rate.
+    """
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        state.blowups = 0
+        return True
+    state.blowups += 1
+    session.log.write({"event": "nonfinite", "step": state.step, "epoch": state.epoch + 1, "loss": loss,
+                       "grad_norm": grad_norm, "seconds": session.elapsed()})
+    if state.blowups >= state.cfg.blowup_patience:
+        state.lr *= state.cfg.blowup_lr_factor
+        message = _restore(state, session.run.last)
+        session.log.write({"event": "restored", "step": state.step, "lr": state.lr, "message": message})
+        session.say(f"{state.blowups} non-finite steps in a row: {message}")
+        state.blowups = 0
+    return False
+
+
+def _restore(state: TrainState, last: Path) -> str:
+    """Reload the last good weights and optimiser state at the state's (lowered) learning rate."""
+    if last.exists():
+        saved = ckpt_io.load(last)
+        state.model.load_state_dict(saved["model"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+        where = f"restored {last.name} (step {saved['step']})"
+    else:
+        where = "no checkpoint yet, kept the current weights"
+    _set_lr(state.optimizer, state.lr)
+    return f"{where}, learning rate lowered to {state.lr:.3g}"
+
+
+def stop_reason(state: TrainState, session: Session, stopper: _Stop) -> str | None:
+    """Why to stop before the next step; all ranks agree (any rank's reason stops all)."""
+    cfg = state.cfg
+    spent = (cfg.max_steps is not None and state.step >= cfg.max_steps) or (
+        cfg.max_minutes is not None and session.clock() - session.started >= cfg.max_minutes * 60)
+    flags = [spent, stopper.requested is not None]
+    if session.world > 1:
+        on = session.device if session.device.type == "cuda" else "cpu"
+        t = torch.tensor(flags, dtype=torch.float32, device=on)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        flags = [bool(v) for v in t.tolist()]
+    return "interrupted" if flags[1] else "budget" if flags[0] else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the end of an epoch: validate, keep checkpoints, render something to listen to
+
+
+def end_of_epoch(state: TrainState, session: Session) -> None:
+    """Close an epoch: validation NLL, ``epoch-NNN.pt``, ``best.pt``, ``last.pt``, a render, the curve."""
+    state.epoch += 1
+    state.batch, state.window, state.hidden = 0, 0, None
+    if session.is_main:
+        cfg, run = state.cfg, session.run
+        val = evaluate(state.model, session.val_codes, cfg.seq_len, cfg.batch_size, session.device)
+        if val is not None:
+            session.log.write({"step": state.step, "epoch": state.epoch, "split": "val", "nll_bits": val,
+                               "seconds": round(session.elapsed(), 3)})
+        weights = {"config": session.run_config, "model": state.model.state_dict(), "epoch": state.epoch,
+                   "step": state.step, "val_bits": val}
+        ckpt_io.save(weights, run.epoch_checkpoint(state.epoch))
+        if val is not None and (state.best_val is None or val < state.best_val):
+            state.best_val = val
+            ckpt_io.save(weights, run.best)
+        save(state, session)
+        for event in epoch_render(state, session):
+            session.log.write(event)
+        _loss_curve(run)
+        train_bits = state.running if state.running is not None else float("nan")
+        session.say(f"epoch {state.epoch}: step {state.step}, train {train_bits:.3f} bits"
+                    + (f", val {val:.3f} bits" if val is not None else ""))
+    if session.world > 1:
+        dist.barrier()
+
+
+def epoch_render(state: TrainState, session: Session) -> list[dict[str, Any]]:
+    """Render ``render_seconds`` after an epoch into ``RUN/renders/epoch-NNN/``; one event per file
+    (:func:`render_event`). Primed with the source's training audio unless ``render_prime_seconds`` is 0."""
+    cfg, epoch = state.cfg, state.epoch
+    if cfg.render_seconds <= 0:
+        return []
+    from .dataset import excerpts
+    from .sampling import render
+
+    prime = None
+    if cfg.render_prime_seconds > 0:
+        prime = excerpts(session.dataset, cfg.render_prime_seconds, 1, cfg.seed + epoch)
+    device = session.device if session.device.type == "cuda" else "cpu"
+    paths = render(state.model, session.run.epoch_renders(epoch), cfg.render_seconds, session.sample_rate,
+                   temperatures=[cfg.render_temperature], seed=cfg.seed + epoch, label=epoch_name(epoch),
+                   prime=prime, info={"epoch": epoch, "step": state.step, "prime_seconds": cfg.render_prime_seconds},
+                   device=device, progress=False)
+    state.model.train()
+    return [render_event(state, session, p) for p in paths]
+
+
+def render_event(state: TrainState, session: Session, path: Path) -> dict[str, Any]:
+    """The metrics event of one per-epoch render: its diagnosis (add further measures of it here)."""
+    from .analysis import diagnose
+    from .audio import load
+
+    d = diagnose(load(path)[0], session.sample_rate, _source_profile(session.dataset, session.sample_rate))
+    return {"event": "render", "epoch": state.epoch, "step": state.step, "path": str(path.relative_to(session.run.root)),
+            "category": d.category, "sentence": d.sentence,
+            "resemblance": round(d.features["resemblance"], 4), "copy_share": round(d.features["copy_share"], 4)}
+
+
+_PROFILES: dict[tuple[str, int], object] = {}
+
+
+def _source_profile(dataset: Path, sample_rate: int):
+    """The source's resemblance profile, made once per dataset and rate (every epoch's render uses it)."""
+    from .dataset import source_audio
+    from .resemblance import SourceProfile
+
+    key = (str(dataset.resolve()), sample_rate)
+    if key not in _PROFILES:
+        _PROFILES.clear()
+        _PROFILES[key] = SourceProfile(source_audio(dataset), sample_rate)
+    return _PROFILES[key]
+
+
+def save(state: TrainState, session: Session) -> None:
+    """Write ``last.pt`` (rank 0): weights, optimiser, the position of the next step, carried state, RNG."""
+    session.last_save = time.perf_counter()
+    if not session.is_main:
+        return
+    ckpt_io.save({"config": session.run_config, "model": state.model.state_dict(),
+                  "optimizer": state.optimizer.state_dict(),
+                  "position": {"epoch": state.epoch, "batch": state.batch, "window": state.window},
+                  "hidden": _detach(_to(state.hidden, "cpu")), "step": state.step, "epoch": state.epoch,
+                  "seconds": session.elapsed(), "best_val": state.best_val, "lr": state.lr,
+                  "rng": {"seed": state.cfg.seed, "torch": torch.get_rng_state()}}, session.run.last)
 
 
 @torch.no_grad()
@@ -157,291 +378,213 @@ def evaluate(model: SampleRNN, codes: torch.Tensor, seq_len: int, batch_size: in
     return total / count if count else None
 
 
-def train(dataset: str | os.PathLike, out: str | os.PathLike, model_config: ModelConfig | None = None,
-          config: TrainConfig | None = None, *, resume: bool = False, device: str | None = None,
-          progress: bool = True) -> TrainResult:
-    """Train a SampleRNN on a dataset folder into a run folder (see module docstring).
+# ---------------------------------------------------------------------------------------------
+# starting: settings, data, model, the run folder
 
-    Parameters
-    ----------
-    dataset : folder written by :func:`samplernn_lab.dataset.prepare`.
-    out : run folder. Must be new or empty unless ``resume``.
-    model_config, config : sizes and training settings (a preset's ``model`` and ``train``).
-        On resume the model config comes from the checkpoint; ``config``'s budgets apply.
-    resume : continue from ``out/checkpoints/last.pt``.
-    device : ``"cpu"``, ``"cuda"`` or None (CUDA when present).
 
-    Returns
-    -------
-    TrainResult with how it ended (``"finished"``, ``"budget"`` or ``"interrupted"``).
-    """
-    dataset, out = Path(dataset), Path(out)
-    cfg = config or TrainConfig()
-    rank, world = _dist_info()
-    owns_group = world > 1 and not dist.is_initialized()
-    if owns_group:
-        backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
-        dist.init_process_group(backend)
-    is_main = rank == 0
-
-    # --- device -------------------------------------------------------------------------------
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise LabError("--device cuda: no CUDA device is available")
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
-    else:
-        dev = torch.device(device)
-
-    # --- settings, resumed or new ---------------------------------------------------------------
-    last_path = out / "checkpoints" / "last.pt"
-    state = None
+def start(dataset: Path, run: RunDir, model_config: ModelConfig | None, cfg: TrainConfig, *, resume: bool,
+          device: str | None, rank: int, world: int, progress: bool) -> tuple[TrainState, Session]:
+    """Everything a run needs before it writes anything: settings (resumed or new), the dataset read,
+    the model built. Raises LabError for a folder that is not this run's to write, or a bad dataset."""
+    dev = pick_device(device)
+    saved = None
     if resume:
-        if not last_path.exists():
-            raise LabError(f"{out}: nothing to resume (no checkpoints/last.pt)")
-        state = ckpt_io.load(last_path)
-        saved = state["config"]
-        model_config = ModelConfig(**saved["model"])
-        budgets = {k: getattr(cfg, k) for k in ("epochs", "max_steps", "max_minutes")}
-        cfg = TrainConfig(**{**saved["train"], **budgets})
+        if not run.last.exists():
+            raise LabError(f"{run.root}: nothing to resume (no checkpoints/last.pt)")
+        saved = ckpt_io.load(run.last)
+        model_config = ModelConfig(**saved["config"]["model"])
+        budgets = {k: getattr(cfg, k) for k in ("epochs", "max_steps", "max_minutes", "clock")}
+        cfg = TrainConfig(**{**saved["config"]["train"], **budgets})
     else:
         model_config = model_config or ModelConfig()
-        if (out / "config.json").exists():
-            raise LabError(f"{out}: already holds a run (use --resume to continue it, or another --out)")
+        check_new_run(run)
     manifest = _check_dataset(dataset, model_config, cfg)
     run_config = {"model": asdict(model_config), "train": asdict(cfg), "data": manifest["settings"],
                   "dataset": str(dataset.resolve()), "sample_rate": manifest["sample_rate"],
                   "quantization": {"method": model_config.quantization, "q_levels": model_config.q_levels}}
-    if world > 1:  # every rank has checked the run folder before rank 0 writes into it
-        dist.barrier()
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.json", json.dumps(run_config, indent=1) + "\n")
-
-    # --- data, model, optimiser ------------------------------------------------------------------
     q, method = model_config.q_levels, model_config.quantization
-    train_codes = load_split(dataset, "train", q, method)
-    val_codes = load_split(dataset, "val", q, method)
+    session = Session(run, dataset, dev, rank, world, run_config, manifest["sample_rate"],
+                      load_split(dataset, "train", q, method), load_split(dataset, "val", q, method),
+                      clock=time.process_time if cfg.clock == "process" else time.perf_counter, progress=progress)
     torch.manual_seed(cfg.seed)
-    model = SampleRNN(model_config).to(dev)
+    state = new_state(SampleRNN(model_config).to(dev), cfg, dev)
+    if saved is not None:
+        session.seconds_before = resume_state(state, saved, dev)
+    state.net = wrap_distributed(state.model, dev, world)
+    session.started, session.last_save = session.clock(), time.perf_counter()
+    return state, session
+
+
+def new_state(model: SampleRNN, cfg: TrainConfig, dev: torch.device) -> TrainState:
+    """A fresh state: Adam, mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)."""
+    amp_dtype = None
+    if cfg.amp and dev.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    epoch, batch_i, window_i, step, seconds_before = 0, 0, 0, 0, 0.0
-    best_val, hidden, lr = None, None, cfg.lr
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        pos = state["position"]
-        epoch, batch_i, window_i = pos["epoch"], pos["batch"], pos["window"]
-        step, seconds_before, best_val = state["step"], state["seconds"], state.get("best_val")
-        hidden = _to(state.get("hidden"), dev)
-        lr = state["lr"]
-        torch.set_rng_state(state["rng"]["torch"])
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True)
-
-    use_amp = cfg.amp and dev.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    silence = silence_code(q)
-    metrics = open(out / "metrics.jsonl", "a") if is_main else None
-    t0 = time.perf_counter()
-    clock = time.process_time if cfg.clock == "process" else time.perf_counter
-    c0 = clock()
-    last_save = t0
-    blowups = 0
-
-    def log(record: dict[str, Any]) -> None:
-        if metrics is not None:
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
-
-    def elapsed() -> float:
-        return seconds_before + time.perf_counter() - t0
-
-    def save_last(position: tuple[int, int, int], carried) -> None:
-        if is_main:
-            ckpt_io.save({"config": run_config, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "position": {"epoch": position[0], "batch": position[1], "window": position[2]},
-                          "hidden": _detach(_to(carried, "cpu")), "step": step, "epoch": position[0],
-                          "seconds": elapsed(), "best_val": best_val, "lr": lr,
-                          "rng": {"seed": cfg.seed, "torch": torch.get_rng_state()}}, last_path)
-
-    def stop_reason() -> str | None:
-        """Why to stop before the next step; all ranks agree (any rank's reason stops all)."""
-        spent = (cfg.max_steps is not None and step >= cfg.max_steps) or (
-            cfg.max_minutes is not None and clock() - c0 >= cfg.max_minutes * 60)
-        flags = [spent, stopper.requested is not None]
-        if world > 1:
-            t = torch.tensor(flags, dtype=torch.float32, device=dev if dev.type == "cuda" else "cpu")
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flags = [bool(v) for v in t.tolist()]
-        return "interrupted" if flags[1] else "budget" if flags[0] else None
-
-    status = "finished"
-    stopper = _Stop()
-    n_windows = train_codes.shape[1] // cfg.seq_len
-    with stopper.installed():
-        while cfg.epochs is None or epoch < cfg.epochs:
-            batches = batch_order(train_codes.shape[0], cfg.batch_size, cfg.seed, epoch)
-            if world > 1:  # each rank reads its own shard of every batch
-                batches = [b[rank::world] for b in batches if len(b) >= world]
-            bar = tqdm(total=len(batches) * n_windows, initial=batch_i * n_windows + window_i,
-                       desc=f"epoch {epoch + 1}", unit="step", disable=not (progress and is_main))
-            running = None
-            stop = None
-            while batch_i < len(batches):
-                chunks = train_codes[batches[batch_i]]
-                for wi, window in windows(chunks, cfg.seq_len, model.lookback, silence):
-                    if wi < window_i:
-                        continue
-                    stop = stop_reason()
-                    if stop:
-                        break
-                    window = window.to(dev, non_blocking=True)
-                    with torch.autocast("cuda", dtype=amp_dtype) if use_amp else nullcontext():
-                        logits, new_hidden = net(window, hidden)
-                        loss = nll_bits(logits, window[:, model.lookback:])
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    loss_value = float(loss.detach())
-                    if not (math.isfinite(loss_value) and math.isfinite(float(grad_norm))):
-                        # A blow-up: skip the step, restart the state; restore after repeated ones.
-                        blowups += 1
-                        hidden = None
-                        optimizer.zero_grad(set_to_none=True)
-                        scaler.update()
-                        log({"event": "nonfinite", "step": step, "epoch": epoch + 1, "loss": loss_value,
-                             "grad_norm": float(grad_norm), "seconds": elapsed()})
-                        if blowups >= cfg.blowup_patience:
-                            lr *= cfg.blowup_lr_factor
-                            message = _restore(model, optimizer, last_path, lr)
-                            log({"event": "restored", "step": step, "lr": lr, "message": message})
-                            if is_main:
-                                tqdm.write(f"{blowups} non-finite steps in a row: {message}")
-                            blowups = 0
-                        window_i = wi + 1
-                        continue
-                    blowups = 0
-                    scaler.step(optimizer)
-                    scaler.update()
-                    hidden = _detach(new_hidden)
-                    step += 1
-                    window_i = wi + 1
-                    running = loss_value if running is None else 0.98 * running + 0.02 * loss_value
-                    log({"step": step, "epoch": epoch + 1, "split": "train", "nll_bits": loss_value,
-                         "seconds": round(elapsed(), 3), "grad_norm": round(float(grad_norm), 4)})
-                    bar.update(1)
-                    bar.set_postfix(bits=f"{running:.3f}")
-                    if time.perf_counter() - last_save > cfg.checkpoint_minutes * 60:
-                        save_last((epoch, batch_i, window_i) if window_i < n_windows else (epoch, batch_i + 1, 0),
-                                  hidden if window_i < n_windows else None)
-                        last_save = time.perf_counter()
-                if stop:
-                    break
-                batch_i, window_i, hidden = batch_i + 1, 0, None
-            bar.close()
-            if stop:
-                save_last((epoch, batch_i, window_i), hidden)
-                if is_main and step > 0:
-                    _loss_curve(out)
-                status = stop
-                break
-            # --- end of epoch: validate, keep checkpoints, render something to listen to ------
-            epoch += 1
-            batch_i, window_i, hidden = 0, 0, None
-            if is_main:
-                val = evaluate(model, val_codes, cfg.seq_len, cfg.batch_size, dev)
-                if val is not None:
-                    log({"step": step, "epoch": epoch, "split": "val", "nll_bits": val, "seconds": round(elapsed(), 3)})
-                weights = {"config": run_config, "model": model.state_dict(), "epoch": epoch, "step": step,
-                           "val_bits": val}
-                ckpt_io.save(weights, out / "checkpoints" / f"epoch-{epoch:03d}.pt")
-                if val is not None and (best_val is None or val < best_val):
-                    best_val = val
-                    ckpt_io.save(weights, out / "checkpoints" / "best.pt")
-                save_last((epoch, 0, 0), None)
-                last_save = time.perf_counter()
-                _epoch_render(model, out, dataset, epoch, step, cfg, manifest["sample_rate"], dev, log)
-                _loss_curve(out)
-                tqdm.write(f"epoch {epoch}: step {step}, train {running if running is not None else float('nan'):.3f} "
-                           f"bits" + (f", val {val:.3f} bits" if val is not None else ""))
-            if world > 1:
-                dist.barrier()
-    if metrics is not None:
-        metrics.close()
-    if world > 1:
-        dist.barrier()
-        # the DDP reducer must go before its process group, or the process can abort at exit
-        del net
-        gc.collect()
-        if owns_group:
-            dist.destroy_process_group()
-    return TrainResult(out, status, step, epoch, best_val)
+    return TrainState(model, optimizer, scaler, cfg, amp_dtype=amp_dtype, lr=cfg.lr)
 
 
-def _restore(model: SampleRNN, optimizer, last_path: Path, lr: float) -> str:
-    """Reload the last good weights and optimiser state at a lower learning rate."""
-    if last_path.exists():
-        state = ckpt_io.load(last_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        where = f"restored {last_path.name} (step {state['step']})"
-    else:
-        where = "no checkpoint yet, kept the current weights"
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return f"{where}, learning rate lowered to {lr:.3g}"
+def resume_state(state: TrainState, saved: dict[str, Any], dev: torch.device) -> float:
+    """Put a ``last.pt`` back into a fresh state; returns the seconds trained before."""
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    pos = saved["position"]
+    state.epoch, state.batch, state.window = pos["epoch"], pos["batch"], pos["window"]
+    state.step, state.best_val, state.lr = saved["step"], saved.get("best_val"), saved["lr"]
+    state.hidden = _to(saved.get("hidden"), dev)
+    _set_lr(state.optimizer, state.lr)
+    torch.set_rng_state(saved["rng"]["torch"])
+    return float(saved["seconds"])
 
 
-def _epoch_render(model: SampleRNN, out: Path, dataset: Path, epoch: int, step: int, cfg: TrainConfig,
-                  sample_rate: int, device, log) -> None:
-    if cfg.render_seconds <= 0:
+def check_new_run(run: RunDir, locked: bool = False) -> None:
+    """Refuse to start a new run where it could overwrite a run, or anything the lab did not make."""
+    if run.root.exists() and not run.root.is_dir():
+        raise LabError(f"{run.root}: exists and is not a folder")
+    if run.config.exists() and any(run.checkpoints.glob("*.pt")):
+        raise LabError(f"{run.root}: already holds a run (use --resume to continue it, or another --out)")
+    if not locked and not is_empty(run.root) and marker_kind(run.root) is None:
+        raise LabError(f"{run.root}: folder is not empty and was not made by samplernn-lab; "
+                       f"choose a new or empty --out")
+
+
+@contextmanager
+def claim_run_folder(session: Session, resume: bool) -> Iterator[RunLock]:
+    """Rank 0: make the folder, hold its lock while training, write the marker and ``config.json``.
+
+    A start that failed before its first checkpoint left ``config.json`` and a partial log only: the same
+    command starts that run again from scratch.
+    """
+    run = session.run
+    run.root.mkdir(parents=True, exist_ok=True)
+    with RunLock(run) as lock:
+        if lock.stale_pid is not None:
+            session.say(f"{run.lock}: took over a lock left by pid {lock.stale_pid}, which is gone")
+        if not resume:
+            check_new_run(run, locked=True)  # again, now that the folder is ours
+            run.metrics.unlink(missing_ok=True)
+        if marker_kind(run.root) is None:
+            write_marker(run.root, "run")
+        write_text(run.config, json.dumps(session.run_config, indent=1) + "\n")
+        yield lock
+
+
+def _check_dataset(dataset: Path, cfg_model: ModelConfig, cfg: TrainConfig) -> dict:
+    manifest = read_manifest(dataset)
+    lb = cfg_model.lookback
+    if cfg.seq_len % lb:
+        raise LabError(f"seq_len {cfg.seq_len} must be a multiple of the top frame length {lb}")
+    if manifest["chunk_samples"] < cfg.seq_len:
+        raise LabError(f"{dataset}: chunks of {manifest['chunk_samples']} samples are shorter than one "
+                       f"window (seq_len {cfg.seq_len}); prepare longer chunks or lower seq_len")
+    if not any(c["split"] == "train" for c in manifest["chunks"]):
+        raise LabError(f"{dataset}: has no training chunks")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# device and distributed set-up
+
+
+def pick_device(device: str | None) -> torch.device:
+    """``cpu``, ``cuda`` (this rank's GPU under torchrun) or None: CUDA when present."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cuda":
+        return torch.device(device)
+    if not torch.cuda.is_available():
+        raise LabError("--device cuda: no CUDA device is available")
+    dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(dev)
+    return dev
+
+
+def setup_distributed(device: str | None) -> tuple[int, int, bool]:
+    """``(rank, world size, whether this call started the process group)``: from torchrun's variables,
+    NCCL on GPUs and gloo on CPU; ``(0, 1, False)`` when not distributed."""
+    if not (dist.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        return 0, 1, False
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group("nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
+    return rank, world, owns
+
+
+def wrap_distributed(model: SampleRNN, dev: torch.device, world: int) -> torch.nn.Module:
+    """The model, or with several ranks its DistributedDataParallel wrapper (weights synced from rank 0)."""
+    if world == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True)
+
+
+def teardown_distributed(state: TrainState | None, world: int, owns_group: bool, clean: bool) -> None:
+    """Wait for all ranks (after a clean end), free the DDP reducer, then the process group if ours.
+
+    The reducer must go before its process group, or the process can abort at exit.
+    """
+    if world == 1:
         return
-    from .analysis import diagnose
-    from .audio import load
-    from .sampling import render
-
-    from .dataset import excerpts
-
-    folder = out / "renders" / f"epoch-{epoch:03d}"
-    prime = excerpts(dataset, cfg.render_prime_seconds, 1, cfg.seed + epoch) if cfg.render_prime_seconds > 0 else None
-    paths = render(model, folder, cfg.render_seconds, sample_rate, temperatures=[cfg.render_temperature],
-                   seed=cfg.seed + epoch, label=f"epoch-{epoch:03d}", prime=prime,
-                   info={"epoch": epoch, "step": step, "prime_seconds": cfg.render_prime_seconds},
-                   device=device if device.type == "cuda" else "cpu", progress=False)
-    model.train()
-    profile = _source_profile(dataset, sample_rate)
-    for p in paths:
-        d = diagnose(load(p)[0], sample_rate, profile)
-        log({"event": "render", "epoch": epoch, "step": step, "path": str(p.relative_to(out)),
-             "category": d.category, "sentence": d.sentence,
-             "resemblance": round(d.features["resemblance"], 4), "copy_share": round(d.features["copy_share"], 4)})
+    if clean:
+        dist.barrier()
+    if state is not None:
+        state.net = None
+    gc.collect()
+    if owns_group:
+        dist.destroy_process_group()
 
 
-_PROFILES: dict[tuple[str, int], object] = {}
+# ---------------------------------------------------------------------------------------------
+# small helpers
 
 
-def _source_profile(dataset: Path, sample_rate: int):
-    """The source's resemblance profile, made once per dataset and rate (every epoch's render uses it)."""
-    from .dataset import source_audio
-    from .resemblance import SourceProfile
+class _Stop:
+    """Turns SIGINT / SIGTERM into a flag the loop checks before each step (a second Ctrl-C forces)."""
 
-    key = (str(dataset.resolve()), sample_rate)
-    if key not in _PROFILES:
-        _PROFILES.clear()
-        _PROFILES[key] = SourceProfile(source_audio(dataset), sample_rate)
-    return _PROFILES[key]
+    def __init__(self) -> None:
+        self.requested: str | None = None
+
+    @contextmanager
+    def installed(self) -> Iterator[_Stop]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, frame):
+            if self.requested is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.requested = signal.Signals(signum).name
+
+        for s in old:
+            signal.signal(s, handler)
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
 
 
-def _loss_curve(out: Path) -> None:
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _detach(hidden: Hidden | None) -> Hidden | None:
+    if hidden is None:
+        return None
+    return [tuple(x.detach() for x in h) if isinstance(h, tuple) else h.detach() for h in hidden]
+
+
+def _to(hidden: Hidden | None, device) -> Hidden | None:
+    if hidden is None:
+        return None
+    return [tuple(x.to(device) for x in h) if isinstance(h, tuple) else h.to(device) for h in hidden]
+
+
+def _loss_curve(run: RunDir) -> None:
     from .figures import loss_curve
 
-    loss_curve(out / "metrics.jsonl", out / "loss.png")
+    loss_curve(run.metrics, run.loss_plot)

@@ -1,0 +1,302 @@
+"""The run folder: the one owner of its names, its metrics log and its checkpoint names.
+
+::
+
+    RUN/.samplernn-lab           marker: this folder was made by the lab (JSON: kind, version)
+    RUN/.lock                    held while a training writes here (pid inside)
+    RUN/config.json              model, train, data and quantisation settings
+    RUN/metrics.jsonl            one JSON object per line: step, epoch, split, nll_bits, seconds; events
+    RUN/checkpoints/last.pt      everything a resume needs
+    RUN/checkpoints/best.pt      weights at the best validation NLL
+    RUN/checkpoints/epoch-NNN.pt weights after epoch NNN
+    RUN/renders/epoch-NNN/*.wav  a short render after each epoch
+    RUN/loss.png                 the loss curve
+
+Imports nothing of the lab but :mod:`errors` and :mod:`files`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import LabError
+from .files import write_text
+
+MARKER = ".samplernn-lab"
+LOCK = ".lock"
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+RENDERS = "renders"
+LOSS_PLOT = "loss.png"
+
+
+def epoch_name(epoch: int) -> str:
+    """``epoch-003``: the name of epoch 3's checkpoint (without ``.pt``) and render folder."""
+    return f"epoch-{epoch:03d}"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run folder (nothing is created by making one)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    config = property(lambda self: self.root / CONFIG)
+    metrics = property(lambda self: self.root / METRICS)
+    checkpoints = property(lambda self: self.root / CHECKPOINTS)
+    last = property(lambda self: self.root / CHECKPOINTS / "last.pt")
+    best = property(lambda self: self.root / CHECKPOINTS / "best.pt")
+    loss_plot = property(lambda self: self.root / LOSS_PLOT)
+    lock = property(lambda self: self.root / LOCK)
+
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        """``RUN/checkpoints/epoch-NNN.pt``."""
+        return self.checkpoints / f"{epoch_name(epoch)}.pt"
+
+    def epoch_renders(self, epoch: int) -> Path:
+        """``RUN/renders/epoch-NNN/``, the folder of one epoch's render."""
+        return self.root / RENDERS / epoch_name(epoch)
+
+    def read_config(self) -> dict:
+        """The run's ``config.json``; LabError naming the file when it is missing or broken."""
+        try:
+            return json.loads(self.config.read_text())
+        except FileNotFoundError:
+            raise LabError(f"{self.root}: not a run folder (no {CONFIG})") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise LabError(f"{self.config}: not valid JSON ({e})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The marker: what the lab made, and so may replace
+
+
+def write_marker(folder: str | os.PathLike, kind: str) -> None:
+    """Mark ``folder`` as made by the lab (``kind``: ``"run"``, ``"dataset"``, ``"demo"``...)."""
+    from . import __version__
+
+    write_text(Path(folder) / MARKER, json.dumps({"kind": kind, "version": __version__}) + "\n")
+
+
+def marker_kind(folder: str | os.PathLike) -> str | None:
+    """The kind the lab marked ``folder`` with, or None. Runs made before the marker count as ``"run"``."""
+    folder = Path(folder)
+    try:
+        return str(json.loads((folder / MARKER).read_text())["kind"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if (folder / CONFIG).is_file() and (folder / CHECKPOINTS).is_dir():
+        return "run"
+    return None
+
+
+def is_empty(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` does not exist or holds nothing."""
+    folder = Path(folder)
+    return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics.jsonl: one writer, one reader
+
+
+class MetricsWriter:
+    """Appends one JSON object per line, flushed at once. A cut-off last line (a killed run) is dropped
+    when the file is opened again, so a broken line is only ever the last. ``path=None`` writes nothing
+    (ranks other than 0)."""
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.file = None
+        if path is not None:
+            _drop_cut_off_line(Path(path))
+            self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append ``record`` as one line."""
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _drop_cut_off_line(path: Path) -> None:
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if not data.endswith(b"\n"):
+            fh.truncate(data.rfind(b"\n") + 1)
+
+
+def iter_metrics(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for every JSON object line of a metrics file, in order.
+
+    A cut-off last line (a run still writing, or killed) is skipped; blank lines and non-objects too.
+
+    Raises
+    ------
+    LabError
+        The file is missing, or a line before the last is not JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LabError(f"{path}: no such metrics file")
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
+    for k, (lineno, line) in enumerate(numbered):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            if k == len(numbered) - 1:
+                continue
+            raise LabError(f"{path}: line {lineno} is not valid JSON") from None
+        if isinstance(obj, dict):
+            yield lineno, obj
+
+
+def read_metrics(path: str | os.PathLike, missing_ok: bool = False) -> list[dict]:
+    """Every JSON object of a metrics file (see :func:`iter_metrics`); ``[]`` for a missing file if
+    ``missing_ok``."""
+    if missing_ok and not Path(path).exists():
+        return []
+    return [obj for _, obj in iter_metrics(path)]
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint names
+
+
+def resolve(run_or_path: str | os.PathLike, which: str = "best") -> Path:
+    """A checkpoint path from a run folder and ``best``/``last``/``auto``/``epoch-NNN``, or a path as is.
+
+    ``auto`` is the epoch whose per-epoch render resembles the source most without copying it (see
+    :func:`liveliest_epoch`), else ``last``: the lab's triage choosing what to listen to first.
+    """
+    p = Path(run_or_path)
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise LabError(f"{p}: no such run folder or checkpoint file")
+    run = RunDir(p)
+    if which == "auto":
+        which = liveliest_epoch(run) or "last"
+    if which not in ("best", "last") and Path(which).is_file():
+        return Path(which)
+    name = which if which.endswith(".pt") else f"{which}.pt"
+    candidates = [run.checkpoints / name]
+    if which == "best":  # a run without validation data has no best.pt
+        candidates.append(run.last)
+    for c in candidates:
+        if c.exists():
+            return c
+    have = ", ".join(sorted(x.name for x in run.checkpoints.glob("*.pt"))) or "none"
+    raise LabError(f"{p}: no checkpoint {name!r} (train first, or pick one of {have})")
+
+
+def render_events(run: str | os.PathLike | RunDir) -> list[dict]:
+    """The per-epoch render events of a run's ``metrics.jsonl`` (a cut-off line is skipped), file order."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    try:
+        rows = read_metrics(run.metrics, missing_ok=True)
+    except LabError:
+        return []
+    return [r for r in rows if r.get("event") == "render" and "epoch" in r]
+
+
+# ``auto`` passes over epochs whose render replays more than this share of the source verbatim.
+AUTO_MAX_COPY = 0.2
+
+
+def liveliest_epoch(run: RunDir) -> str | None:
+    """The epoch ``auto`` picks from the per-epoch render events of ``metrics.jsonl`` (None: none fits).
+
+    Renders judged against their source (``resemblance`` in the event): the epoch whose render is closest
+    to the source (lowest resemblance), among those diagnosed neither silence nor a tone and copying at most
+    ``AUTO_MAX_COPY`` of it. Older runs without the measure: the latest epoch diagnosed varied.
+    """
+    events = [e for e in render_events(run) if run.epoch_checkpoint(int(e["epoch"])).exists()]
+    judged = [e for e in events if isinstance(e.get("resemblance"), (int, float))
+              and e.get("category") not in ("silence", "tone") and e.get("copy_share", 0.0) <= AUTO_MAX_COPY]
+    if judged:
+        best = min(judged, key=lambda e: (e["resemblance"], -int(e["epoch"])))
+        return epoch_name(int(best["epoch"]))
+    varied = [int(e["epoch"]) for e in events if e.get("category") == "varied"]
+    return epoch_name(max(varied)) if varied else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the lock: one training per run folder
+
+
+class RunLock:
+    """An exclusive lock on a run folder while a training writes into it (``RUN/.lock``, pid inside).
+
+    The lock is an OS file lock (``flock``) on that file: the kernel lets go of it when its process ends,
+    however it ends, so a lock file left by a killed process (kill -9) is stale and is simply taken over.
+    A second training into the same folder is refused with a LabError naming the holder's pid.
+    """
+
+    def __init__(self, run: RunDir):
+        self.path = run.lock
+        self.fd: int | None = None
+        self.stale_pid: int | None = None  # the pid a taken-over stale lock named, if any
+
+    def acquire(self) -> RunLock:
+        """Take the lock or raise LabError; see the class docstring."""
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            holder = _read_pid(self.path)
+            raise LabError(f"{self.path.parent}: another training is writing into this run folder "
+                           f"(pid {holder if holder is not None else 'unknown'}); wait for it or stop it") from None
+        self.stale_pid = _read_pid(self.path)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        """Let go of the lock (idempotent). The file stays, emptied: removing it could race a newcomer."""
+        if self.fd is None:
+            return
+        try:
+            os.ftruncate(self.fd, 0)
+        finally:
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
