@@ -49,7 +49,7 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
-    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="override preset fields")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE", help="override preset fields")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -229,7 +229,7 @@ def _add_pipeline(sub) -> None:
         p.add_argument("--seconds", type=float, default=None, help="seconds to render per stream")
         p.add_argument("--temperature", type=float, nargs="+", default=None)
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE")
+        p.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE")
         p.add_argument("--no-rescue", dest="rescue", action="store_false",
                        help="leave trapped streams (silent, steady tone) alone in the renders (default: re-prime them)")
         if verb == "batch":

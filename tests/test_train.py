@@ -96,29 +96,44 @@ def test_resumed_run_equals_uninterrupted(dataset, tmp_path):
     assert not all(torch.equal(a["model"][k], d["model"][k]) for k in a["model"])
 
 
-def test_nonfinite_steps_are_skipped_then_restored(dataset, tmp_path, monkeypatch):
-    from samplernn_lab import model as model_mod
+def blow_up(model) -> None:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
 
-    real = model_mod.SampleRNN.forward
-    calls = {"n": 0}
 
-    def flaky(self, codes, hidden=None):
-        calls["n"] += 1
-        logits, h = real(self, codes, hidden)
-        if 5 <= calls["n"] < 9:  # four blow-ups in a row
-            logits = logits * float("nan")
-        return logits, h
+def test_nonfinite_steps_are_skipped_then_restored(tmp_path):
+    """The blow-up guard, driven directly: a non-finite step is skipped, patience of them restore last.pt."""
+    from samplernn_lab.model import SampleRNN
+    from samplernn_lab.rundir import MetricsWriter, RunDir
+    from samplernn_lab.train import Session, blowup_guard, new_state, save, train_step
 
-    monkeypatch.setattr(model_mod.SampleRNN, "forward", flaky)
-    c = cfg(max_steps=20, blowup_patience=3)
-    result = train(dataset, tmp_path / "run", TINY, c, progress=False)
-    events = [m for m in metrics(tmp_path / "run") if "event" in m]
+    torch.manual_seed(0)
+    state = new_state(SampleRNN(TINY), cfg(max_steps=20, blowup_patience=3), torch.device("cpu"))
+    run = RunDir(tmp_path / "run")
+    session = Session(run, log=MetricsWriter(tmp_path / "m.jsonl"))
+    window = torch.randint(0, TINY.q_levels, (2, TINY.frame_lengths[-1] + 256))
+    loss, grad_norm = train_step(state, window)
+    assert blowup_guard(state, session, loss, grad_norm) and state.step == 1
+    save(state, session)
+    good = {k: v.clone() for k, v in state.model.state_dict().items()}
+    blow_up(state.model)  # every step from here is non-finite and skipped
+    for _ in range(4):  # four blow-ups in a row
+        loss, grad_norm = train_step(state, window)
+        assert not blowup_guard(state, session, loss, grad_norm) and state.hidden is None
+        if _ == 2:
+            assert state.blowups == 0  # the third restored last.pt
+            assert all(torch.equal(good[k], v) for k, v in state.model.state_dict().items())
+            blow_up(state.model)
+    session.log.close()
+    assert state.step == 1
+    events = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert sum(e["event"] == "nonfinite" for e in events) == 4
     restored = [e for e in events if e["event"] == "restored"]
     assert len(restored) == 1 and restored[0]["lr"] == pytest.approx(FAST.lr * 0.5)
-    assert result.step == 20
-    state = load(tmp_path / "run/checkpoints/last.pt")
-    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(FAST.lr * 0.5)
+    loss, grad_norm = train_step(state, window)  # restored again from last.pt at the next patience
+    assert state.blowups == 1
 
 
 @pytest.mark.parametrize("problem", ["no dataset", "missing chunk", "short chunks", "bad preset", "bad field"])
