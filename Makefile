@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-browser lab bench clean media
+.PHONY: setup demo test test-browser lint lab bench clean media
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ test-browser: setup
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 	$(PY) -m pip install --quiet '$(PLAYWRIGHT)'
 	$(PY) -m pytest -q -m browser tests/test_browser.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 demo: setup
 	$(VENV)/bin/samplernn-lab demo --out runs/demo

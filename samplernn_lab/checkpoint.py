@@ -65,7 +65,8 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
         raise LabError(f"{path}: refused: it holds objects other than tensors and plain values "
                        f"(opening it could run code)") from None
     except Exception as e:
-        raise LabError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})".splitlines()[0]) from None
+        detail = f"{type(e).__name__}: {str(e)[:200]}".splitlines()[0]
+        raise LabError(f"{path}: not a readable checkpoint ({detail})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise LabError(f"{path}: not a samplernn-lab checkpoint")
     return ckpt

@@ -325,8 +325,8 @@ def render_event(state: TrainState, session: Session, path: Path) -> dict[str, A
     from .audio import load
 
     d = diagnose(load(path)[0], session.sample_rate, _source_profile(session.dataset, session.sample_rate))
-    return {"event": "render", "epoch": state.epoch, "step": state.step, "path": str(path.relative_to(session.run.root)),
-            "category": d.category, "sentence": d.sentence,
+    return {"event": "render", "epoch": state.epoch, "step": state.step,
+            "path": str(path.relative_to(session.run.root)), "category": d.category, "sentence": d.sentence,
             "resemblance": round(d.features["resemblance"], 4), "copy_share": round(d.features["copy_share"], 4)}
 
 
