@@ -40,9 +40,10 @@ from tqdm.auto import tqdm
 from .errors import LabError
 from .files import atomic_path, write_text
 from .progress import MetricsTail
+from .rundir import marker_kind, write_marker
 
 CATEGORY_ORDER = {"varied": 0, "noise": 1, "tone": 2, "silence": 3, "failed": 4}
-MARKER = "batch-run.json"
+MARKER = "batch-run.json"  # which job of a batch a run folder holds (beside the lab's own mark)
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
@@ -134,6 +135,8 @@ def run_one(job: dict, options: dict) -> dict:
     if error:
         return finish({**job, "status": "failed", "error": error})
     run_dir.mkdir(parents=True, exist_ok=True)
+    if marker_kind(run_dir) is None:  # the lab's mark, so that run (and its --overwrite) know the folder
+        write_marker(run_dir, "run")
     _write_json(run_dir / MARKER, {k: job[k] for k in ("name", "source", "grid", "overrides")})
     _write_json(state_file, {**job, "state": "running", "attempt": attempt, "pid": os.getpid(),
                              "host": socket.gethostname(), "node": _ray_node(), "started": start})

@@ -379,7 +379,7 @@ def read_metrics(metrics_path: str | os.PathLike) -> list[dict]:
 
     path = Path(metrics_path)
     rows = []
-    for lineno, obj in iter_metrics(path):
+    for lineno, obj in iter_metrics(path, strict=True):
         if "nll_bits" not in obj:
             continue
         try:

@@ -109,11 +109,12 @@ def listen_controls(run: str | os.PathLike, out: str | os.PathLike | None = None
     import ipywidgets as w
     from IPython.display import display
 
+    from .rundir import RunDir
     from .sampling import render_checkpoint
 
     run = Path(run)
     out = Path(out) if out is not None else run / "renders" / "listen"
-    names = sorted(p.stem for p in (run / "checkpoints").glob("*.pt"))
+    names = sorted(p.stem for p in RunDir(run).checkpoints.glob("*.pt"))
     wide = {"description_width": "initial"}
     choose = w.Dropdown(options=names, value="best" if "best" in names else (names[-1] if names else None),
                         description="checkpoint", style=wide)

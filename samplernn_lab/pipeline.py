@@ -151,10 +151,11 @@ def _resume_training(out: Path, max_minutes: float | None, preset_minutes: float
     """
     from .checkpoint import load
 
-    last = out / "checkpoints" / "last.pt"
+    run = RunDir(out)
+    last = run.last
     if not last.exists():
-        for name in ("config.json", "metrics.jsonl"):
-            (out / name).unlink(missing_ok=True)
+        for path in (run.config, run.metrics):
+            path.unlink(missing_ok=True)
         return False, max_minutes
     budget = max_minutes if max_minutes is not None else preset_minutes
     if budget is None:
@@ -185,7 +186,7 @@ def write_summary(run_dir: Path, source: Path, preset: str, overrides: list[str]
         "source": str(source), "run": str(run_dir), "preset": preset, "overrides": overrides,
         "settings": config, "best_val_bits": min(m["nll_bits"] for m in val_rows) if val_rows else None,
         "best_val_epoch": min(val_rows, key=lambda m: m["nll_bits"])["epoch"] if val_rows else None,
-        "epochs": len(list((run_dir / "checkpoints").glob("epoch-*.pt"))),
+        "epochs": len(list(RunDir(run_dir).checkpoints.glob("epoch-*.pt"))),
         "steps": max((m.get("step", 0) for m in metrics), default=0),
         "category": categories.most_common(1)[0][0] if renders else None,
         # 0 = like another stretch of the source, 1 = like noise of its colour (median over renders)

@@ -9,11 +9,12 @@ latest epoch, step, training loss and minutes of training, which ``run``, ``batc
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
 from typing import Callable
+
+from .rundir import MetricsReader, RunDir
 
 
 class MetricsTail:
@@ -25,8 +26,8 @@ class MetricsTail:
     """
 
     def __init__(self, run_dir: str | os.PathLike):
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self._offset = 0
+        self.reader = MetricsReader(RunDir(Path(run_dir)).metrics)
+        self.path = self.reader.path
         self.epoch = 0
         self.step = 0
         self.bits: float | None = None
@@ -35,18 +36,7 @@ class MetricsTail:
 
     def read(self) -> "MetricsTail":
         """Take in the complete lines written since the last call; returns self."""
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self._offset)
-                data = fh.read()
-        except OSError:
-            return self
-        end = data.rfind(b"\n") + 1  # a line still being written waits for the next read
-        for line in data[:end].splitlines():
-            try:
-                m = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a killed process
+        for _, m in self.reader.read_new():  # a line still being written waits for the next read
             if "seconds" in m:
                 self.minutes = float(m["seconds"]) / 60
             if m.get("split") == "train":
@@ -57,12 +47,11 @@ class MetricsTail:
             elif m.get("split") == "val":
                 self.epoch = max(self.epoch, int(m.get("epoch", 0)))
                 self.val_bits = float(m["nll_bits"])
-        self._offset += end
         return self
 
     @property
     def started(self) -> bool:
-        return self._offset > 0
+        return self.reader.offset > 0
 
     def line(self) -> str:
         """``epoch 3, step 120, 2.41 bits, 1.3 min`` (``epoch`` counts finished epochs)."""

@@ -148,30 +148,70 @@ def _drop_cut_off_line(path: Path) -> None:
             fh.truncate(data.rfind(b"\n") + 1)
 
 
-def iter_metrics(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+class MetricsReader:
+    """The one reader of ``metrics.jsonl``: the whole file, or what was appended since the last look.
+
+    Only complete lines (ending in a newline) are read; a last line without one is a run still writing
+    (or one killed mid-line) and is left for the next look, unless ``final``: then it is taken if it parses
+    and skipped if cut off. A line that is not JSON is skipped, or with ``strict`` a LabError naming the
+    file and the line. Lines that are JSON but not objects are skipped.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.offset = 0  # bytes read so far (always the end of a line)
+        self.lineno = 0  # lines read so far
+
+    def read_new(self, *, strict: bool = False, final: bool = False) -> list[tuple[int, dict]]:
+        """``(line number, object)`` for each line appended since the last call; ``[]`` if no file."""
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except OSError:
+            return []
+        end = data.rfind(b"\n") + 1
+        out = [item for raw in data[:end].splitlines() if (item := self._take(raw, strict)) is not None]
+        self.offset += end
+        rest = data[end:]
+        if final and rest.strip():
+            try:
+                obj = json.loads(rest)
+            except ValueError:
+                obj = None  # cut off: skipped, whatever ``strict`` says
+            self.offset, self.lineno = self.offset + len(rest), self.lineno + 1
+            if isinstance(obj, dict):
+                out.append((self.lineno, obj))
+        return out
+
+    def _take(self, raw: bytes, strict: bool) -> tuple[int, dict] | None:
+        self.lineno += 1
+        if not raw.strip():
+            return None
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            if strict:
+                raise LabError(f"{self.path}: line {self.lineno} is not valid JSON") from None
+            return None
+        return (self.lineno, obj) if isinstance(obj, dict) else None
+
+
+def iter_metrics(path: str | os.PathLike, strict: bool = False) -> Iterator[tuple[int, dict]]:
     """``(line number, object)`` for every JSON object line of a metrics file, in order.
 
-    A cut-off last line (a run still writing, or killed) is skipped; blank lines and non-objects too.
+    A cut-off last line (a run still writing, or killed) is skipped; blank lines and non-objects too; a
+    broken line before the last is skipped too, or with ``strict`` raises (see :class:`MetricsReader`).
 
     Raises
     ------
     LabError
-        The file is missing, or a line before the last is not JSON.
+        The file is missing, or (``strict``) a line before the last is not JSON.
     """
     path = Path(path)
     if not path.is_file():
         raise LabError(f"{path}: no such metrics file")
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
-    for k, (lineno, line) in enumerate(numbered):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            if k == len(numbered) - 1:
-                continue
-            raise LabError(f"{path}: line {lineno} is not valid JSON") from None
-        if isinstance(obj, dict):
-            yield lineno, obj
+    yield from MetricsReader(path).read_new(strict=strict, final=True)
 
 
 def read_metrics(path: str | os.PathLike, missing_ok: bool = False) -> list[dict]:

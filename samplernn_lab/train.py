@@ -89,8 +89,9 @@ class Session:
     log: MetricsWriter = field(default_factory=lambda: MetricsWriter(None))
     clock: Callable[[], float] = time.perf_counter  # what max_minutes counts (TrainConfig.clock)
     progress: bool = False
-    seconds_before: float = 0.0  # clock seconds of the runs this one resumes
-    started: float = 0.0  # clock reading at the start
+    seconds_before: float = 0.0  # wall seconds of the runs this one resumes
+    started: float = 0.0  # clock reading at the start (the budget counts from here)
+    wall_started: float = 0.0  # time.perf_counter() at the start
     last_save: float = 0.0  # time.perf_counter() at the last save of last.pt
 
     @property
@@ -99,8 +100,8 @@ class Session:
         return self.rank == 0
 
     def elapsed(self) -> float:
-        """Clock seconds trained, resumed runs included."""
-        return self.seconds_before + self.clock() - self.started
+        """Wall seconds trained, resumed runs included (logged as ``seconds`` whatever the clock)."""
+        return self.seconds_before + time.perf_counter() - self.wall_started
 
     def say(self, message: str) -> None:
         """A line above the progress bar, from rank 0."""
@@ -411,7 +412,8 @@ def start(dataset: Path, run: RunDir, model_config: ModelConfig | None, cfg: Tra
     if saved is not None:
         session.seconds_before = resume_state(state, saved, dev)
     state.net = wrap_distributed(state.model, dev, world)
-    session.started, session.last_save = session.clock(), time.perf_counter()
+    session.started, session.wall_started = session.clock(), time.perf_counter()
+    session.last_save = session.wall_started
     return state, session
 
 
