@@ -26,7 +26,6 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
-
 from samplernn_lab.batch import batch, start_local_ray  # noqa: E402
 
 TINY = ["dim=16", "embed_size=8", "chunk_seconds=0.5", "copies=2", "seq_len=256", "batch_size=4",

@@ -28,7 +28,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
-
 from samplernn_lab.live import build, script  # noqa: E402
 from samplernn_lab.model import SampleRNN  # noqa: E402
 from samplernn_lab.presets import get_preset  # noqa: E402
@@ -80,7 +79,7 @@ def main() -> None:
     configs = [(p, prec, th) for p in a.presets for prec in a.precisions for th in a.threads]
     modules = {(p, prec): load_exported(p, prec, a.host_rate, a.set) for p in a.presets for prec in a.precisions}
     results: dict = {c: [] for c in configs}
-    for r in range(a.repeats):
+    for _ in range(a.repeats):
         for c in configs:
             p, prec, th = c
             # the poster is far from real time on a CPU: fewer seconds keep the run short

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import statistics
 import sys
@@ -38,7 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import report  # noqa: E402
-
 from samplernn_lab.analysis import diagnose  # noqa: E402
 from samplernn_lab.audio import dequantize, load, quantize, save  # noqa: E402
 from samplernn_lab.dataset import excerpts, load_split, prepare, windows  # noqa: E402

@@ -25,7 +25,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
-
 from samplernn_lab.audio import silence_code  # noqa: E402
 from samplernn_lab.model import SampleRNN, rescale_codes  # noqa: E402
 from samplernn_lab.presets import get_preset  # noqa: E402
@@ -97,14 +96,14 @@ def main() -> None:
         model = SampleRNN(preset.model).eval().to(a.device)
         for batch, precision in [(b, p) for b in a.batches for p in a.precisions]:
             # warm up (numba compiles once; CUDA initialises), then size each measurement to ~seconds
-            def sampler_run(n: int) -> torch.Tensor:
+            def sampler_run(n: int, model=model, batch=batch, precision=precision) -> torch.Tensor:
                 s = Sampler(model, batch, 1.0, 0, a.device, cuda_graph=graph, precision=precision)
                 return torch.cat(list(s.run(n)), 1)
 
             sampler_run(64)
             probe = rate(sampler_run, 256, batch, a.device)
             fast_n = max(256, int(probe * a.seconds / batch) // 16 * 16)
-            naive_run = lambda n: naive_generate(model, n, batch)  # noqa: E731
+            naive_run = lambda n, model=model, batch=batch: naive_generate(model, n, batch)  # noqa: E731
             naive_run(16)
             probe = rate(naive_run, 32, batch, a.device)
             naive_n = max(32, int(probe * a.seconds / batch) // 16 * 16)

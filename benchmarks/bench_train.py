@@ -25,7 +25,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
-
 from samplernn_lab.audio import silence_code  # noqa: E402
 from samplernn_lab.dataset import DataConfig, batch_order, load_split, prepare, windows  # noqa: E402
 from samplernn_lab.model import SampleRNN, nll_bits  # noqa: E402

@@ -24,7 +24,8 @@ Before measuring, the mean (DC offset) is removed and the signal is high-passed 
 render with a little DC offset classifies by its content; clipping is reported but not corrected.
 
 Frames are :func:`samplernn_lab.spectral.window_length` long, the power of two nearest 46 ms (2048
-samples at 44.1 kHz, 1024 at 16 kHz), with a hop of a quarter frame; ``noisiness`` uses frames four times longer, to resolve the harmonics of low notes.
+samples at 44.1 kHz, 1024 at 16 kHz), with a hop of a quarter frame; ``noisiness`` uses frames four times
+longer, to resolve the harmonics of low notes.
 Tuned on synthetic signals at 16 and 44.1 kHz and checked on real recordings (a drum break, a tabla
 loop, speech, wind chimes, a piano melody, a struck bell: all "varied"; a rubbed glass: "tone").
 """

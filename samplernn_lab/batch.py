@@ -30,10 +30,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -361,7 +362,7 @@ def batch(sources: Sequence[str | os.PathLike], out: str | os.PathLike, jobs: in
     todo = plan(sources, out, grid, overrides, preset)
     options = {"preset": preset, "max_minutes": max_minutes, "epochs": epochs, "seconds": seconds,
                "temperatures": list(temperatures) if temperatures else None, "seed": seed, "rescue": rescue}
-    out.mkdir(parents=True, exist_ok=True)
+    _claim_batch_out(out)
     (out / "logs").mkdir(exist_ok=True)
     _write_json(out / "batch.json", {"grid": grid, "options": options, "jobs": todo})
     runner = _Ray(None if ray is True else ray, cpus_per_run, gpus_per_run, retries) if ray is not False \
@@ -400,6 +401,19 @@ def batch(sources: Sequence[str | os.PathLike], out: str | os.PathLike, jobs: in
     failed = sum(r["status"] == "failed" for r in ordered)
     return {"ok": len(ordered) - failed, "failed": failed, "index": str(out / "index.html"),
             "csv": str(out / "summary.csv"), "results": ordered}
+
+
+def _claim_batch_out(out: Path) -> None:
+    """Make and mark ``out``; refuse one the lab did not make that holds a file the batch would overwrite
+    (its run folders are checked one by one, see :func:`_foreign`)."""
+    if marker_kind(out) != "batch" and not (out / "batch.json").is_file():  # batch.json: made before the mark
+        mine = [name for name in ("logs", "summary.csv", "index.html") if (out / name).exists()]
+        if mine:
+            raise LabError(f"{out}: holds {', '.join(mine)}, not made by samplernn-lab batch; "
+                           f"choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if marker_kind(out) is None:
+        write_marker(out, "batch")
 
 
 def _record(out: Path, todo: list[dict], results: dict, grid: dict, overall, tails: dict) -> None:

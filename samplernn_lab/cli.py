@@ -16,26 +16,41 @@ def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="make a dataset folder from source sounds (copies, offsets, chunks)")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="audio files or folders of audio files")
     p.add_argument("--out", required=True, help="dataset folder to write")
-    p.add_argument("--sample-rate", type=int, default=44100, help="Hz (default 44100)")
-    p.add_argument("--copies", type=int, default=8, help="copies of each source (default 8)")
-    p.add_argument("--chunk-seconds", type=float, default=8.0, help="chunk length in seconds (default 8)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share for validation (default 0.1)")
-    p.add_argument("--test-fraction", type=float, default=0.1, help="held-out share for test (default 0.1)")
-    p.add_argument("--gain-jitter-db", type=float, default=0.0, help="random gain per copy, +-dB (default 0)")
-    p.add_argument("--crossfade-ms", type=float, default=10.0, help="crossfade at every join (default 10 ms)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--preset", help="take the data settings of this preset (sketch, poster); default: the "
+                   "defaults below")
+    p.add_argument("--sample-rate", type=int, help="Hz (default 44100)")
+    p.add_argument("--copies", type=int, help="copies of each source (default 8)")
+    p.add_argument("--chunk-seconds", type=float, help="chunk length in seconds (default 8)")
+    p.add_argument("--val-fraction", type=float, help="held-out share for validation (default 0.1)")
+    p.add_argument("--test-fraction", type=float, help="held-out share for test (default 0.1)")
+    p.add_argument("--gain-jitter-db", type=float, help="random gain per copy, +-dB (default 0)")
+    p.add_argument("--crossfade-ms", type=float, help="crossfade at every join (default 10 ms)")
+    p.add_argument("--seed", type=int, help="(default 0)")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
+                   help="override preset fields (those of the data are used here)")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset folder made by prepare")
+
+
+_PREPARE_FLAGS = ("sample_rate", "copies", "chunk_seconds", "val_fraction", "test_fraction", "gain_jitter_db",
+                  "crossfade_ms", "seed")
+
+
+def _prepare_config(a):
+    """The data settings of ``prepare``: the preset's (or the defaults), then ``--set``, then the flags."""
+    from .config import DataConfig, Preset, apply_overrides, get_preset
+
+    preset = get_preset(a.preset) if a.preset else Preset(data=DataConfig())
+    overrides = list(a.set) + [f"data.{k}={getattr(a, k)}" for k in _PREPARE_FLAGS if getattr(a, k) is not None]
+    return apply_overrides(preset, overrides).data
 
 
 def _prepare(a) -> None:
-    from .dataset import DataConfig, prepare, read_manifest
+    from .dataset import prepare, read_manifest
 
-    cfg = DataConfig(sample_rate=a.sample_rate, copies=a.copies, chunk_seconds=a.chunk_seconds,
-                     val_fraction=a.val_fraction, test_fraction=a.test_fraction, gain_jitter_db=a.gain_jitter_db,
-                     crossfade_ms=a.crossfade_ms, seed=a.seed)
+    cfg = _prepare_config(a)
     out = prepare(a.sources, a.out, cfg, overwrite=a.overwrite)
     counts = read_manifest(out)["counts"]
-    print(f"wrote {out}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" chunks of {a.chunk_seconds:g} s")
+    print(f"wrote {out}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" chunks of {cfg.chunk_seconds:g} s")
 
 
 def _add_train(sub) -> None:
@@ -49,7 +64,8 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE", help="override preset fields")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
+                   help="override preset fields (repeatable)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -219,7 +235,8 @@ def _figures(a) -> None:
 
 def _add_pipeline(sub) -> None:
     for verb, helptext in (("run", "the notebook chain on one source: prepare, train, listen, figures"),
-                           ("batch", "one run per source and grid setting, locally or on Ray; summary.csv, index.html")):
+                           ("batch", "one run per source and grid setting, locally or on Ray; "
+                                     "summary.csv, index.html")):
         p = sub.add_parser(verb, help=helptext)
         p.add_argument("sources", nargs="+" if verb == "batch" else 1, metavar="SOURCE")
         p.add_argument("--out", required=verb == "run")
@@ -247,6 +264,9 @@ def _add_pipeline(sub) -> None:
                            help="times a run whose process, worker or node died is resumed (default 2)")
             p.add_argument("--status", action="store_true",
                            help="print the table of the batch in the folder given as SOURCE, and exit")
+        if verb == "run":
+            p.add_argument("--overwrite", action="store_true",
+                           help="replace a run that --out holds (only a folder samplernn-lab made)")
     p = sub.add_parser("demo", help="the whole chain on the bundled example, within minutes on a CPU")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--max-minutes", type=float, default=None)
@@ -262,7 +282,7 @@ def _pipeline_kwargs(a) -> dict:
 def _run(a) -> None:
     from .pipeline import run
 
-    summary = run(a.sources[0], a.out, **_pipeline_kwargs(a))
+    summary = run(a.sources[0], a.out, overwrite=a.overwrite, **_pipeline_kwargs(a))
     print(f"done: {summary['run']} (see summary.json, notebooks/ and figures/ there)")
 
 

@@ -34,6 +34,7 @@ from .augment import Piece, augment
 from .config import DataConfig
 from .errors import LabError
 from .files import plain_mode
+from .rundir import marker_kind
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
@@ -137,15 +138,13 @@ def prepare(sources: list[str | os.PathLike], out: str | os.PathLike, config: Da
     ------
     LabError
         A bad source (missing, empty, not audio, silent, NaN/inf), a directory with no audio, a
-        non-empty ``out`` without ``overwrite``, or sources too short for one chunk.
+        non-empty ``out`` that is not a dataset of the lab's, or one that is without ``overwrite``, or
+        sources too short for one chunk.
     """
     cfg = config or DataConfig()
     cfg.validate()
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LabError(f"{out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise LabError(f"{out}: folder is not empty (use --overwrite to replace it)")
+    _check_out(out, overwrite)
     loaded = [load_source(p, cfg.sample_rate) for p in find_sources(sources)]
 
     chunk = cfg.chunk_samples
@@ -207,6 +206,19 @@ def prepare(sources: list[str | os.PathLike], out: str | os.PathLike, config: Da
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """``out`` may be written: new, empty, or (with ``overwrite``) a dataset the lab made; never a folder of
+    anything else, whatever ``overwrite`` says."""
+    if out.exists() and not out.is_dir():
+        raise LabError(f"{out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        if marker_kind(out) != "dataset":
+            raise LabError(f"{out}: folder is not empty and was not made by samplernn-lab prepare; "
+                           f"choose a new or empty --out")
+        if not overwrite:
+            raise LabError(f"{out}: already holds a dataset (use --overwrite to replace it)")
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

@@ -14,7 +14,6 @@ reads 0 dB at its frequency.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re

@@ -20,15 +20,16 @@ import os
 import statistics
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from .errors import LabError
 from .files import write_text
 from .progress import Watcher
-from .rundir import CONFIG, RunDir, is_empty, marker_kind, read_metrics, write_marker
+from .rundir import MARKER, RunDir, holds_run, is_empty, marker_kind, read_metrics, replace_lab_folder, write_marker
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("01_prepare_dataset", "02_train", "03_listen", "04_poster_figures")
@@ -78,7 +79,7 @@ def run(source: str | os.PathLike, out: str | os.PathLike, preset: str = "sketch
         max_minutes: float | None = None, epochs: int | None = None, seconds: float | None = None,
         temperatures: Sequence[float] | None = None, seed: int = 0, overrides: Sequence[str] = (),
         batch_size: int = 1, checkpoint: str = "auto", prime_seconds: float = 0.25, progress: bool = True,
-        resume: bool = False, rescue: bool = True) -> dict:
+        resume: bool = False, rescue: bool = True, overwrite: bool = False) -> dict:
     """Execute the notebook chain on one source into ``out``; returns the summary (also written
     to ``out/summary.json``). See the module docstring for what lands where.
 
@@ -86,6 +87,10 @@ def run(source: str | os.PathLike, out: str | os.PathLike, preset: str = "sketch
     (recorded in ``out/chain.json``) are not run again, training continues from ``checkpoints/last.pt``
     with what is left of the minute budget, and the notebooks after training are executed again.
     While training, the progress bar shows the run's epoch, step, loss and minutes.
+
+    ``out`` must be new, empty, or a folder the lab made for a run (a previous ``run`` that failed before
+    its first checkpoint is started again). One that holds a run is refused unless ``resume`` or
+    ``overwrite`` (which replaces it); a folder the lab did not make is refused whatever is asked.
 
     Renders come from the ``auto`` checkpoint by default (the latest epoch whose per-epoch render was
     diagnosed varied, else the last), primed with ``prime_seconds`` of training audio: with one
@@ -101,13 +106,7 @@ def run(source: str | os.PathLike, out: str | os.PathLike, preset: str = "sketch
     chosen = get_preset(preset, list(overrides))  # fail early on a bad preset or field
     seconds = chosen.train.render_seconds * 2 if seconds is None else seconds
     temperatures = list(temperatures) if temperatures else [1.0, 0.9]
-    if out.exists() and (out / CONFIG).exists() and not resume:
-        raise LabError(f"{out}: already holds a run; choose another --out")
-    if not is_empty(out) and marker_kind(out) is None:
-        raise LabError(f"{out}: folder is not empty and was not made by samplernn-lab; choose a new or empty --out")
-    out.mkdir(parents=True, exist_ok=True)
-    if marker_kind(out) is None:
-        write_marker(out, "run")
+    _claim_out(out, resume, overwrite)
     chain_file = out / "chain.json"
     done = set(json.loads(chain_file.read_text())["done"]) if resume and chain_file.exists() else set()
     train_resume = False
@@ -134,13 +133,26 @@ def run(source: str | os.PathLike, out: str | os.PathLike, preset: str = "sketch
             continue  # finished before the run stopped; what comes after training is made again
         bar.set_postfix_str(name)
         if name == "02_train" and progress:
-            with Watcher(out, lambda tail: bar.set_postfix_str(f"{name}: {tail.line()}")):
+            with Watcher(out, lambda tail, name=name: bar.set_postfix_str(f"{name}: {tail.line()}")):
                 execute(nb_in / f"{name}.ipynb", nb_out / f"{name}.ipynb", params, out)
         else:
             execute(nb_in / f"{name}.ipynb", nb_out / f"{name}.ipynb", params, out)
         done.add(name)
         write_text(chain_file, json.dumps({"done": sorted(done)}) + "\n")
     return write_summary(out, source, preset, list(overrides))
+
+
+def _claim_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Check ``out`` for :func:`run` (see there), replace it when asked, make it and mark it."""
+    if not is_empty(out) and marker_kind(out) is None:
+        raise LabError(f"{out}: folder is not empty and was not made by samplernn-lab; choose a new or empty --out")
+    if holds_run(RunDir(out)) and not resume:
+        if not overwrite:
+            raise LabError(f"{out}: already holds a run; choose another --out (or --overwrite to replace it)")
+        replace_lab_folder(out, "run")
+    out.mkdir(parents=True, exist_ok=True)
+    if marker_kind(out) is None:
+        write_marker(out, "run")
 
 
 def _resume_training(out: Path, max_minutes: float | None, preset_minutes: float | None) -> tuple[bool, float | None]:
@@ -204,19 +216,34 @@ def write_summary(run_dir: Path, source: Path, preset: str, overrides: list[str]
 from .batch import CATEGORY_ORDER, batch, write_triage  # noqa: E402, F401
 
 
+def _is_demo(folder: Path) -> bool:
+    """A demo's folder: marked so, or (made before the marker) a run of the bundled example."""
+    if marker_kind(folder) == "demo":
+        return True
+    if (folder / MARKER).exists() or marker_kind(folder) != "run":
+        return False
+    try:
+        return Path(json.loads((folder / "summary.json").read_text())["source"]).name == DEMO_SOURCE
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+DEMO_SOURCE = "synth_glassbells.wav"
+
+
 def demo(out: str | os.PathLike = "runs/demo", max_minutes: float | None = None, rescue: bool = True) -> dict:
     """The chain on the bundled glass-bells example with the sketch preset, sized for a 2-core CPU
     (about four minutes in all); prints where to look."""
-    source = ROOT / "media" / "synth_glassbells.wav"
+    source = ROOT / "media" / DEMO_SOURCE
     if not source.exists():
         raise LabError(f"{source}: the bundled example is missing")
     out = Path(out)
     if not is_empty(out):  # the demo starts fresh, but replaces only a previous demo
-        if marker_kind(out) != "demo":
+        if not _is_demo(out):
             raise LabError(f"{out}: not empty and not a previous demo; choose a new or empty --out")
-        import shutil
-
-        shutil.rmtree(out)
+        if marker_kind(out) != "demo":  # a demo made before the marker
+            write_marker(out, "demo")
+        replace_lab_folder(out, "demo")
     out.mkdir(parents=True)
     write_marker(out, "demo")
     # Three minutes are about 13 epochs of this 6 s sound; much longer and the sketch model learns it by

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .rundir import MetricsReader, RunDir
 
@@ -34,7 +34,7 @@ class MetricsTail:
         self.val_bits: float | None = None
         self.minutes = 0.0
 
-    def read(self) -> "MetricsTail":
+    def read(self) -> MetricsTail:
         """Take in the complete lines written since the last call; returns self."""
         for _, m in self.reader.read_new():  # a line still being written waits for the next read
             if "seconds" in m:
@@ -74,7 +74,7 @@ class Watcher:
         while not self._stop.wait(self.interval):
             self.callback(self.tail.read())
 
-    def __enter__(self) -> "Watcher":
+    def __enter__(self) -> Watcher:
         self._thread.start()
         return self
 

@@ -191,11 +191,6 @@ class SourceProfile:
         return self.distance(render) / self.noise_distance
 
 
-def resemblance(self, render: np.ndarray) -> float:
-        """:func:`resemblance` of ``render`` (same rate as the source) against this source."""
-        return self.distance(render) / self.noise_distance
-
-
 def resemblance(render: np.ndarray, source: np.ndarray, sr: int) -> float:
     """How far a render is from its source, in units of the source's own coloured noise.
 

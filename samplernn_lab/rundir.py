@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 RENDERS = "renders"
+DATASET_MANIFEST = "manifest.json"  # a dataset folder's (samplernn_lab.dataset); here to recognise one
 LOSS_PLOT = "loss.png"
 
 
@@ -88,7 +90,12 @@ def write_marker(folder: str | os.PathLike, kind: str) -> None:
 
 
 def marker_kind(folder: str | os.PathLike) -> str | None:
-    """The kind the lab marked ``folder`` with, or None. Runs made before the marker count as ``"run"``."""
+    """The kind the lab marked ``folder`` with, or None.
+
+    Folders the lab made before the marker are recognised by what they hold: a run (``config.json`` and
+    ``checkpoints/``) counts as ``"run"``, a dataset (a ``manifest.json`` of the lab's format) as
+    ``"dataset"``.
+    """
     folder = Path(folder)
     try:
         return str(json.loads((folder / MARKER).read_text())["kind"])
@@ -96,13 +103,42 @@ def marker_kind(folder: str | os.PathLike) -> str | None:
         pass
     if (folder / CONFIG).is_file() and (folder / CHECKPOINTS).is_dir():
         return "run"
+    try:
+        if str(json.loads((folder / DATASET_MANIFEST).read_text())["format"]).startswith("samplernn-lab dataset"):
+            return "dataset"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     return None
 
 
 def is_empty(folder: str | os.PathLike) -> bool:
-    """True when ``folder`` does not exist or holds nothing."""
+    """True when ``folder`` does not exist or holds nothing but a lock file (a training killed before it
+    marked the folder)."""
     folder = Path(folder)
-    return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+    return not folder.exists() or (folder.is_dir() and all(p.name == LOCK for p in folder.iterdir()))
+
+
+def holds_run(run: RunDir) -> bool:
+    """True when ``run`` holds a run: its ``config.json`` and at least one checkpoint. A start that failed
+    before its first checkpoint does not count: the same command may start it again."""
+    return run.config.is_file() and any(run.checkpoints.glob("*.pt"))
+
+
+def replace_lab_folder(folder: str | os.PathLike, kind: str) -> None:
+    """Remove ``folder``, which must be one the lab marked ``kind`` (anything else: LabError, nothing
+    touched). It is first renamed aside, so a crash half-way leaves either the whole folder or none."""
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    if is_empty(folder):
+        return
+    if marker_kind(folder) != kind:
+        raise LabError(f"{folder}: not a {kind} folder made by samplernn-lab; it is left as it is")
+    aside = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
+    os.rmdir(aside)
+    os.replace(folder, aside)
+    shutil.rmtree(aside)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,6 +318,42 @@ def liveliest_epoch(run: RunDir) -> str | None:
         return epoch_name(int(best["epoch"]))
     varied = [int(e["epoch"]) for e in events if e.get("category") == "varied"]
     return epoch_name(max(varied)) if varied else None
+
+
+# ---------------------------------------------------------------------------------------------
+# claiming a folder for a training
+
+
+def check_new_run(run: RunDir) -> None:
+    """Refuse to start a new run where it could overwrite a run, or anything the lab did not make."""
+    if run.root.exists() and not run.root.is_dir():
+        raise LabError(f"{run.root}: exists and is not a folder")
+    if holds_run(run):
+        raise LabError(f"{run.root}: already holds a run (use --resume to continue it, or another --out)")
+    if not is_empty(run.root) and marker_kind(run.root) is None:
+        raise LabError(f"{run.root}: folder is not empty and was not made by samplernn-lab; "
+                       f"choose a new or empty --out")
+
+
+@contextmanager
+def claim(run: RunDir, run_config: dict, resume: bool, say: Callable[[str], None] = print) -> Iterator[RunLock]:
+    """Rank 0 of a training: make the folder, hold its lock while in the block, mark it, write ``config.json``.
+
+    Called once the run can start (settings checked, dataset read, model built), so a start that fails
+    earlier writes nothing; one that fails later, before its first checkpoint, leaves the marker,
+    ``config.json`` and a partial log, and the same command starts that run again from scratch.
+    """
+    run.root.mkdir(parents=True, exist_ok=True)
+    with RunLock(run) as lock:
+        if lock.stale_pid is not None:
+            say(f"{run.lock}: took over a lock left by pid {lock.stale_pid}, which is gone")
+        if not resume:
+            check_new_run(run)  # again, now that the folder is ours
+            run.metrics.unlink(missing_ok=True)
+        if marker_kind(run.root) is None:
+            write_marker(run.root, "run")
+        write_text(run.config, json.dumps(run_config, indent=1) + "\n")
+        yield lock
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,8 +11,6 @@ data, log, clock) is one :class:`Session`. The run folder's layout is :mod:`samp
 
 from __future__ import annotations
 
-import gc
-import json
 import math
 import os
 import signal
@@ -25,17 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
 from .audio import silence_code
 from .config import ModelConfig, TrainConfig
 from .dataset import batch_order, load_split, read_manifest, windows
+from .distributed import any_rank, barrier, pick_device, setup_distributed, teardown_distributed, wrap_distributed
+from .epoch_renders import epoch_render
 from .errors import LabError
-from .files import write_text
 from .model import Hidden, SampleRNN, nll_bits
-from .rundir import MetricsWriter, RunDir, RunLock, epoch_name, is_empty, marker_kind, write_marker
+from .rundir import MetricsWriter, RunDir, check_new_run, claim
 
 __all__ = ["Session", "TrainConfig", "TrainResult", "TrainState", "blowup_guard", "end_of_epoch", "evaluate",
            "save", "train", "train_step"]
@@ -134,7 +132,7 @@ def train(dataset: str | os.PathLike, out: str | os.PathLike, model_config: Mode
                                device=device, rank=rank, world=world, progress=progress)
         with ExitStack() as stack:
             if session.is_main:
-                stack.enter_context(claim_run_folder(session, resume))
+                stack.enter_context(claim(session.run, session.run_config, resume, session.say))
                 session.log = stack.enter_context(MetricsWriter(session.run.metrics))
             stopper = stack.enter_context(_Stop().installed())
             while state.cfg.epochs is None or state.epoch < state.cfg.epochs:
@@ -259,12 +257,7 @@ def stop_reason(state: TrainState, session: Session, stopper: _Stop) -> str | No
     cfg = state.cfg
     spent = (cfg.max_steps is not None and state.step >= cfg.max_steps) or (
         cfg.max_minutes is not None and session.clock() - session.started >= cfg.max_minutes * 60)
-    flags = [spent, stopper.requested is not None]
-    if session.world > 1:
-        on = session.device if session.device.type == "cuda" else "cpu"
-        t = torch.tensor(flags, dtype=torch.float32, device=on)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        flags = [bool(v) for v in t.tolist()]
+    flags = any_rank([spent, stopper.requested is not None], session.device, session.world)
     return "interrupted" if flags[1] else "budget" if flags[0] else None
 
 
@@ -289,61 +282,14 @@ def end_of_epoch(state: TrainState, session: Session) -> None:
             state.best_val = val
             ckpt_io.save(weights, run.best)
         save(state, session)
-        for event in epoch_render(state, session):
+        for event in epoch_render(state.model, run, session.dataset, session.sample_rate, cfg, state.epoch,
+                                  state.step, session.device):
             session.log.write(event)
         _loss_curve(run)
         train_bits = state.running if state.running is not None else float("nan")
         session.say(f"epoch {state.epoch}: step {state.step}, train {train_bits:.3f} bits"
                     + (f", val {val:.3f} bits" if val is not None else ""))
-    if session.world > 1:
-        dist.barrier()
-
-
-def epoch_render(state: TrainState, session: Session) -> list[dict[str, Any]]:
-    """Render ``render_seconds`` after an epoch into ``RUN/renders/epoch-NNN/``; one event per file
-    (:func:`render_event`). Primed with the source's training audio unless ``render_prime_seconds`` is 0."""
-    cfg, epoch = state.cfg, state.epoch
-    if cfg.render_seconds <= 0:
-        return []
-    from .dataset import excerpts
-    from .sampling import render
-
-    prime = None
-    if cfg.render_prime_seconds > 0:
-        prime = excerpts(session.dataset, cfg.render_prime_seconds, 1, cfg.seed + epoch)
-    device = session.device if session.device.type == "cuda" else "cpu"
-    paths = render(state.model, session.run.epoch_renders(epoch), cfg.render_seconds, session.sample_rate,
-                   temperatures=[cfg.render_temperature], seed=cfg.seed + epoch, label=epoch_name(epoch),
-                   prime=prime, info={"epoch": epoch, "step": state.step, "prime_seconds": cfg.render_prime_seconds},
-                   device=device, progress=False)
-    state.model.train()
-    return [render_event(state, session, p) for p in paths]
-
-
-def render_event(state: TrainState, session: Session, path: Path) -> dict[str, Any]:
-    """The metrics event of one per-epoch render: its diagnosis (add further measures of it here)."""
-    from .analysis import diagnose
-    from .audio import load
-
-    d = diagnose(load(path)[0], session.sample_rate, _source_profile(session.dataset, session.sample_rate))
-    return {"event": "render", "epoch": state.epoch, "step": state.step,
-            "path": str(path.relative_to(session.run.root)), "category": d.category, "sentence": d.sentence,
-            "resemblance": round(d.features["resemblance"], 4), "copy_share": round(d.features["copy_share"], 4)}
-
-
-_PROFILES: dict[tuple[str, int], object] = {}
-
-
-def _source_profile(dataset: Path, sample_rate: int):
-    """The source's resemblance profile, made once per dataset and rate (every epoch's render uses it)."""
-    from .dataset import source_audio
-    from .resemblance import SourceProfile
-
-    key = (str(dataset.resolve()), sample_rate)
-    if key not in _PROFILES:
-        _PROFILES.clear()
-        _PROFILES[key] = SourceProfile(source_audio(dataset), sample_rate)
-    return _PROFILES[key]
+    barrier(session.world)
 
 
 def save(state: TrainState, session: Session) -> None:
@@ -398,7 +344,7 @@ def start(dataset: Path, run: RunDir, model_config: ModelConfig | None, cfg: Tra
         cfg = TrainConfig(**{**saved["config"]["train"], **budgets})
     else:
         model_config = model_config or ModelConfig()
-        check_new_run(run)
+        check_new_run(run)  # before anything is read: a refusal costs nothing
     manifest = _check_dataset(dataset, model_config, cfg)
     run_config = {"model": asdict(model_config), "train": asdict(cfg), "data": manifest["settings"],
                   "dataset": str(dataset.resolve()), "sample_rate": manifest["sample_rate"],
@@ -440,38 +386,6 @@ def resume_state(state: TrainState, saved: dict[str, Any], dev: torch.device) ->
     return float(saved["seconds"])
 
 
-def check_new_run(run: RunDir, locked: bool = False) -> None:
-    """Refuse to start a new run where it could overwrite a run, or anything the lab did not make."""
-    if run.root.exists() and not run.root.is_dir():
-        raise LabError(f"{run.root}: exists and is not a folder")
-    if run.config.exists() and any(run.checkpoints.glob("*.pt")):
-        raise LabError(f"{run.root}: already holds a run (use --resume to continue it, or another --out)")
-    if not locked and not is_empty(run.root) and marker_kind(run.root) is None:
-        raise LabError(f"{run.root}: folder is not empty and was not made by samplernn-lab; "
-                       f"choose a new or empty --out")
-
-
-@contextmanager
-def claim_run_folder(session: Session, resume: bool) -> Iterator[RunLock]:
-    """Rank 0: make the folder, hold its lock while training, write the marker and ``config.json``.
-
-    A start that failed before its first checkpoint left ``config.json`` and a partial log only: the same
-    command starts that run again from scratch.
-    """
-    run = session.run
-    run.root.mkdir(parents=True, exist_ok=True)
-    with RunLock(run) as lock:
-        if lock.stale_pid is not None:
-            session.say(f"{run.lock}: took over a lock left by pid {lock.stale_pid}, which is gone")
-        if not resume:
-            check_new_run(run, locked=True)  # again, now that the folder is ours
-            run.metrics.unlink(missing_ok=True)
-        if marker_kind(run.root) is None:
-            write_marker(run.root, "run")
-        write_text(run.config, json.dumps(session.run_config, indent=1) + "\n")
-        yield lock
-
-
 def _check_dataset(dataset: Path, cfg_model: ModelConfig, cfg: TrainConfig) -> dict:
     manifest = read_manifest(dataset)
     lb = cfg_model.lookback
@@ -483,59 +397,6 @@ def _check_dataset(dataset: Path, cfg_model: ModelConfig, cfg: TrainConfig) -> d
     if not any(c["split"] == "train" for c in manifest["chunks"]):
         raise LabError(f"{dataset}: has no training chunks")
     return manifest
-
-
-# ---------------------------------------------------------------------------------------------
-# device and distributed set-up
-
-
-def pick_device(device: str | None) -> torch.device:
-    """``cpu``, ``cuda`` (this rank's GPU under torchrun) or None: CUDA when present."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device != "cuda":
-        return torch.device(device)
-    if not torch.cuda.is_available():
-        raise LabError("--device cuda: no CUDA device is available")
-    dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    torch.cuda.set_device(dev)
-    return dev
-
-
-def setup_distributed(device: str | None) -> tuple[int, int, bool]:
-    """``(rank, world size, whether this call started the process group)``: from torchrun's variables,
-    NCCL on GPUs and gloo on CPU; ``(0, 1, False)`` when not distributed."""
-    if not (dist.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1):
-        return 0, 1, False
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    owns = not dist.is_initialized()
-    if owns:
-        dist.init_process_group("nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
-    return rank, world, owns
-
-
-def wrap_distributed(model: SampleRNN, dev: torch.device, world: int) -> torch.nn.Module:
-    """The model, or with several ranks its DistributedDataParallel wrapper (weights synced from rank 0)."""
-    if world == 1:
-        return model
-    return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True)
-
-
-def teardown_distributed(state: TrainState | None, world: int, owns_group: bool, clean: bool) -> None:
-    """Wait for all ranks (after a clean end), free the DDP reducer, then the process group if ours.
-
-    The reducer must go before its process group, or the process can abort at exit.
-    """
-    if world == 1:
-        return
-    if clean:
-        dist.barrier()
-    if state is not None:
-        state.net = None
-    gc.collect()
-    if owns_group:
-        dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------------

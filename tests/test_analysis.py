@@ -9,8 +9,8 @@ import pytest
 import scipy.signal
 
 from samplernn_lab.analysis import CATEGORIES, Diagnosis, compare, diagnose, diagnose_file
-from samplernn_lab.cli import format_table
 from samplernn_lab.audio import save
+from samplernn_lab.cli import format_table
 from samplernn_lab.errors import LabError
 
 RATES = [16000, 44100]

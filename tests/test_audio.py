@@ -41,7 +41,8 @@ def test_linear_uses_fixed_range_not_min_max():
 
 def test_mulaw_resolves_quiet_signals_better():
     x = torch.from_numpy(tone(300.0, 16000, 0.5, 0.01))
-    err = {m: float((audio.dequantize(audio.quantize(x, 256, m), 256, m) - x).abs().mean()) for m in ("linear", "mulaw")}
+    err = {m: float((audio.dequantize(audio.quantize(x, 256, m), 256, m) - x).abs().mean())
+           for m in ("linear", "mulaw")}
     assert err["mulaw"] < err["linear"] / 3
 
 

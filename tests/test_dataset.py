@@ -1,4 +1,5 @@
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -194,7 +195,7 @@ def test_bad_input_one_line_error_nothing_left(case, tmp_path, make_wav, capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no dataset folder, no temporary left
 
 
-def test_non_empty_out_refused_unless_overwrite(bell_wav, tmp_path, capsys):
+def test_non_empty_out_refused_and_overwrite_replaces_only_a_dataset(bell_wav, tmp_path, capsys):
     out = tmp_path / "ds"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
@@ -202,8 +203,14 @@ def test_non_empty_out_refused_unless_overwrite(bell_wav, tmp_path, capsys):
     code, _, err = run_cli(args, capsys)
     assert code != 0 and "not empty" in err and str(out) in err
     assert [p.name for p in out.iterdir()] == ["precious.txt"]
-    code, _, _ = run_cli(args + ["--overwrite"], capsys)
-    assert code == 0 and (out / "manifest.json").exists() and not (out / "precious.txt").exists()
+    code, _, err = run_cli(args + ["--overwrite"], capsys)  # never on a folder the lab did not write (issue 11)
+    assert code == 2 and "not made by samplernn-lab" in err and [p.name for p in out.iterdir()] == ["precious.txt"]
+    (out / "precious.txt").unlink()
+    assert run_cli(args, capsys)[0] == 0
+    code, _, err = run_cli(args + ["--seed", "1"], capsys)
+    assert code != 0 and "--overwrite" in err
+    code, _, _ = run_cli(args + ["--seed", "1", "--overwrite"], capsys)
+    assert code == 0 and json.loads((out / "manifest.json").read_text())["settings"]["seed"] == 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ds")]
 
 

@@ -12,8 +12,15 @@ from matplotlib.figure import Figure
 
 from samplernn_lab.audio import save
 from samplernn_lab.errors import LabError
-from samplernn_lab.figures import (epoch_grid, loss_curve, make_epoch_grid, make_poster_figure, poster_figure,
-                                   poster_figure_files, spectrogram_db)
+from samplernn_lab.figures import (
+    epoch_grid,
+    loss_curve,
+    make_epoch_grid,
+    make_poster_figure,
+    poster_figure,
+    poster_figure_files,
+    spectrogram_db,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -160,7 +160,8 @@ def test_auto_checkpoint_resembles_the_source_most_without_copying(tmp_path):
     for name in ("epoch-001", "epoch-002", "epoch-003", "epoch-004", "last"):
         (run / "checkpoints" / f"{name}.pt").write_bytes(b"x")
     events = [(1, "varied", 0.9, 0.0), (2, "varied", 0.4, 0.0), (3, "varied", 0.2, 0.5), (4, "tone", 0.1, 0.0)]
-    rows = [{"event": "render", "epoch": e, "category": c, "resemblance": r, "copy_share": cp} for e, c, r, cp in events]
+    rows = [{"event": "render", "epoch": e, "category": c, "resemblance": r, "copy_share": cp}
+            for e, c, r, cp in events]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     # epoch 3 copies half of its source and epoch 4 is a steady tone: epoch 2 is the closest of the rest
     assert resolve(run, "auto").name == "epoch-002.pt"

@@ -8,8 +8,8 @@ import nbformat
 import pytest
 import soundfile as sf
 
-from samplernn_lab.cli import main
 from samplernn_lab.batch import batch
+from samplernn_lab.cli import main
 from samplernn_lab.pipeline import NOTEBOOKS, notebooks_dir
 from signals import bell
 
@@ -55,8 +55,8 @@ def sources(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_run(sources, tmp_path_factory):
     out = tmp_path_factory.mktemp("lab") / "run"
-    code = main(["run", str(sources / "bells.wav"), "--out", str(out), "--epochs", "2", "--max-minutes", "2", "--seconds", "0.5",
-                 "--temperature", "1.0", "0.8", "--set", *TINY])
+    code = main(["run", str(sources / "bells.wav"), "--out", str(out), "--epochs", "2", "--max-minutes", "2",
+                 "--seconds", "0.5", "--temperature", "1.0", "0.8", "--set", *TINY])
     assert code == 0
     return out
 

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import scipy.signal
-from signals import bell_peal, noise, tone
 
 from samplernn_lab.analysis import compare, diagnose
 from samplernn_lab.resemblance import SourceProfile, copy_share, phase_randomised, resemblance
+from signals import bell_peal, noise, tone
 
 SR = 16000
 

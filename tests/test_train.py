@@ -234,7 +234,7 @@ dist.destroy_process_group()
                            "--master_port", "29517", str(script), str(tmp_path / "run"), str(dataset)],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("STEPS"))
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("STEPS"))
     _, steps, _, diff = line.split()
     assert int(steps) == 6 and float(diff) == 0.0
     assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()

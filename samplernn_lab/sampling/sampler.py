@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -188,7 +188,7 @@ class Sampler:
             try:
                 self._capture()
             except RuntimeError as err:  # never lose a render to it: go on eagerly
-                warnings.warn(f"CUDA graph capture failed ({err}); sampling without graphs")
+                warnings.warn(f"CUDA graph capture failed ({err}); sampling without graphs", stacklevel=2)
                 self.use_graph = False
                 return None
         self._draw()
