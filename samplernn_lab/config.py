@@ -157,7 +157,7 @@ class TrainConfig(Checked):
 
     ``clock`` says what ``max_minutes`` counts: ``"wall"`` (elapsed time) or ``"process"`` (this process's
     CPU time, :func:`time.process_time`, all its threads: fair comparisons on a shared machine). Logged
-    ``seconds`` use the same clock.
+    ``seconds`` are wall time whatever the clock.
     """
 
     seq_len: int = _rule(1024, ge=1)

@@ -85,7 +85,7 @@ class FrameTier(nn.Module):
         return (h[0], h[1]) if self.is_lstm else h[0]
 
     def forward(self, frames: torch.Tensor, cond: torch.Tensor | None, hidden):
-        """Frames (B, S, frame_len) floats, cond (B, S, dim) or None -> ((B, S*frame_size, dim), hidden)."""
+        """Map frames (B, S, frame_len) floats, cond (B, S, dim) or None -> ((B, S*frame_size, dim), hidden)."""
         x = self.expand(frames)
         if cond is not None:
             x = x + cond
@@ -118,7 +118,7 @@ class SampleMLP(nn.Module):
         self.output = _wn(self.output, cfg.weight_norm)
 
     def forward(self, prev: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Prev codes (B, T + frame_size - 1), cond (B, T, dim) -> logits (B, T, q_levels)."""
+        """Map previous codes (B, T + frame_size - 1), cond (B, T, dim) -> logits (B, T, q_levels)."""
         e = self.embedding(prev).transpose(1, 2)
         x = F.relu(self.input(e).transpose(1, 2) + cond)
         for layer in self.hidden:
