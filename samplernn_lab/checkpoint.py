@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import warnings
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -60,8 +61,13 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint dict (on CPU) holding only tensors and plain values; errors name the file."""
     path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+        with warnings.catch_warnings():  # torch warns about some pickles: the error below says it all, on one line
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # not even a pickle the safe reader understands
+            raise LabError(f"{path}: refused: not a checkpoint the lab can read safely (damaged, or written by "
+                           f"something else)") from None
         raise LabError(f"{path}: refused: it holds objects other than tensors and plain values "
                        f"(opening it could run code)") from None
     except Exception as e:

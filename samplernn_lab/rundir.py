@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LabError
-from .files import write_text
+from .files import remove_temporaries, write_text
 
 MARKER = ".samplernn-lab"
 LOCK = ".lock"
@@ -347,6 +347,7 @@ def claim(run: RunDir, run_config: dict, resume: bool, say: Callable[[str], None
     with RunLock(run) as lock:
         if lock.stale_pid is not None:
             say(f"{run.lock}: took over a lock left by pid {lock.stale_pid}, which is gone")
+        remove_temporaries(run.root)  # what a killed training left half-written (its real files are whole)
         if not resume:
             check_new_run(run)  # again, now that the folder is ours
             run.metrics.unlink(missing_ok=True)
