@@ -100,7 +100,8 @@ def augment(
     copies : number of copies, >= 1. More are added while the result is shorter than ``min_length``.
     rng : draws each copy's offset (uniform over the stretch) and gain.
     fade : crossfade length in samples at every join.
-    gain_jitter_db : each copy's gain is drawn uniformly in [-jitter, +jitter] dB (0 = unchanged).
+    gain_jitter_db : each copy's gain is drawn uniformly in [-jitter, +jitter] dB (0 = unchanged), but never
+        louder than full scale (a source already at full scale is only ever attenuated).
     min_length : the joined stream is at least this many samples long (held-out stretches and
         short sources get extra copies to fill a chunk).
 
@@ -117,9 +118,13 @@ def augment(
     segments: list[np.ndarray] = []
     pieces: list[Piece] = []
     length, k = 0, 0
+    # a louder copy must not clip: its gain stops at full scale
+    peak = max((float(np.abs(audio[a:b]).max()) for a, b in ranges if b > a), default=0.0)
+    max_gain = 1.0 / peak if peak > 0 else 1.0
     while k < copies or length < min_length:
         offset = int(rng.integers(0, total))
         gain = float(10.0 ** (rng.uniform(-gain_jitter_db, gain_jitter_db) / 20.0)) if gain_jitter_db > 0 else 1.0
+        gain = min(gain, max(max_gain, 1.0))
         for start, stop in rotate(ranges, offset):
             n = stop - start
             pos = length - overlap(length, n, fade) if segments else 0

@@ -43,6 +43,16 @@ def test_augment_pieces_describe_the_stream():
     assert len(set(offsets.values())) == 3  # each copy is offset differently
 
 
+def test_gain_jitter_varies_copies_but_never_clips():
+    x = bell(16000, 0.5)
+    x = x / np.abs(x).max() * 0.7  # room for +3 dB, not for +6
+    stream, pieces = augment(x, [(0, len(x))], 12, np.random.default_rng(1), fade=0, gain_jitter_db=6.0)
+    gains = np.array([p.gain for p in pieces])
+    assert gains.min() < 10 ** (-3 / 20)  # some copies quieter by more than 3 dB
+    assert gains.max() == pytest.approx(1 / 0.7, rel=1e-5)  # the loudest stop at full scale
+    assert np.abs(stream).max() <= 1.0 + 1e-6
+
+
 def test_rotate_reads_a_wrapped_stretch_circularly():
     assert rotate([(70, 100), (0, 50)], 0) == [(70, 100), (0, 50)]
     assert rotate([(70, 100), (0, 50)], 10) == [(80, 100), (0, 50), (70, 80)]
