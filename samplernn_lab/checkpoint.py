@@ -66,8 +66,7 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Unsupported global" not in str(e):  # not even a pickle the safe reader understands
-            raise LabError(f"{path}: refused: not a checkpoint the lab can read safely (damaged, or written by "
-                           f"something else)") from None
+            raise LabError(f"{path}: refused: not a readable checkpoint (damaged, or written by something else)") from None
         raise LabError(f"{path}: refused: it holds objects other than tensors and plain values "
                        f"(opening it could run code)") from None
     except Exception as e:
