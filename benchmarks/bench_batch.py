@@ -28,8 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
 from samplernn_lab.batch import batch, start_local_ray  # noqa: E402
 
-TINY = ["dim=16", "embed_size=8", "chunk_seconds=0.5", "copies=2", "seq_len=256", "batch_size=4",
-        "render_seconds=0.1"]
+TINY = ["dim=16", "embed_size=8", "chunk_seconds=0.5", "copies=2", "seq_len=256", "batch_size=4", "render_seconds=0.1"]
 
 
 def sources(root: Path, n: int) -> list[Path]:
@@ -103,19 +102,34 @@ def main() -> None:
         ray.shutdown()
         cluster.shutdown()
         walls["ray 2 nodes"].append(wall)
-        print(f"ray 2 nodes ({starts['ray 2 nodes'][-1]:.1f} s start, runs on {len(nodes_used)} nodes): {wall:.1f} s",
-              flush=True)
+        print(
+            f"ray 2 nodes ({starts['ray 2 nodes'][-1]:.1f} s start, runs on {len(nodes_used)} nodes): {wall:.1f} s",
+            flush=True,
+        )
 
     base = statistics.median(walls["jobs"])
     rows = []
     for mode, w in walls.items():
         wall = statistics.median(w)
         start = f"{statistics.median(starts[mode]):.1f}" if mode in starts else "-"
-        rows.append([mode, a.runs, a.parallel, f"{wall:.1f}", f"{wall / a.runs:.1f}", start,
-                     "-" if mode == "jobs" else f"{(wall - base) / a.runs:+.1f}"])
-    report(["mode", "runs", "at once", "batch wall s", "s per run", "Ray start s", "overhead s/run vs jobs"], rows,
-           "cpu", note=f"; {'whole chain' if a.chain else 'dispatch only'}; median of {a.repeats}; "
-           f"2-node runs landed on {len(nodes_used)} nodes")
+        rows.append(
+            [
+                mode,
+                a.runs,
+                a.parallel,
+                f"{wall:.1f}",
+                f"{wall / a.runs:.1f}",
+                start,
+                "-" if mode == "jobs" else f"{(wall - base) / a.runs:+.1f}",
+            ]
+        )
+    report(
+        ["mode", "runs", "at once", "batch wall s", "s per run", "Ray start s", "overhead s/run vs jobs"],
+        rows,
+        "cpu",
+        note=f"; {'whole chain' if a.chain else 'dispatch only'}; median of {a.repeats}; "
+        f"2-node runs landed on {len(nodes_used)} nodes",
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,7 @@ def load_exported(preset: str, precision: str, host_rate: int, overrides: list[s
     return module
 
 
-def rtf(module: torch.jit.ScriptModule, seconds: float, host_rate: int, buffer: int, batch: int,
-        threads: int) -> float:
+def rtf(module: torch.jit.ScriptModule, seconds: float, host_rate: int, buffer: int, batch: int, threads: int) -> float:
     """Seconds of audio per second of wall time over about ``seconds`` of audio, after a warm-up."""
     torch.set_num_threads(threads)
     x = torch.ones(batch, 1, buffer)
@@ -92,9 +91,18 @@ def main() -> None:
         pre = get_preset(p, a.set)
         med = statistics.median(results[c])
         model_rate = pre.data.sample_rate
-        rows.append([p, f"{pre.model.dim}/{pre.model.n_rnn}", f"{model_rate // 1000} kHz", prec, th,
-                     f"{med:.2f}x", f"{med * model_rate * a.batch:,.0f}",
-                     f"{min(results[c]):.2f}-{max(results[c]):.2f}"])
+        rows.append(
+            [
+                p,
+                f"{pre.model.dim}/{pre.model.n_rnn}",
+                f"{model_rate // 1000} kHz",
+                prec,
+                th,
+                f"{med:.2f}x",
+                f"{med * model_rate * a.batch:,.0f}",
+                f"{min(results[c]):.2f}-{max(results[c]):.2f}",
+            ]
+        )
     if a.profile:
         from torch.profiler import profile
 
@@ -106,9 +114,21 @@ def main() -> None:
                     modules[(p, prec)](torch.ones(a.batch, 1, a.buffer))
             print(f"\n{c}\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     torch.set_num_threads(threads0)
-    report(["preset", "dim/GRU layers", "model rate", "precision", "threads", "real-time factor",
-            "model samples/s", "range"], rows, "cpu",
-           f"; host {a.host_rate} Hz, {a.buffer}-sample buffers, batch {a.batch}; median of {a.repeats}")
+    report(
+        [
+            "preset",
+            "dim/GRU layers",
+            "model rate",
+            "precision",
+            "threads",
+            "real-time factor",
+            "model samples/s",
+            "range",
+        ],
+        rows,
+        "cpu",
+        f"; host {a.host_rate} Hz, {a.buffer}-sample buffers, batch {a.batch}; median of {a.repeats}",
+    )
 
 
 if __name__ == "__main__":

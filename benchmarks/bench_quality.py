@@ -71,7 +71,7 @@ def reference_loop(dataset: Path, out: Path, preset, budgets: list[float], on_bu
             hidden = None
             for _, window in windows(codes[idx], seq, model.lookback, silence):
                 logits, hidden = model(window, hidden)
-                loss = nll_bits(logits, window[:, model.lookback:])
+                loss = nll_bits(logits, window[:, model.lookback :])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -100,12 +100,22 @@ def lab_loop(dataset: Path, out: Path, preset, budgets: list[float], on_budget) 
         val = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
         model, _ = load_model(out, "auto")
         # with one short held-out chunk, validation swings by bits from epoch to epoch: report the best too
-        on_budget(minutes, model, val[-1]["nll_bits"] if val else None,
-                  min(v["nll_bits"] for v in val) if val else None)
+        on_budget(
+            minutes, model, val[-1]["nll_bits"] if val else None, min(v["nll_bits"] for v in val) if val else None
+        )
 
 
-def evaluate_renders(model: SampleRNN, dataset: Path, profile: SourceProfile, source: np.ndarray, sr: int,
-                     temperature: float, seed: int, sampling: dict, keep: Path) -> dict:
+def evaluate_renders(
+    model: SampleRNN,
+    dataset: Path,
+    profile: SourceProfile,
+    source: np.ndarray,
+    sr: int,
+    temperature: float,
+    seed: int,
+    sampling: dict,
+    keep: Path,
+) -> dict:
     from samplernn_lab.sample import generate
 
     prime = excerpts(dataset, PRIME_SECONDS, STREAMS, seed)
@@ -115,11 +125,18 @@ def evaluate_renders(model: SampleRNN, dataset: Path, profile: SourceProfile, so
     keep.mkdir(parents=True, exist_ok=True)
     for i, a in enumerate(audio):  # to listen to and to draw
         save(keep / f"stream-{i}.wav", a, sr)
-    rows = [{"resemblance": profile.resemblance(a), "copy": copy_share(a, source, sr),
-             "category": diagnose(a, sr).category} for a in audio]
+    rows = [
+        {"resemblance": profile.resemblance(a), "copy": copy_share(a, source, sr), "category": diagnose(a, sr).category}
+        for a in audio
+    ]
     res = [r["resemblance"] for r in rows]
-    return {"resemblance": statistics.median(res), "res_min": min(res), "res_max": max(res),
-            "copy": max(r["copy"] for r in rows), "categories": [r["category"] for r in rows]}
+    return {
+        "resemblance": statistics.median(res),
+        "res_min": min(res),
+        "res_max": max(res),
+        "copy": max(r["copy"] for r in rows),
+        "categories": [r["category"] for r in rows],
+    }
 
 
 def one_training(job: dict) -> list[dict]:
@@ -133,10 +150,24 @@ def one_training(job: dict) -> list[dict]:
 
     def on_budget(minutes, model, val_bits, best_val_bits):
         t = time.process_time()
-        row = {"source": Path(job["source"]).stem, "loop": job["loop"], "minutes": minutes, "val_bits": val_bits,
-               "best_val_bits": best_val_bits,
-               **evaluate_renders(model, dataset, profile, source, sr, job["temperature"], job["seed"],
-                                  job["sampling"], Path(job["run"]) / f"eval-{minutes:g}min")}
+        row = {
+            "source": Path(job["source"]).stem,
+            "loop": job["loop"],
+            "minutes": minutes,
+            "val_bits": val_bits,
+            "best_val_bits": best_val_bits,
+            **evaluate_renders(
+                model,
+                dataset,
+                profile,
+                source,
+                sr,
+                job["temperature"],
+                job["seed"],
+                job["sampling"],
+                Path(job["run"]) / f"eval-{minutes:g}min",
+            ),
+        }
         row["eval_seconds"] = time.process_time() - t
         results.append(row)
         print(json.dumps(row), flush=True)
@@ -175,11 +206,20 @@ def main(argv: list[str] | None = None) -> None:
             prepare([src], ds, preset.data, progress=False)
         for loop in a.loops:
             run = out / "runs" / f"{src.stem}-{loop}-{time.strftime('%H%M%S')}"
-            jobs.append({"source": str(src), "dataset": str(ds), "run": str(run), "loop": loop,
-                         "overrides": a.set, "budgets": sorted(a.minutes),
-                         "temperature": CHAIN_TEMPERATURE if a.temperature is None else a.temperature,
-                         "top_p": a.top_p, "seed": a.seed,
-                         "sampling": {} if a.top_p is None else {"top_p": a.top_p}})
+            jobs.append(
+                {
+                    "source": str(src),
+                    "dataset": str(ds),
+                    "run": str(run),
+                    "loop": loop,
+                    "overrides": a.set,
+                    "budgets": sorted(a.minutes),
+                    "temperature": CHAIN_TEMPERATURE if a.temperature is None else a.temperature,
+                    "top_p": a.top_p,
+                    "seed": a.seed,
+                    "sampling": {} if a.top_p is None else {"top_p": a.top_p},
+                }
+            )
     with mp.get_context("spawn").Pool(a.jobs) as pool:
         rows = [r for rs in pool.imap(one_training, jobs) for r in rs]
     (out / "results.jsonl").parent.mkdir(parents=True, exist_ok=True)
@@ -188,27 +228,46 @@ def main(argv: list[str] | None = None) -> None:
 
     table = []
     for r in sorted(rows, key=lambda r: (r["source"], r["minutes"], r["loop"])):
-        ref = next((x for x in rows if x["source"] == r["source"] and x["minutes"] == r["minutes"]
-                    and x["loop"] == "reference"), None)
-        table.append({
-            "source": r["source"], "min": f"{r['minutes']:g}", "loop": r["loop"],
-            "val bits": "-" if r["val_bits"] is None else f"{r['val_bits']:.3f}",
-            "best val": "-" if r.get("best_val_bits") is None else f"{r['best_val_bits']:.3f}",
-            "vs ref": "-" if r["loop"] == "reference" or not ref or ref["val_bits"] is None or r["val_bits"] is None
-            else f"{r['val_bits'] - ref['val_bits']:+.3f}",
-            "resemblance": f"{r['resemblance']:.2f} ({r['res_min']:.2f}-{r['res_max']:.2f})",
-            "copy": f"{r['copy']:.0%}",
-            "categories": " ".join(sorted(r["categories"])),
-        })
+        ref = next(
+            (
+                x
+                for x in rows
+                if x["source"] == r["source"] and x["minutes"] == r["minutes"] and x["loop"] == "reference"
+            ),
+            None,
+        )
+        table.append(
+            {
+                "source": r["source"],
+                "min": f"{r['minutes']:g}",
+                "loop": r["loop"],
+                "val bits": "-" if r["val_bits"] is None else f"{r['val_bits']:.3f}",
+                "best val": "-" if r.get("best_val_bits") is None else f"{r['best_val_bits']:.3f}",
+                "vs ref": "-"
+                if r["loop"] == "reference" or not ref or ref["val_bits"] is None or r["val_bits"] is None
+                else f"{r['val_bits'] - ref['val_bits']:+.3f}",
+                "resemblance": f"{r['resemblance']:.2f} ({r['res_min']:.2f}-{r['res_max']:.2f})",
+                "copy": f"{r['copy']:.0%}",
+                "categories": " ".join(sorted(r["categories"])),
+            }
+        )
     for loop in a.loops:
         for minutes in sorted(a.minutes):
             res = [r["resemblance"] for r in rows if r["loop"] == loop and r["minutes"] == minutes]
             if res:
-                table.append({"source": "MEDIAN", "min": f"{minutes:g}", "loop": loop,
-                              "resemblance": f"{statistics.median(res):.2f}"})
+                table.append(
+                    {
+                        "source": "MEDIAN",
+                        "min": f"{minutes:g}",
+                        "loop": loop,
+                        "resemblance": f"{statistics.median(res):.2f}",
+                    }
+                )
     headers = ["source", "min", "loop", "val bits", "best val", "vs ref", "resemblance", "copy", "categories"]
-    note = (f"; sketch {' '.join(a.set) or '(as shipped)'}; budgets in CPU minutes of one thread; "
-            f"T={jobs[0]['temperature'] if jobs else '-'}" + (f", top-p {a.top_p}" if a.top_p else ""))
+    note = (
+        f"; sketch {' '.join(a.set) or '(as shipped)'}; budgets in CPU minutes of one thread; "
+        f"T={jobs[0]['temperature'] if jobs else '-'}" + (f", top-p {a.top_p}" if a.top_p else "")
+    )
     report(headers, [[r.get(h, "") for h in headers] for r in table], "cpu", note)
 
 

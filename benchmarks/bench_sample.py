@@ -43,13 +43,13 @@ def naive_generate(model: SampleRNN, n: int, batch: int) -> torch.Tensor:
         for k, tier in enumerate(model.tiers):
             frame_len = tier.frame_len
             if i % frame_len == 0:
-                frames = rescale_codes(seq[:, t - frame_len:t], q).unsqueeze(1)
+                frames = rescale_codes(seq[:, t - frame_len : t], q).unsqueeze(1)
                 upper = None
                 if k > 0:
                     above = model.tiers[k - 1]
                     upper = conds[k - 1][:, (i % above.frame_len) // frame_len].unsqueeze(1)
                 conds[k], hidden[k] = tier(frames, upper, hidden[k])
-        logits = model.mlp(seq[:, t - fs:t], conds[-1][:, i % fs].unsqueeze(1))
+        logits = model.mlp(seq[:, t - fs : t], conds[-1][:, i % fs].unsqueeze(1))
         seq[:, t] = torch.multinomial(torch.softmax(logits[:, 0], -1), 1)[:, 0]
     return seq[:, lb:]
 
@@ -84,8 +84,13 @@ def main() -> None:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16, 128])
     ap.add_argument("--no-graph", action="store_true", help="CUDA: sample without CUDA graphs")
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="override preset fields")
-    ap.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16", "int8"],
-                    help="weight precisions of the lab's sampler to measure (default fp32)")
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["fp32"],
+        choices=["fp32", "bf16", "int8"],
+        help="weight precisions of the lab's sampler to measure (default fp32)",
+    )
     a = ap.parse_args()
     torch.manual_seed(0)
     graph = not a.no_graph
@@ -113,11 +118,34 @@ def main() -> None:
                 naive.append(rate(naive_run, naive_n, batch, a.device))
             fast, naive = statistics.median(fast), statistics.median(naive)
             lab = path(Sampler(model, batch, 1.0, 0, a.device, cuda_graph=graph, precision=precision))
-            rows.append([name, batch, precision, lab, f"{naive:,.0f}", f"{fast:,.0f}", f"{fast / naive:.1f}x",
-                         f"{fast / sr:.2f}x at {sr // 1000} kHz"])
+            rows.append(
+                [
+                    name,
+                    batch,
+                    precision,
+                    lab,
+                    f"{naive:,.0f}",
+                    f"{fast:,.0f}",
+                    f"{fast / naive:.1f}x",
+                    f"{fast / sr:.2f}x at {sr // 1000} kHz",
+                ]
+            )
             print(rows[-1], flush=True)
-    report(["preset", "batch", "precision", "lab path", "naive samples/s", "lab samples/s", "speed-up", "real time (all streams)"],
-           rows, a.device, f"; median of {a.repeats}")
+    report(
+        [
+            "preset",
+            "batch",
+            "precision",
+            "lab path",
+            "naive samples/s",
+            "lab samples/s",
+            "speed-up",
+            "real time (all streams)",
+        ],
+        rows,
+        a.device,
+        f"; median of {a.repeats}",
+    )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def reference_loop(model: SampleRNN, codes: torch.Tensor, cfg, steps: int, devic
             for _, window in windows(codes[idx], cfg.seq_len, model.lookback, silence):
                 window = window.to(device)
                 logits, hidden = model(window, hidden)
-                loss = nll_bits(logits, window[:, model.lookback:])
+                loss = nll_bits(logits, window[:, model.lookback :])
                 opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -98,7 +98,7 @@ def activation_bytes(model: SampleRNN, batch: int, seq_len: int, device) -> int:
     codes = torch.randint(0, model.config.q_levels, (batch, model.lookback + seq_len), device=device)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         logits, _ = model(codes)
-        loss = nll_bits(logits, codes[:, model.lookback:])
+        loss = nll_bits(logits, codes[:, model.lookback :])
     del loss, logits
     return sum(storages.values())
 
@@ -124,12 +124,23 @@ def main() -> None:
             ref = reference_loop(SampleRNN(preset.model).to(dev), codes, preset.train, steps, dev)
             lab = lab_loop(dataset, preset, steps, a.device)
         per_step = preset.train.batch_size * preset.train.seq_len
-        rows.append([name, preset.train.batch_size, steps, f"{per_step * steps / ref:,.0f}",
-                     f"{per_step * steps / lab:,.0f}", f"{ref / lab:.2f}x",
-                     f"{lab / steps:.3f}"])
+        rows.append(
+            [
+                name,
+                preset.train.batch_size,
+                steps,
+                f"{per_step * steps / ref:,.0f}",
+                f"{per_step * steps / lab:,.0f}",
+                f"{ref / lab:.2f}x",
+                f"{lab / steps:.3f}",
+            ]
+        )
         print(rows[-1], flush=True)
-    report(["preset", "batch", "steps", "reference samples/s", "lab samples/s", "lab / reference", "lab s/step"],
-           rows, a.device)
+    report(
+        ["preset", "batch", "steps", "reference samples/s", "lab samples/s", "lab / reference", "lab s/step"],
+        rows,
+        a.device,
+    )
 
     # Memory of the poster preset at batch 128: weights + gradients + Adam state + saved activations.
     poster = get_preset("poster")
@@ -138,24 +149,28 @@ def main() -> None:
     small, large = (activation_bytes(model, b, poster.train.seq_len, dev) for b in (2, 8))
     act = large + (large - small) / 6 * (poster.train.batch_size - 8)  # linear in the batch
     states = n_params * 4 * 4  # weights, gradients, Adam's two moments (fp32)
-    gib = 1024 ** 3
+    gib = 1024**3
     print()
-    print(f"poster preset at batch {poster.train.batch_size}: {n_params / 1e6:.1f} M parameters; "
-          f"weights+grads+Adam {states / gib:.2f} GiB; saved activations {act / gib:.2f} GiB in fp32 "
-          f"(measured at batch 2 and 8, extrapolated linearly); total about {(states + act) / gib:.2f} GiB fp32, "
-          f"{(states + act / 2) / gib:.2f} GiB with 16-bit autocast activations")
+    print(
+        f"poster preset at batch {poster.train.batch_size}: {n_params / 1e6:.1f} M parameters; "
+        f"weights+grads+Adam {states / gib:.2f} GiB; saved activations {act / gib:.2f} GiB in fp32 "
+        f"(measured at batch 2 and 8, extrapolated linearly); total about {(states + act) / gib:.2f} GiB fp32, "
+        f"{(states + act / 2) / gib:.2f} GiB with 16-bit autocast activations"
+    )
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         opt = torch.optim.Adam(model.parameters())
         codes = torch.randint(0, 256, (poster.train.batch_size, model.lookback + poster.train.seq_len), device=dev)
         with torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16):
             logits, _ = model(codes)
-            loss = nll_bits(logits, codes[:, model.lookback:])
+            loss = nll_bits(logits, codes[:, model.lookback :])
         loss.backward()
         opt.step()
         torch.cuda.synchronize()
-        print(f"measured peak CUDA memory for one poster step at batch 128: "
-              f"{torch.cuda.max_memory_allocated() / gib:.2f} GiB")
+        print(
+            f"measured peak CUDA memory for one poster step at batch 128: "
+            f"{torch.cuda.max_memory_allocated() / gib:.2f} GiB"
+        )
 
 
 if __name__ == "__main__":

@@ -106,9 +106,7 @@ def make_glassbells(rng: np.random.Generator) -> np.ndarray:
             tau = base_tau / ratio**0.9  # higher partials decay faster
             beat = rng.uniform(0.3, 2.0)  # slight doublet -> gentle beating
             ph1, ph2 = rng.uniform(0, 2 * np.pi, 2)
-            partial = 0.6 * np.sin(2 * np.pi * f * tt + ph1) + 0.4 * np.sin(
-                2 * np.pi * (f + beat) * tt + ph2
-            )
+            partial = 0.6 * np.sin(2 * np.pi * f * tt + ph1) + 0.4 * np.sin(2 * np.pi * (f + beat) * tt + ph2)
             tone += amp * rng.uniform(0.8, 1.2) * np.exp(-tt / tau) * partial
         attack = np.minimum(1.0, tt / 0.0015)  # 1.5 ms attack
         tone *= attack

@@ -29,5 +29,18 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["DataConfig", "LabError", "ModelConfig", "Preset", "SampleRNN", "TrainConfig", "compare", "diagnose",
-           "generate", "get_preset", "prepare", "render", "train"]
+__all__ = [
+    "DataConfig",
+    "LabError",
+    "ModelConfig",
+    "Preset",
+    "SampleRNN",
+    "TrainConfig",
+    "compare",
+    "diagnose",
+    "generate",
+    "get_preset",
+    "prepare",
+    "render",
+    "train",
+]

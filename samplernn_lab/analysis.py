@@ -132,8 +132,7 @@ class Diagnosis:
 
     def to_dict(self) -> dict:
         """``{"category", "sentence", **features}`` with plain Python floats (JSON-serialisable)."""
-        return {"category": self.category, "sentence": self.sentence,
-                **{k: float(v) for k, v in self.features.items()}}
+        return {"category": self.category, "sentence": self.sentence, **{k: float(v) for k, v in self.features.items()}}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -173,7 +172,7 @@ def _block_features(frames: np.ndarray, window: np.ndarray, sr: int, n_fft: int,
     """Per-frame features of one block; ``frames`` is (n_fft, n_frames). Returns arrays of (n_frames,)."""
     import scipy.ndimage
 
-    level = 10.0 * np.log10(np.maximum(np.mean(frames ** 2, axis=0), 1e-12))
+    level = 10.0 * np.log10(np.maximum(np.mean(frames**2, axis=0), 1e-12))
     power = np.abs(np.fft.rfft(frames * window[:, None], axis=0)) ** 2
     power = power[lo_bin:]  # ignore DC and rumble
     n_bins, n_frames = power.shape
@@ -210,8 +209,7 @@ def _block_features(frames: np.ndarray, window: np.ndarray, sr: int, n_fft: int,
 
     freqs = (np.arange(n_bins) + lo_bin) * sr / n_fft
     centroid = (freqs[:, None] * power).sum(axis=0) / total
-    return {"level": level, "flatness": flatness, "dominance": dominance,
-            "dominant": dominant, "centroid": centroid}
+    return {"level": level, "flatness": flatness, "dominance": dominance, "dominant": dominant, "centroid": centroid}
 
 
 def _noisiness(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
@@ -226,8 +224,8 @@ def _noisiness(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
     lo_bin = max(1, int(math.ceil(FMIN_HZ * n_long / sr)))
     noisiness, levels = [], []
     for i in range(0, framed.shape[1], _BLOCK_FRAMES // 4):
-        block = framed[:, i:i + _BLOCK_FRAMES // 4]
-        levels.append(10.0 * np.log10(np.maximum(np.mean(block ** 2, axis=0), 1e-12)))
+        block = framed[:, i : i + _BLOCK_FRAMES // 4]
+        levels.append(10.0 * np.log10(np.maximum(np.mean(block**2, axis=0), 1e-12)))
         power = np.abs(np.fft.rfft(block * window[:, None], axis=0)) ** 2
         num = np.zeros(block.shape[1])
         for a, b in _octave_bands(power.shape[0], lo_bin):
@@ -243,8 +241,10 @@ def _frame_features(y: np.ndarray, sr: int) -> dict:
     framed = frames(y, n_fft, n_fft // 4)  # (n_fft, n_frames), a view
     window = np.hanning(n_fft)
     lo_bin = max(1, int(math.ceil(FMIN_HZ * n_fft / sr)))
-    parts = [_block_features(framed[:, i:i + _BLOCK_FRAMES], window, sr, n_fft, lo_bin)
-             for i in range(0, framed.shape[1], _BLOCK_FRAMES)]
+    parts = [
+        _block_features(framed[:, i : i + _BLOCK_FRAMES], window, sr, n_fft, lo_bin)
+        for i in range(0, framed.shape[1], _BLOCK_FRAMES)
+    ]
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
@@ -264,8 +264,9 @@ def onset_times(audio: np.ndarray, sr: int) -> np.ndarray:
         return np.zeros(0)
     env = librosa.onset.onset_strength(y=y, sr=sr, n_fft=n_fft, hop_length=hop)
     env[: n_fft // hop + 1] = 0.0  # the first frame rises from librosa's zero padding: not an attack
-    return librosa.onset.onset_detect(onset_envelope=env, sr=sr, hop_length=hop, units="time",
-                                      normalize=False, delta=ONSET_DELTA_DB)
+    return librosa.onset.onset_detect(
+        onset_envelope=env, sr=sr, hop_length=hop, units="time", normalize=False, delta=ONSET_DELTA_DB
+    )
 
 
 def features(audio: np.ndarray, sr: int) -> dict[str, float]:
@@ -323,20 +324,31 @@ def features(audio: np.ndarray, sr: int) -> dict[str, float]:
     silent = loud < SILENCE_DBFS
     onset_rate = 0.0 if silent else len(onset_times(y, sr)) / out["duration_s"]
     if loud <= _FLOOR_DB:  # digital silence: spectral shape and pitch are undefined, report zeros
-        return {**out, "loud_dbfs": loud, "level_spread_db": 0.0, "spectral_flatness": 0.0, "noisiness": 0.0,
-                "tonal_dominance": 0.0, "centroid_hz": 0.0, "dominant_hz": 0.0, "pitch_stability": 0.0,
-                "onset_rate": 0.0}
-    out.update({
-        "loud_dbfs": loud,
-        "level_spread_db": float(np.percentile(level, 90) - np.percentile(level, 10)),
-        "spectral_flatness": float(np.median(ff["flatness"][active])),
-        "noisiness": float(np.median(noisiness[long_active])),
-        "tonal_dominance": float(np.median(ff["dominance"][active])),
-        "centroid_hz": float(np.median(ff["centroid"][active])),
-        "dominant_hz": f_med,
-        "pitch_stability": float(np.mean(near)),
-        "onset_rate": float(onset_rate),
-    })
+        return {
+            **out,
+            "loud_dbfs": loud,
+            "level_spread_db": 0.0,
+            "spectral_flatness": 0.0,
+            "noisiness": 0.0,
+            "tonal_dominance": 0.0,
+            "centroid_hz": 0.0,
+            "dominant_hz": 0.0,
+            "pitch_stability": 0.0,
+            "onset_rate": 0.0,
+        }
+    out.update(
+        {
+            "loud_dbfs": loud,
+            "level_spread_db": float(np.percentile(level, 90) - np.percentile(level, 10)),
+            "spectral_flatness": float(np.median(ff["flatness"][active])),
+            "noisiness": float(np.median(noisiness[long_active])),
+            "tonal_dominance": float(np.median(ff["dominance"][active])),
+            "centroid_hz": float(np.median(ff["centroid"][active])),
+            "dominant_hz": f_med,
+            "pitch_stability": float(np.mean(near)),
+            "onset_rate": float(onset_rate),
+        }
+    )
     return out
 
 
@@ -348,11 +360,18 @@ def categorize(f: dict[str, float]) -> str:
     """The decision list of the module docstring, applied to a :func:`features` dict."""
     if f["loud_dbfs"] < SILENCE_DBFS:
         return "silence"
-    if (f["tonal_dominance"] >= TONE_MIN_DOMINANCE and f["pitch_stability"] >= TONE_MIN_PITCH_STABILITY
-            and f["level_spread_db"] <= TONE_MAX_LEVEL_SPREAD_DB and f["onset_rate"] <= TONE_MAX_ONSET_RATE):
+    if (
+        f["tonal_dominance"] >= TONE_MIN_DOMINANCE
+        and f["pitch_stability"] >= TONE_MIN_PITCH_STABILITY
+        and f["level_spread_db"] <= TONE_MAX_LEVEL_SPREAD_DB
+        and f["onset_rate"] <= TONE_MAX_ONSET_RATE
+    ):
         return "tone"
-    if (f["noisiness"] >= NOISE_MIN_NOISINESS and f["level_spread_db"] <= NOISE_MAX_LEVEL_SPREAD_DB
-            and f["onset_rate"] <= NOISE_MAX_ONSET_RATE):
+    if (
+        f["noisiness"] >= NOISE_MIN_NOISINESS
+        and f["level_spread_db"] <= NOISE_MAX_LEVEL_SPREAD_DB
+        and f["onset_rate"] <= NOISE_MAX_ONSET_RATE
+    ):
         return "noise"
     return "varied"
 
@@ -366,13 +385,14 @@ def _sentence(category: str, f: dict[str, float]) -> str:
         if f["loud_dbfs"] <= _FLOOR_DB:
             s = "Digital silence: every sample is zero, the model learned nothing audible (a failure mode)."
         else:
-            s = (f"Silence: even the loudest moments stay at {f['loud_dbfs']:.0f} dBFS, too quiet to hear "
-                 "(a failure mode).")
+            s = (
+                f"Silence: even the loudest moments stay at {f['loud_dbfs']:.0f} dBFS, too quiet to hear "
+                "(a failure mode)."
+            )
     elif category == "tone":
         s = f"Steady tone at {_hz(f['dominant_hz'])}: the model converged on one pitch (a failure mode)."
     elif category == "noise":
-        s = (f"Noise: a steady hiss centred near {_hz(f['centroid_hz'])} with no pitch or rhythm "
-             "(a failure mode).")
+        s = f"Noise: a steady hiss centred near {_hz(f['centroid_hz'])} with no pitch or rhythm (a failure mode)."
     else:
         what = []
         if f["pitch_stability"] < TONE_MIN_PITCH_STABILITY:
@@ -384,8 +404,7 @@ def _sentence(category: str, f: dict[str, float]) -> str:
         if f["tonal_dominance"] < TONE_MIN_DOMINANCE and f["noisiness"] >= NOISE_MIN_NOISINESS:
             what.append("noisy but uneven")
         detail = ", ".join(what) if what else "it changes over time"
-        s = (f"Varied ({detail}): the mix of tones and transients of a training that learned "
-             "something.")
+        s = f"Varied ({detail}): the mix of tones and transients of a training that learned something."
     notes = []
     if f.get("nonfinite_fraction", 0.0) > 0:
         notes.append(f"{100 * f['nonfinite_fraction']:.1f}% of samples are NaN or infinite")
@@ -432,8 +451,10 @@ def diagnose(audio: np.ndarray, sr: int, source: np.ndarray | SourceProfile | No
 
 
 def _far_sentence(f: dict[str, float]) -> str:
-    return (f"Noise around the source's sounds: it moves, but it is further from its source than noise of the "
-            f"source's colour (resemblance {f['resemblance']:.2f}; a failure mode).")
+    return (
+        f"Noise around the source's sounds: it moves, but it is further from its source than noise of the "
+        f"source's colour (resemblance {f['resemblance']:.2f}; a failure mode)."
+    )
 
 
 def diagnose_file(path: str | os.PathLike, source: str | os.PathLike | SourceProfile | None = None) -> dict:
@@ -462,8 +483,9 @@ def _ltas_db(y: np.ndarray, sr: int, n_mels: int = 64) -> np.ndarray:
 
     n_fft = window_length(sr)
     y = pad_to_window(y, n_fft)
-    mel = librosa.feature.melspectrogram(y=y.astype(np.float32), sr=sr, n_fft=n_fft, hop_length=n_fft // 4,
-                                         n_mels=n_mels, fmin=FMIN_HZ, fmax=sr / 2)
+    mel = librosa.feature.melspectrogram(
+        y=y.astype(np.float32), sr=sr, n_fft=n_fft, hop_length=n_fft // 4, n_mels=n_mels, fmin=FMIN_HZ, fmax=sr / 2
+    )
     env = 10 * np.log10(mel.mean(axis=1) + 1e-20)
     env = np.maximum(env, env.max() - 80.0)  # bands below the floor say nothing about timbre
     return env
@@ -512,8 +534,11 @@ def compare(render: np.ndarray, source: np.ndarray, sr: int) -> dict:
         timbre = rhythm = False
         sentence = "The render is silent, so it reproduced nothing of the source"
     elif no_rhythm:
-        sentence = ("It reproduced the source's timbre; like the source, it has no clear rhythm" if timbre
-                    else "It did not reproduce the source's timbre; like the source, it has no clear rhythm")
+        sentence = (
+            "It reproduced the source's timbre; like the source, it has no clear rhythm"
+            if timbre
+            else "It did not reproduce the source's timbre; like the source, it has no clear rhythm"
+        )
     elif timbre and rhythm:
         sentence = "It reproduced the source's timbre and its rhythm"
     elif timbre:
@@ -530,8 +555,15 @@ def compare(render: np.ndarray, source: np.ndarray, sr: int) -> dict:
     copied = copy_share(render, source, sr)
     sentence += f" Resemblance {close:.2f} (0 = the source itself, 1 = noise of its colour)"
     sentence += f", {copied:.0%} copied verbatim." if copied >= 0.005 else "."
-    return {"envelope_distance_db": distance, "onset_rate_ratio": float(ratio),
-            "resemblance": close, "copy_share": copied,
-            "render_onset_rate": float(rate_r), "source_onset_rate": float(rate_s),
-            "level_difference_db": level, "timbre_match": float(timbre), "rhythm_match": float(rhythm),
-            "sentence": sentence}
+    return {
+        "envelope_distance_db": distance,
+        "onset_rate_ratio": float(ratio),
+        "resemblance": close,
+        "copy_share": copied,
+        "render_onset_rate": float(rate_r),
+        "source_onset_rate": float(rate_s),
+        "level_difference_db": level,
+        "timbre_match": float(timbre),
+        "rhythm_match": float(rhythm),
+        "sentence": sentence,
+    }

@@ -76,8 +76,9 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """High-quality resampling (soxr 'HQ') of a mono float32 signal; shape (n,) -> (m,)."""
     import librosa
 
-    out = librosa.resample(np.asarray(audio, dtype=np.float32), orig_sr=orig_sr, target_sr=target_sr,
-                           res_type="soxr_hq")
+    out = librosa.resample(
+        np.asarray(audio, dtype=np.float32), orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq"
+    )
     return np.ascontiguousarray(out, dtype=np.float32)
 
 

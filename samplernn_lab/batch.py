@@ -65,8 +65,13 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "=.-_+" else "_" for c in text)
 
 
-def plan(sources: Sequence[str | os.PathLike], out: str | os.PathLike, grid: dict[str, list[str]] | None = None,
-         overrides: Sequence[str] = (), preset: str = "sketch") -> list[dict]:
+def plan(
+    sources: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    grid: dict[str, list[str]] | None = None,
+    overrides: Sequence[str] = (),
+    preset: str = "sketch",
+) -> list[dict]:
     """One job per source per combination of the grid's values.
 
     Returns dicts with ``name`` (``<stem>`` or ``<stem>__field=value__...``), ``source``, ``grid``
@@ -92,8 +97,13 @@ def plan(sources: Sequence[str | os.PathLike], out: str | os.PathLike, grid: dic
     for (src, error), stem in zip(files, _unique_names([f for f, _ in files])):
         for combo in combos:
             name = "__".join([stem] + [_safe(f"{k}={v}") for k, v in combo.items()])
-            job = {"name": name, "source": str(src), "grid": combo, "run": str(out / name),
-                   "overrides": list(overrides) + [f"{k}={v}" for k, v in combo.items()]}
+            job = {
+                "name": name,
+                "source": str(src),
+                "grid": combo,
+                "run": str(out / name),
+                "overrides": list(overrides) + [f"{k}={v}" for k, v in combo.items()],
+            }
             if error:
                 job["error"] = error
             jobs.append(job)
@@ -127,9 +137,17 @@ def run_one(job: dict, options: dict) -> dict:
 
     def finish(result: dict) -> dict:
         result = {**result, "minutes": round((time.time() - start) / 60, 2), "attempt": attempt}
-        _write_json(state_file, {**job, **{k: v for k, v in result.items() if k in ("status", "error", "minutes")},
-                                 "state": "done" if result["status"] == "ok" else "failed", "attempt": attempt,
-                                 "host": socket.gethostname(), "node": _ray_node()})
+        _write_json(
+            state_file,
+            {
+                **job,
+                **{k: v for k, v in result.items() if k in ("status", "error", "minutes")},
+                "state": "done" if result["status"] == "ok" else "failed",
+                "attempt": attempt,
+                "host": socket.gethostname(),
+                "node": _ray_node(),
+            },
+        )
         return result
 
     error = job.get("error") or _foreign(run_dir, job) or _unreadable(job["source"], run_dir)
@@ -139,17 +157,27 @@ def run_one(job: dict, options: dict) -> dict:
     if marker_kind(run_dir) is None:  # the lab's mark, so that run (and its --overwrite) know the folder
         write_marker(run_dir, "run")
     _write_json(run_dir / MARKER, {k: job[k] for k in ("name", "source", "grid", "overrides")})
-    _write_json(state_file, {**job, "state": "running", "attempt": attempt, "pid": os.getpid(),
-                             "host": socket.gethostname(), "node": _ray_node(), "started": start})
+    _write_json(
+        state_file,
+        {
+            **job,
+            "state": "running",
+            "attempt": attempt,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "node": _ray_node(),
+            "started": start,
+        },
+    )
     try:
         with open(logs / f"{job['name']}.log", "a") as log, redirect_stdout(log), redirect_stderr(log):
             print(f"--- attempt {attempt} on {socket.gethostname()} (pid {os.getpid()})", flush=True)
-            summary = run(job["source"], run_dir, overrides=job["overrides"], progress=False, resume=True,
-                          **options)
+            summary = run(job["source"], run_dir, overrides=job["overrides"], progress=False, resume=True, **options)
     except Exception as e:  # a failing run is reported with its error; the others go on
         first = (str(e).strip().splitlines() or [""])[0]
-        return finish({**job, "status": "failed",
-                       "error": first if isinstance(e, LabError) else f"{type(e).__name__}: {first}"})
+        return finish(
+            {**job, "status": "failed", "error": first if isinstance(e, LabError) else f"{type(e).__name__}: {first}"}
+        )
     return finish({**job, "status": "ok", **summary, "run": str(run_dir)})
 
 
@@ -161,8 +189,9 @@ def _foreign(run_dir: Path, job: dict) -> str | None:
     if not mine:
         return f"{run_dir}: holds files the batch did not make; move them or choose another --out"
     if mine.get("source") != job["source"] or mine.get("overrides") != job["overrides"]:
-        return (f"{run_dir}: holds a run of {Path(mine.get('source', '?')).name} with other settings; "
-                "choose another --out")
+        return (
+            f"{run_dir}: holds a run of {Path(mine.get('source', '?')).name} with other settings; choose another --out"
+        )
     return None
 
 
@@ -230,8 +259,12 @@ class _Local:
         code = None
         for _ in range(self.retries + 1):
             with open(logs / f"{job['name']}.log", "a") as log:
-                code = subprocess.run([sys.executable, "-m", "samplernn_lab.batch", str(spec)], stdout=log,
-                                      stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"}).returncode
+                code = subprocess.run(
+                    [sys.executable, "-m", "samplernn_lab.batch", str(spec)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "TQDM_DISABLE": "1"},
+                ).returncode
             state = _read_json(logs / f"{job['name']}.json")
             if code == 0 and state.get("state") in ("done", "failed"):
                 return _result_from_state(job, state)
@@ -281,8 +314,7 @@ class _Ray:
     """Runs jobs as Ray tasks: on a local instance (``address`` None or "local"), the cluster this machine
     belongs to ("auto", or ``HOST:PORT``), or through Ray Client (``ray://HOST:PORT``)."""
 
-    def __init__(self, address: str | None, cpus_per_run: float | None, gpus_per_run: float | None,
-                 retries: int):
+    def __init__(self, address: str | None, cpus_per_run: float | None, gpus_per_run: float | None, retries: int):
         try:
             import ray
         except ImportError:
@@ -301,8 +333,12 @@ class _Ray:
             self.started = True
         if gpus_per_run is None:
             gpus_per_run = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        self.options = {"num_cpus": 1 if cpus_per_run is None else cpus_per_run, "num_gpus": gpus_per_run,
-                        "max_retries": retries, "retry_exceptions": False}
+        self.options = {
+            "num_cpus": 1 if cpus_per_run is None else cpus_per_run,
+            "num_gpus": gpus_per_run,
+            "max_retries": retries,
+            "retry_exceptions": False,
+        }
         self.task = ray.remote(run_one)
         self.refs: dict = {}
 
@@ -329,12 +365,27 @@ class _Ray:
             self.ray.shutdown()
 
 
-def batch(sources: Sequence[str | os.PathLike], out: str | os.PathLike, jobs: int = 1, preset: str = "sketch",
-          max_minutes: float | None = None, epochs: int | None = None, seconds: float | None = None,
-          temperatures: Sequence[float] | None = None, seed: int = 0, overrides: Sequence[str] = (),
-          progress: bool = True, grid: dict[str, list[str]] | Sequence[str] | None = None,
-          ray: str | None | bool = False, cpus_per_run: float | None = None, gpus_per_run: float | None = None,
-          retries: int = 2, max_steps: int | None = None, poll_seconds: float = 2.0, rescue: bool = True) -> dict:
+def batch(
+    sources: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    jobs: int = 1,
+    preset: str = "sketch",
+    max_minutes: float | None = None,
+    epochs: int | None = None,
+    seconds: float | None = None,
+    temperatures: Sequence[float] | None = None,
+    seed: int = 0,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+    grid: dict[str, list[str]] | Sequence[str] | None = None,
+    ray: str | None | bool = False,
+    cpus_per_run: float | None = None,
+    gpus_per_run: float | None = None,
+    retries: int = 2,
+    max_steps: int | None = None,
+    poll_seconds: float = 2.0,
+    rescue: bool = True,
+) -> dict:
     """One run per source and grid setting into ``out/<name>/``, with ``summary.csv`` and ``index.html``
     rewritten as each run finishes.
 
@@ -360,13 +411,23 @@ def batch(sources: Sequence[str | os.PathLike], out: str | os.PathLike, jobs: in
     grid = dict(grid or {})
     overrides = list(overrides) + ([f"train.max_steps={max_steps}"] if max_steps is not None else [])
     todo = plan(sources, out, grid, overrides, preset)
-    options = {"preset": preset, "max_minutes": max_minutes, "epochs": epochs, "seconds": seconds,
-               "temperatures": list(temperatures) if temperatures else None, "seed": seed, "rescue": rescue}
+    options = {
+        "preset": preset,
+        "max_minutes": max_minutes,
+        "epochs": epochs,
+        "seconds": seconds,
+        "temperatures": list(temperatures) if temperatures else None,
+        "seed": seed,
+        "rescue": rescue,
+    }
     _claim_batch_out(out)
     (out / "logs").mkdir(exist_ok=True)
     _write_json(out / "batch.json", {"grid": grid, "options": options, "jobs": todo})
-    runner = _Ray(None if ray is True else ray, cpus_per_run, gpus_per_run, retries) if ray is not False \
+    runner = (
+        _Ray(None if ray is True else ray, cpus_per_run, gpus_per_run, retries)
+        if ray is not False
         else _Local(jobs, retries)
+    )
     results: dict[str, dict] = {}
     bars: dict[str, Any] = {}
     tails: dict[str, MetricsTail] = {}
@@ -399,8 +460,13 @@ def batch(sources: Sequence[str | os.PathLike], out: str | os.PathLike, jobs: in
         runner.close()
     ordered = [results[j["name"]] for j in todo]
     failed = sum(r["status"] == "failed" for r in ordered)
-    return {"ok": len(ordered) - failed, "failed": failed, "index": str(out / "index.html"),
-            "csv": str(out / "summary.csv"), "results": ordered}
+    return {
+        "ok": len(ordered) - failed,
+        "failed": failed,
+        "index": str(out / "index.html"),
+        "csv": str(out / "summary.csv"),
+        "results": ordered,
+    }
 
 
 def _claim_batch_out(out: Path) -> None:
@@ -409,8 +475,7 @@ def _claim_batch_out(out: Path) -> None:
     if marker_kind(out) != "batch" and not (out / "batch.json").is_file():  # batch.json: made before the mark
         mine = [name for name in ("logs", "summary.csv", "index.html") if (out / name).exists()]
         if mine:
-            raise LabError(f"{out}: holds {', '.join(mine)}, not made by samplernn-lab batch; "
-                           f"choose another --out")
+            raise LabError(f"{out}: holds {', '.join(mine)}, not made by samplernn-lab batch; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     if marker_kind(out) is None:
         write_marker(out, "batch")
@@ -422,8 +487,12 @@ def _record(out: Path, todo: list[dict], results: dict, grid: dict, overall, tai
     overall.n = len(results)
     counts = Counter(r.get("category") or r["status"] for r in results.values() if r["status"] != "failed")
     counts["failed"] = sum(r["status"] == "failed" for r in results.values())
-    overall.set_postfix_str(" ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (
-        CATEGORY_ORDER.get(kv[0], 5), kv[0])) if v), refresh=False)
+    overall.set_postfix_str(
+        " ".join(
+            f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (CATEGORY_ORDER.get(kv[0], 5), kv[0])) if v
+        ),
+        refresh=False,
+    )
     overall.refresh()
 
 
@@ -469,8 +538,16 @@ def status(out: str | os.PathLike) -> list[dict]:
         row = {"name": job["name"], **job.get("grid", {})}
         if (run_dir / "summary.json").exists():
             s = _summary(run_dir)
-            rows.append({**row, "state": "done", "category": s.get("category") or "", "epochs": s.get("epochs", ""),
-                         "best_val_bits": s.get("best_val_bits"), "error": ""})
+            rows.append(
+                {
+                    **row,
+                    "state": "done",
+                    "category": s.get("category") or "",
+                    "epochs": s.get("epochs", ""),
+                    "best_val_bits": s.get("best_val_bits"),
+                    "error": "",
+                }
+            )
             continue
         state = _read_json(out / "logs" / f"{job['name']}.json")
         tail = MetricsTail(run_dir).read()
@@ -480,8 +557,16 @@ def status(out: str | os.PathLike) -> list[dict]:
             now = f"running ({tail.line()})"
         else:
             now = f"stopped ({tail.line()})" if tail.started else "waiting"
-        rows.append({**row, "state": now, "category": "", "epochs": tail.epoch if tail.started else "",
-                     "best_val_bits": tail.val_bits, "error": state.get("error", "") if now == "failed" else ""})
+        rows.append(
+            {
+                **row,
+                "state": now,
+                "category": "",
+                "epochs": tail.epoch if tail.started else "",
+                "best_val_bits": tail.val_bits,
+                "error": state.get("error", "") if now == "failed" else "",
+            }
+        )
     return rows
 
 
@@ -490,8 +575,13 @@ def format_status(rows: list[dict]) -> str:
     if not rows:
         return "no runs"
     fields = [k for k in rows[0] if k != "error"] + (["error"] if any(r.get("error") for r in rows) else [])
-    cells = [[("" if r.get(f) is None else f"{r[f]:.3f}" if isinstance(r.get(f), float) else str(r.get(f, "")))
-              for f in fields] for r in rows]
+    cells = [
+        [
+            ("" if r.get(f) is None else f"{r[f]:.3f}" if isinstance(r.get(f), float) else str(r.get(f, "")))
+            for f in fields
+        ]
+        for r in rows
+    ]
     widths = [max(len(f), *(len(c[i]) for c in cells)) for i, f in enumerate(fields)]
     lines = ["  ".join(f.ljust(w) for f, w in zip(fields, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
@@ -521,21 +611,31 @@ def write_triage(out: Path, results: list[dict], grid_fields: Sequence[str] = ()
     for r in results:
         renders = r.get("renders", [])
         settings = r.get("grid", {})
-        rows.append({
-            "source": r.get("source", ""), "name": r["name"], **{f: settings.get(f, "") for f in grid_fields},
-            "status": r["status"],
-            "category": r.get("category") or ("failed" if r["status"] == "failed" else ""),
-            "render_categories": " ".join(x["category"] for x in renders),
-            "best_val_bits": "" if r.get("best_val_bits") is None else f"{r['best_val_bits']:.4f}",
-            "resemblance": "" if r.get("resemblance") is None else f"{r['resemblance']:.3f}",
-            "copy_share": "" if r.get("copy_share") is None else f"{r['copy_share']:.3f}",
-            "epochs": r.get("epochs", ""),
-            "run": os.path.relpath(r["run"], out) if r.get("run") and r["status"] != "waiting" else "",
-            "renders": " ".join(os.path.relpath(Path(r["run"]) / x["file"], out) for x in renders),
-            "figure": next((os.path.relpath(Path(r["run"]) / f, out) for f in r.get("figures", [])
-                            if "poster" in f and not f.endswith("_low.png")), ""),
-            "error": r.get("error", ""),
-        })
+        rows.append(
+            {
+                "source": r.get("source", ""),
+                "name": r["name"],
+                **{f: settings.get(f, "") for f in grid_fields},
+                "status": r["status"],
+                "category": r.get("category") or ("failed" if r["status"] == "failed" else ""),
+                "render_categories": " ".join(x["category"] for x in renders),
+                "best_val_bits": "" if r.get("best_val_bits") is None else f"{r['best_val_bits']:.4f}",
+                "resemblance": "" if r.get("resemblance") is None else f"{r['resemblance']:.3f}",
+                "copy_share": "" if r.get("copy_share") is None else f"{r['copy_share']:.3f}",
+                "epochs": r.get("epochs", ""),
+                "run": os.path.relpath(r["run"], out) if r.get("run") and r["status"] != "waiting" else "",
+                "renders": " ".join(os.path.relpath(Path(r["run"]) / x["file"], out) for x in renders),
+                "figure": next(
+                    (
+                        os.path.relpath(Path(r["run"]) / f, out)
+                        for f in r.get("figures", [])
+                        if "poster" in f and not f.endswith("_low.png")
+                    ),
+                    "",
+                ),
+                "error": r.get("error", ""),
+            }
+        )
     rows.sort(key=lambda x: ([_value_key(x[f]) for f in grid_fields], CATEGORY_ORDER.get(x["category"], 5), x["name"]))
     fields = list(rows[0]) if rows else ["source", "name", *grid_fields]
     with atomic_path(out / "summary.csv") as tmp, open(tmp, "w", newline="") as fh:
@@ -559,8 +659,19 @@ def _index_html(rows: list[dict], grid_fields: Sequence[str] = ()) -> str:
     groups: dict[str, list[dict]] = {}
     for r in rows:  # rows come sorted by setting, then category
         groups.setdefault(" ".join(f"{f}={r[f]}" for f in grid_fields), []).append(r)
-    columns = ["source", *grid_fields, "category", "renders", "best val bits", "resemblance", "copied", "epochs",
-               "listen", "figure", "error"]
+    columns = [
+        "source",
+        *grid_fields,
+        "category",
+        "renders",
+        "best val bits",
+        "resemblance",
+        "copied",
+        "epochs",
+        "listen",
+        "figure",
+        "error",
+    ]
     bodies = []
     for label, members in groups.items():
         lines = []
@@ -568,23 +679,40 @@ def _index_html(rows: list[dict], grid_fields: Sequence[str] = ()) -> str:
             counts = Counter(r["category"] or "unfinished" for r in members)
             ordered = sorted(counts.items(), key=lambda kv: CATEGORY_ORDER.get(kv[0], 5))
             summary = ", ".join(f"{v} {k}" for k, v in ordered)
-            lines.append(f"<tr class='group'><th colspan='{len(columns)}'>{e(label)} &nbsp; <small>{e(summary)}"
-                         f"</small></th></tr>")
+            lines.append(
+                f"<tr class='group'><th colspan='{len(columns)}'>{e(label)} &nbsp; <small>{e(summary)}"
+                f"</small></th></tr>"
+            )
         for r in members:
-            players = "".join(f"<div><audio controls preload='none' src='{e(p)}'></audio><br><small>"
-                              f"{e(Path(p).name)}</small></div>" for p in r["renders"].split())
-            fig = (f"<a href='{e(r['figure'])}'><img src='{e(r['figure'])}' width='360' loading='lazy'></a>" if r["figure"] else "")
+            players = "".join(
+                f"<div><audio controls preload='none' src='{e(p)}'></audio><br><small>{e(Path(p).name)}</small></div>"
+                for p in r["renders"].split()
+            )
+            fig = (
+                f"<a href='{e(r['figure'])}'><img src='{e(r['figure'])}' width='360' loading='lazy'></a>"
+                if r["figure"]
+                else ""
+            )
             category = r["category"] or r["status"]
-            cells = [f"<td>{e(r['name'])}</td>", *(f"<td>{e(str(r[f]))}</td>" for f in grid_fields),
-                     f"<td class='cat'>{e(category)}</td>", f"<td>{e(r['render_categories'])}</td>",
-                     f"<td>{e(r['best_val_bits'])}</td>", f"<td>{e(r['resemblance'])}</td>",
-                     f"<td>{e(r['copy_share'])}</td>", f"<td>{e(str(r['epochs']))}</td>", f"<td>{players}</td>",
-                     f"<td>{fig}</td>", f"<td>{e(r['error'])}</td>"]
+            cells = [
+                f"<td>{e(r['name'])}</td>",
+                *(f"<td>{e(str(r[f]))}</td>" for f in grid_fields),
+                f"<td class='cat'>{e(category)}</td>",
+                f"<td>{e(r['render_categories'])}</td>",
+                f"<td>{e(r['best_val_bits'])}</td>",
+                f"<td>{e(r['resemblance'])}</td>",
+                f"<td>{e(r['copy_share'])}</td>",
+                f"<td>{e(str(r['epochs']))}</td>",
+                f"<td>{players}</td>",
+                f"<td>{fig}</td>",
+                f"<td>{e(r['error'])}</td>",
+            ]
             lines.append(f"<tr class='{e(r['category'] or 'unfinished')}'>{''.join(cells)}</tr>")
         bodies.append("<tbody>\n" + "\n".join(lines) + "\n</tbody>")
     done = sum(bool(r["category"]) for r in rows)
-    grouping = (f"Grouped by setting ({', '.join(grid_fields)}), then by category" if grid_fields
-                else "Grouped by category")
+    grouping = (
+        f"Grouped by setting ({', '.join(grid_fields)}), then by category" if grid_fields else "Grouped by category"
+    )
     tips = {"resemblance": " title='0 = like the source, 1 = like noise of its colour'"}
     heads = "".join(f"<th{tips.get(c, '')}>{e(c)}</th>" for c in columns)
     return f"""<!doctype html><html><head><meta charset='utf-8'><title>samplernn-lab batch</title>

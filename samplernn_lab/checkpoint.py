@@ -66,9 +66,12 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Unsupported global" not in str(e):  # not even a pickle the safe reader understands
-            raise LabError(f"{path}: refused: not a readable checkpoint (damaged, or written by something else)") from None
-        raise LabError(f"{path}: refused: it holds objects other than tensors and plain values "
-                       f"(opening it could run code)") from None
+            raise LabError(
+                f"{path}: refused: not a readable checkpoint (damaged, or written by something else)"
+            ) from None
+        raise LabError(
+            f"{path}: refused: it holds objects other than tensors and plain values (opening it could run code)"
+        ) from None
     except Exception as e:
         detail = f"{type(e).__name__}: {str(e)[:200]}".splitlines()[0]
         raise LabError(f"{path}: not a readable checkpoint ({detail})") from None

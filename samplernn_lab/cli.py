@@ -16,8 +16,9 @@ def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="make a dataset folder from source sounds (copies, offsets, chunks)")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="audio files or folders of audio files")
     p.add_argument("--out", required=True, help="dataset folder to write")
-    p.add_argument("--preset", help="take the data settings of this preset (sketch, poster); default: the "
-                   "defaults below")
+    p.add_argument(
+        "--preset", help="take the data settings of this preset (sketch, poster); default: the defaults below"
+    )
     p.add_argument("--sample-rate", type=int, help="Hz (default 44100)")
     p.add_argument("--copies", type=int, help="copies of each source (default 8)")
     p.add_argument("--chunk-seconds", type=float, help="chunk length in seconds (default 8)")
@@ -26,13 +27,27 @@ def _add_prepare(sub) -> None:
     p.add_argument("--gain-jitter-db", type=float, help="random gain per copy, +-dB (default 0)")
     p.add_argument("--crossfade-ms", type=float, help="crossfade at every join (default 10 ms)")
     p.add_argument("--seed", type=int, help="(default 0)")
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
-                   help="override preset fields (those of the data are used here)")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override preset fields (those of the data are used here)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a dataset folder made by prepare")
 
 
-_PREPARE_FLAGS = ("sample_rate", "copies", "chunk_seconds", "val_fraction", "test_fraction", "gain_jitter_db",
-                  "crossfade_ms", "seed")
+_PREPARE_FLAGS = (
+    "sample_rate",
+    "copies",
+    "chunk_seconds",
+    "val_fraction",
+    "test_fraction",
+    "gain_jitter_db",
+    "crossfade_ms",
+    "seed",
+)
 
 
 def _prepare_config(a):
@@ -64,8 +79,14 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
-                   help="override preset fields (repeatable)")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override preset fields (repeatable)",
+    )
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -78,14 +99,17 @@ def _train(a) -> int:
         if getattr(a, name) is not None:
             overrides.append(f"train.{name}={getattr(a, name)}")
     preset = get_preset(a.preset, overrides)
-    result = train(a.dataset, a.out, preset.model, preset.train, resume=a.resume, device=a.device,
-                   progress=not a.no_progress)
+    result = train(
+        a.dataset, a.out, preset.model, preset.train, resume=a.resume, device=a.device, progress=not a.no_progress
+    )
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
         return 130 if result.status == "interrupted" else 0
     best = f", best validation {result.best_val_bits:.3f} bits/sample" if result.best_val_bits is not None else ""
     if result.status == "interrupted":
-        print(f"interrupted at step {result.step}: checkpoint saved in {result.run}/checkpoints/last.pt; "
-              f"continue with --resume")
+        print(
+            f"interrupted at step {result.step}: checkpoint saved in {result.run}/checkpoints/last.pt; "
+            f"continue with --resume"
+        )
         return 130
     print(f"{result.status}: {result.epoch} epochs, {result.step} steps{best}; run in {result.run}")
     return 0
@@ -94,36 +118,65 @@ def _train(a) -> int:
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="render audio from a run's checkpoint")
     p.add_argument("run", metavar="RUN", help="run folder (or a checkpoint file)")
-    p.add_argument("--checkpoint", default="best",
-                   help="best, last, auto (latest epoch whose render was diagnosed varied), epoch-NNN or a path "
-                        "(default best)")
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        help="best, last, auto (latest epoch whose render was diagnosed varied), epoch-NNN or a path (default best)",
+    )
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--batch", type=int, default=1, help="streams per temperature")
     p.add_argument("--temperature", type=float, nargs="+", default=[1.0], help="one or more; 0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0, metavar="P",
-                   help="nucleus sampling: only the most likely codes whose probabilities sum to P (0 < P <= 1; "
-                        "default 1 = the whole distribution)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
-                   help="weights of the frame tiers and the MLP (default fp32: the model's distribution; bf16/int8 "
-                        "read fewer bytes, within a small KL of it)")
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="nucleus sampling: only the most likely codes whose probabilities sum to P (0 < P <= 1; "
+        "default 1 = the whole distribution)",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "int8"],
+        help="weights of the frame tiers and the MLP (default fp32: the model's distribution; bf16/int8 "
+        "read fewer bytes, within a small KL of it)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prime", help="audio file to continue from (at the run's sample rate)")
-    p.add_argument("--prime-seconds", type=float, default=0.0,
-                   help="without --prime: continue this many seconds of the run's training audio (default 0)")
+    p.add_argument(
+        "--prime-seconds",
+        type=float,
+        default=0.0,
+        help="without --prime: continue this many seconds of the run's training audio (default 0)",
+    )
     p.add_argument("--out", required=True, help="folder for the WAVs and their JSON sidecars")
     p.add_argument("--device", choices=["cpu", "cuda"])
-    p.add_argument("--rescue", action="store_true",
-                   help="re-prime a stream from the training audio when it falls silent or locks into a steady "
-                        "tone for a few seconds; where and why goes into the sidecar JSON (default off)")
+    p.add_argument(
+        "--rescue",
+        action="store_true",
+        help="re-prime a stream from the training audio when it falls silent or locks into a steady "
+        "tone for a few seconds; where and why goes into the sidecar JSON (default off)",
+    )
 
 
 def _generate(a) -> None:
     from .sampling import render_checkpoint
 
-    paths = render_checkpoint(a.run, a.out, a.seconds, which=a.checkpoint, batch_size=a.batch,
-                              temperatures=a.temperature, seed=a.seed, prime=a.prime,
-                              prime_seconds=a.prime_seconds, device=a.device, rescue=a.rescue, top_p=a.top_p,
-                              precision=a.precision)
+    paths = render_checkpoint(
+        a.run,
+        a.out,
+        a.seconds,
+        which=a.checkpoint,
+        batch_size=a.batch,
+        temperatures=a.temperature,
+        seed=a.seed,
+        prime=a.prime,
+        prime_seconds=a.prime_seconds,
+        device=a.device,
+        rescue=a.rescue,
+        top_p=a.top_p,
+        precision=a.precision,
+    )
     for p in paths:
         print(p)
 
@@ -133,12 +186,24 @@ def _add_export(sub) -> None:
     p.add_argument("run", metavar="RUN", help="run folder (or a checkpoint file)")
     p.add_argument("--checkpoint", default="best", help="best, last, auto, epoch-NNN or a path (default best)")
     p.add_argument("--out", required=True, help="file to write (FILE.ts)")
-    p.add_argument("--sample-rate", type=int, default=48000,
-                   help="the host's rate in Hz (default 48000; nn~ sets its own when it loads the file)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
-                   help="weights of the frame tiers and the MLP (default fp32)")
-    p.add_argument("--prime-seconds", type=float, default=0.25,
-                   help="start from (and reset to) this much of the run's training audio (default 0.25; 0: silence)")
+    p.add_argument(
+        "--sample-rate",
+        type=int,
+        default=48000,
+        help="the host's rate in Hz (default 48000; nn~ sets its own when it loads the file)",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "int8"],
+        help="weights of the frame tiers and the MLP (default fp32)",
+    )
+    p.add_argument(
+        "--prime-seconds",
+        type=float,
+        default=0.25,
+        help="start from (and reset to) this much of the run's training audio (default 0.25; 0: silence)",
+    )
     p.add_argument("--prime", help="start from this audio file instead (at the run's sample rate)")
     p.add_argument("--seed", type=int, default=0, help="the sampling noise's seed (an attribute in the host)")
 
@@ -146,8 +211,16 @@ def _add_export(sub) -> None:
 def _export(a) -> None:
     from .live import export
 
-    path = export(a.run, a.out, which=a.checkpoint, host_rate=a.sample_rate, precision=a.precision,
-                  prime_seconds=a.prime_seconds, prime=a.prime, seed=a.seed)
+    path = export(
+        a.run,
+        a.out,
+        which=a.checkpoint,
+        host_rate=a.sample_rate,
+        precision=a.precision,
+        prime_seconds=a.prime_seconds,
+        prime=a.prime,
+        seed=a.seed,
+    )
     print(f"{path}: load it with [nn~ {path.name} forward] (temperature in, audio out) or [nn~ {path.name} follow]")
 
 
@@ -155,8 +228,12 @@ def _add_diagnose(sub) -> None:
     p = sub.add_parser("diagnose", help="name the category of renders: silence, tone, noise or varied")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    p.add_argument("--source", metavar="SOURCE", help="the sound the renders were trained on: adds resemblance "
-                   "(0 = like the source, 1 = like noise of its colour) and the share copied verbatim")
+    p.add_argument(
+        "--source",
+        metavar="SOURCE",
+        help="the sound the renders were trained on: adds resemblance "
+        "(0 = like the source, 1 = like noise of its colour) and the share copied verbatim",
+    )
 
 
 def _diagnose(a) -> None:
@@ -185,7 +262,7 @@ def _diagnose(a) -> None:
 def _truncate(text: str, width: int, keep_end: bool = False) -> str:
     if len(text) <= width:
         return text
-    return "\u2026" + text[-(width - 1):] if keep_end else text[: width - 1] + "\u2026"
+    return "\u2026" + text[-(width - 1) :] if keep_end else text[: width - 1] + "\u2026"
 
 
 def format_table(rows: list[dict], sentence_width: int = 60, file_width: int = 40) -> str:
@@ -204,15 +281,22 @@ def format_table(rows: list[dict], sentence_width: int = 60, file_width: int = 4
         v = row.get(key)
         return format(v, fmt) if isinstance(v, (int, float)) and math.isfinite(v) else "-"
 
-    body = [[_truncate(str(r.get("file", "-")), file_width, keep_end=True), str(r.get("category", "-")),
-             *(num(r, k, fmt) for k, fmt in numbers), _truncate(str(r.get("sentence", "")), sentence_width)]
-            for r in rows]
+    body = [
+        [
+            _truncate(str(r.get("file", "-")), file_width, keep_end=True),
+            str(r.get("category", "-")),
+            *(num(r, k, fmt) for k, fmt in numbers),
+            _truncate(str(r.get("sentence", "")), sentence_width),
+        ]
+        for r in rows
+    ]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
     right = set(range(2, len(headers) - 1))  # numbers align right
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(headers), rule, *(line(b) for b in body)])
@@ -234,9 +318,10 @@ def _figures(a) -> None:
 
 
 def _add_pipeline(sub) -> None:
-    for verb, helptext in (("run", "the notebook chain on one source: prepare, train, listen, figures"),
-                           ("batch", "one run per source and grid setting, locally or on Ray; "
-                                     "summary.csv, index.html")):
+    for verb, helptext in (
+        ("run", "the notebook chain on one source: prepare, train, listen, figures"),
+        ("batch", "one run per source and grid setting, locally or on Ray; summary.csv, index.html"),
+    ):
         p = sub.add_parser(verb, help=helptext)
         p.add_argument("sources", nargs="+" if verb == "batch" else 1, metavar="SOURCE")
         p.add_argument("--out", required=verb == "run")
@@ -247,36 +332,77 @@ def _add_pipeline(sub) -> None:
         p.add_argument("--temperature", type=float, nargs="+", default=None)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE")
-        p.add_argument("--no-rescue", dest="rescue", action="store_false",
-                       help="leave trapped streams (silent, steady tone) alone in the renders (default: re-prime them)")
+        p.add_argument(
+            "--no-rescue",
+            dest="rescue",
+            action="store_false",
+            help="leave trapped streams (silent, steady tone) alone in the renders (default: re-prime them)",
+        )
         if verb == "batch":
             p.add_argument("--jobs", type=int, default=1, help="runs at once without --ray (default 1)")
             p.add_argument("--max-steps", type=int, default=None, help="training steps per run in all")
-            p.add_argument("--grid", nargs="+", default=[], metavar="FIELD=V1,V2",
-                           help="one run per source per combination of these settings' values")
-            p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                           help="run on Ray: no ADDRESS starts a local instance; auto joins this machine's "
-                                "cluster; ray://HOST:PORT connects through Ray Client")
-            p.add_argument("--gpus-per-run", type=float, default=None,
-                           help="GPUs Ray gives each run (default 1 where the cluster has GPUs, else 0)")
+            p.add_argument(
+                "--grid",
+                nargs="+",
+                default=[],
+                metavar="FIELD=V1,V2",
+                help="one run per source per combination of these settings' values",
+            )
+            p.add_argument(
+                "--ray",
+                nargs="?",
+                const="local",
+                default=None,
+                metavar="ADDRESS",
+                help="run on Ray: no ADDRESS starts a local instance; auto joins this machine's "
+                "cluster; ray://HOST:PORT connects through Ray Client",
+            )
+            p.add_argument(
+                "--gpus-per-run",
+                type=float,
+                default=None,
+                help="GPUs Ray gives each run (default 1 where the cluster has GPUs, else 0)",
+            )
             p.add_argument("--cpus-per-run", type=float, default=None, help="CPUs Ray gives each run (default 1)")
-            p.add_argument("--retries", type=int, default=2,
-                           help="times a run whose process, worker or node died is resumed (default 2)")
-            p.add_argument("--status", action="store_true",
-                           help="print the table of the batch in the folder given as SOURCE, and exit")
+            p.add_argument(
+                "--retries",
+                type=int,
+                default=2,
+                help="times a run whose process, worker or node died is resumed (default 2)",
+            )
+            p.add_argument(
+                "--status",
+                action="store_true",
+                help="print the table of the batch in the folder given as SOURCE, and exit",
+            )
         if verb == "run":
-            p.add_argument("--overwrite", action="store_true",
-                           help="replace a run that --out holds (only a folder samplernn-lab made)")
+            p.add_argument(
+                "--overwrite",
+                action="store_true",
+                help="replace a run that --out holds (only a folder samplernn-lab made)",
+            )
     p = sub.add_parser("demo", help="the whole chain on the bundled example, within minutes on a CPU")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--max-minutes", type=float, default=None)
-    p.add_argument("--no-rescue", dest="rescue", action="store_false",
-                   help="leave trapped streams (silent, steady tone) alone in the renders (default: re-prime them)")
+    p.add_argument(
+        "--no-rescue",
+        dest="rescue",
+        action="store_false",
+        help="leave trapped streams (silent, steady tone) alone in the renders (default: re-prime them)",
+    )
 
 
 def _pipeline_kwargs(a) -> dict:
-    return {"preset": a.preset, "max_minutes": a.max_minutes, "epochs": a.epochs, "seconds": a.seconds,
-            "temperatures": a.temperature, "seed": a.seed, "overrides": a.set, "rescue": a.rescue}
+    return {
+        "preset": a.preset,
+        "max_minutes": a.max_minutes,
+        "epochs": a.epochs,
+        "seconds": a.seconds,
+        "temperatures": a.temperature,
+        "seed": a.seed,
+        "overrides": a.set,
+        "rescue": a.rescue,
+    }
 
 
 def _run(a) -> None:
@@ -297,13 +423,23 @@ def _batch(a) -> int:
     if a.out is None:
         raise LabError("--out: the batch's folder is required")
     if a.ray not in (None, "local", "auto") and ":" not in a.ray:
-        raise LabError(f"--ray {a.ray}: expected no address, auto, HOST:PORT or ray://HOST:PORT "
-                       "(put --ray after the sources)")
+        raise LabError(
+            f"--ray {a.ray}: expected no address, auto, HOST:PORT or ray://HOST:PORT (put --ray after the sources)"
+        )
     if a.ray is None and (a.gpus_per_run is not None or a.cpus_per_run is not None):
         raise LabError("--gpus-per-run/--cpus-per-run: ask Ray for resources, so they need --ray")
-    report = batch(a.sources, a.out, jobs=a.jobs, grid=a.grid, ray=False if a.ray is None else a.ray,
-                   cpus_per_run=a.cpus_per_run, gpus_per_run=a.gpus_per_run, retries=a.retries,
-                   max_steps=a.max_steps, **_pipeline_kwargs(a))
+    report = batch(
+        a.sources,
+        a.out,
+        jobs=a.jobs,
+        grid=a.grid,
+        ray=False if a.ray is None else a.ray,
+        cpus_per_run=a.cpus_per_run,
+        gpus_per_run=a.gpus_per_run,
+        retries=a.retries,
+        max_steps=a.max_steps,
+        **_pipeline_kwargs(a),
+    )
     print(f"{report['ok']} runs ok, {report['failed']} failed; open {report['index']}")
     return 0 if report["failed"] == 0 else 1
 
@@ -314,8 +450,17 @@ def _demo(a) -> None:
     demo(a.out, max_minutes=a.max_minutes, rescue=a.rescue)
 
 
-VERBS = {"prepare": _prepare, "train": _train, "generate": _generate, "export": _export, "diagnose": _diagnose,
-         "figures": _figures, "run": _run, "batch": _batch, "demo": _demo}
+VERBS = {
+    "prepare": _prepare,
+    "train": _train,
+    "generate": _generate,
+    "export": _export,
+    "diagnose": _diagnose,
+    "figures": _figures,
+    "run": _run,
+    "batch": _batch,
+    "demo": _demo,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

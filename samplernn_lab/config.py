@@ -34,20 +34,31 @@ def _rule(default: Any, **limits: Any) -> Any:
 
 
 def _allowed(kind: str, optional: bool, limits: dict) -> str:
-    words = {"bool": "true or false", "int": "a number (an integer)", "float": "a number", "str": "a name",
-             "tuple": "a list of integers"}[kind]
+    words = {
+        "bool": "true or false",
+        "int": "a number (an integer)",
+        "float": "a number",
+        "str": "a name",
+        "tuple": "a list of integers",
+    }[kind]
     if "choices" in limits:
         words = "one of " + ", ".join(repr(c) for c in limits["choices"])
-    bounds = [f"{op} {limits[key]:g}" for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-              if key in limits]
+    bounds = [
+        f"{op} {limits[key]:g}" for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if key in limits
+    ]
     if bounds:
         words += (" each " if kind == "tuple" else " ") + " and ".join(bounds)
     return words + (", or none" if optional else "")
 
 
 def _in_range(x: float, limits: dict) -> bool:
-    return (math.isfinite(x) and x >= limits.get("ge", -math.inf) and x > limits.get("gt", -math.inf)
-            and x <= limits.get("le", math.inf) and x < limits.get("lt", math.inf))
+    return (
+        math.isfinite(x)
+        and x >= limits.get("ge", -math.inf)
+        and x > limits.get("gt", -math.inf)
+        and x <= limits.get("le", math.inf)
+        and x < limits.get("lt", math.inf)
+    )
 
 
 def check_value(name: str, value: Any, annotation: str, limits: dict) -> Any:
@@ -194,8 +205,7 @@ def poster() -> Preset:
     1024, batch 128, 44.1 kHz, learned h0.
     """
     return Preset(
-        ModelConfig(frame_sizes=(8, 2), dim=1024, n_rnn=2, rnn_type="gru", embed_size=256, q_levels=256,
-                    learn_h0=True),
+        ModelConfig(frame_sizes=(8, 2), dim=1024, n_rnn=2, rnn_type="gru", embed_size=256, q_levels=256, learn_h0=True),
         TrainConfig(seq_len=1024, batch_size=128, epochs=6, render_seconds=5.0),
         DataConfig(sample_rate=44100, chunk_seconds=8.0),
     )
@@ -206,8 +216,16 @@ def sketch() -> Preset:
     return Preset(
         # mu-law: with 256 linear levels a quiet tail sits under one step (-42 dBFS) and every uncertain
         # prediction there is hiss; measured on a bell strike, resemblance 7.4 -> 0.9 (benchmarks/RESULTS.md)
-        ModelConfig(frame_sizes=(8, 2), dim=256, n_rnn=1, rnn_type="gru", embed_size=64, q_levels=256,
-                    quantization="mulaw", learn_h0=True),
+        ModelConfig(
+            frame_sizes=(8, 2),
+            dim=256,
+            n_rnn=1,
+            rnn_type="gru",
+            embed_size=64,
+            q_levels=256,
+            quantization="mulaw",
+            learn_h0=True,
+        ),
         TrainConfig(seq_len=512, batch_size=16, lr=2e-3, max_minutes=10.0, render_seconds=4.0),
         # gain jitter: with one source of seconds the model soon recites its training stretch by heart (held-out
         # NLL rising from ~100 steps); copies at +-6 dB make exact recall useless (held-out NLL 11.4 -> 6.9 bits on

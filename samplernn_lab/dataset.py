@@ -96,9 +96,11 @@ def split_source(audio: np.ndarray, val_fraction: float, test_fraction: float) -
         return {"train": [(0, n)], "val": [], "test": []}
     start = _typical_window(audio, held)
     stop = start + held
-    return {"train": [(a, b) for a, b in ((stop, n), (0, start)) if b > a],
-            "val": [(start, start + n_val)] if n_val else [],
-            "test": [(start + n_val, stop)] if n_test else []}
+    return {
+        "train": [(a, b) for a, b in ((stop, n), (0, start)) if b > a],
+        "val": [(start, start + n_val)] if n_val else [],
+        "test": [(start + n_val, stop)] if n_test else [],
+    }
 
 
 def _typical_window(audio: np.ndarray, length: int, candidates: int = 21) -> int:
@@ -121,13 +123,26 @@ def _chunk_segments(pieces: list[Piece], start: int, stop: int) -> list[dict]:
         if a >= b:
             continue
         src = p.source_start + (a - p.stream_start)
-        segs.append({"copy": p.copy, "offset": p.offset, "gain": round(p.gain, 6), "chunk_start": a - start,
-                     "source_start": src, "source_stop": src + (b - a)})
+        segs.append(
+            {
+                "copy": p.copy,
+                "offset": p.offset,
+                "gain": round(p.gain, 6),
+                "chunk_start": a - start,
+                "source_start": src,
+                "source_stop": src + (b - a),
+            }
+        )
     return segs
 
 
-def prepare(sources: list[str | os.PathLike], out: str | os.PathLike, config: DataConfig | None = None,
-            overwrite: bool = False, progress: bool = True) -> Path:
+def prepare(
+    sources: list[str | os.PathLike],
+    out: str | os.PathLike,
+    config: DataConfig | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
     """Build a dataset folder from source sounds (see module docstring for the layout).
 
     The dataset is written into a temporary folder beside ``out`` and moved into place at the end,
@@ -161,23 +176,40 @@ def prepare(sources: list[str | os.PathLike], out: str | os.PathLike, config: Da
             if n_split < 2 * fade + 2:
                 raise LabError(f"{src.path}: too short for a {split} split ({n_split} samples)")
             # Held-out stretches (and short sources) get extra copies until they fill a chunk.
-            stream, pieces = augment(src.audio, ranges[split], cfg.copies if split == "train" else 1, rng, fade,
-                                     cfg.gain_jitter_db, min_length=chunk)
+            stream, pieces = augment(
+                src.audio,
+                ranges[split],
+                cfg.copies if split == "train" else 1,
+                rng,
+                fade,
+                cfg.gain_jitter_db,
+                min_length=chunk,
+            )
             for ci in range(len(stream) // chunk):
                 s, e = ci * chunk, (ci + 1) * chunk
                 segs = _chunk_segments(pieces, s, e)
-                entry = {"split": split, "source": src.path, "source_index": si, "stream_start": s,
-                         "n_samples": chunk, "copy": segs[0]["copy"], "offset": segs[0]["offset"],
-                         "copies": sorted({g["copy"] for g in segs}),
-                         "offsets": [next(g["offset"] for g in segs if g["copy"] == c)
-                                     for c in sorted({g["copy"] for g in segs})],
-                         "segments": segs}
+                entry = {
+                    "split": split,
+                    "source": src.path,
+                    "source_index": si,
+                    "stream_start": s,
+                    "n_samples": chunk,
+                    "copy": segs[0]["copy"],
+                    "offset": segs[0]["offset"],
+                    "copies": sorted({g["copy"] for g in segs}),
+                    "offsets": [
+                        next(g["offset"] for g in segs if g["copy"] == c) for c in sorted({g["copy"] for g in segs})
+                    ],
+                    "segments": segs,
+                }
                 plan.append((split, si, stream[s:e], entry))
 
     counts = {s: sum(1 for p in plan if p[0] == s) for s in SPLITS}
     if counts["train"] == 0:
-        raise LabError(f"{', '.join(s.path for s in loaded)}: too short to fill one {cfg.chunk_seconds} s "
-                       f"training chunk with {cfg.copies} copies")
+        raise LabError(
+            f"{', '.join(s.path for s in loaded)}: too short to fill one {cfg.chunk_seconds} s "
+            f"training chunk with {cfg.copies} copies"
+        )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -194,8 +226,16 @@ def prepare(sources: list[str | os.PathLike], out: str | os.PathLike, config: Da
             "settings": asdict(cfg),
             "sample_rate": cfg.sample_rate,
             "chunk_samples": chunk,
-            "sources": [{"path": s.path, "name": s.name, "seconds": round(s.seconds, 6), "sha256": s.sha256,
-                         "splits": {k: [list(r) for r in v] for k, v in s.splits.items()}} for s in loaded],
+            "sources": [
+                {
+                    "path": s.path,
+                    "name": s.name,
+                    "seconds": round(s.seconds, 6),
+                    "sha256": s.sha256,
+                    "splits": {k: [list(r) for r in v] for k, v in s.splits.items()},
+                }
+                for s in loaded
+            ],
             "counts": counts,
             "chunks": chunks,
         }
@@ -215,8 +255,9 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise LabError(f"{out}: exists and is not a folder")
     if out.exists() and any(out.iterdir()):
         if marker_kind(out) != "dataset":
-            raise LabError(f"{out}: folder is not empty and was not made by samplernn-lab prepare; "
-                           f"choose a new or empty --out")
+            raise LabError(
+                f"{out}: folder is not empty and was not made by samplernn-lab prepare; choose a new or empty --out"
+            )
         if not overwrite:
             raise LabError(f"{out}: already holds a dataset (use --overwrite to replace it)")
 
@@ -251,8 +292,13 @@ def read_manifest(folder: str | os.PathLike) -> dict:
         raise LabError(f"{path}: not a valid manifest ({e})") from None
     if not isinstance(manifest, dict):
         raise LabError(f"{path}: not a valid manifest (not a JSON object)")
-    for key, kind in (("sample_rate", int), ("chunk_samples", int), ("chunks", list), ("settings", dict),
-                      ("sources", list)):
+    for key, kind in (
+        ("sample_rate", int),
+        ("chunk_samples", int),
+        ("chunks", list),
+        ("settings", dict),
+        ("sources", list),
+    ):
         if not isinstance(manifest.get(key), kind) or isinstance(manifest[key], bool):
             raise LabError(f"{path}: not a valid manifest ({key!r} missing or not a {kind.__name__})")
     root = folder.resolve()
@@ -281,8 +327,10 @@ def load_split(folder: str | os.PathLike, split: str, q_levels: int, quantizatio
         path = folder / c["path"]
         data, sr = audio_io.load(path)
         if sr != manifest["sample_rate"] or len(data) != manifest["chunk_samples"]:
-            raise LabError(f"{path}: {len(data)} samples at {sr} Hz, but the manifest says "
-                           f"{manifest['chunk_samples']} at {manifest['sample_rate']} Hz")
+            raise LabError(
+                f"{path}: {len(data)} samples at {sr} Hz, but the manifest says "
+                f"{manifest['chunk_samples']} at {manifest['sample_rate']} Hz"
+            )
         rows.append(audio_io.quantize(data, q_levels, quantization))
     if not rows:
         return torch.zeros(0, manifest["chunk_samples"], dtype=torch.long)
@@ -296,7 +344,7 @@ def batch_order(n_chunks: int, batch_size: int, seed: int, epoch: int) -> list[t
     """
     g = torch.Generator().manual_seed(seed * 100003 + epoch)
     perm = torch.randperm(n_chunks, generator=g)
-    return [perm[i:i + batch_size] for i in range(0, n_chunks, batch_size)]
+    return [perm[i : i + batch_size] for i in range(0, n_chunks, batch_size)]
 
 
 def windows(chunks: torch.Tensor, seq_len: int, lookback: int, silence: int) -> Iterator[tuple[int, torch.Tensor]]:
@@ -310,7 +358,7 @@ def windows(chunks: torch.Tensor, seq_len: int, lookback: int, silence: int) -> 
     b, n = chunks.shape
     padded = torch.cat([torch.full((b, lookback), silence, dtype=chunks.dtype), chunks], dim=1)
     for i in range(n // seq_len):
-        yield i, padded[:, i * seq_len:i * seq_len + lookback + seq_len]
+        yield i, padded[:, i * seq_len : i * seq_len + lookback + seq_len]
 
 
 def excerpts(folder: str | os.PathLike, seconds: float, n: int, seed: int = 0, split: str = "train") -> np.ndarray:

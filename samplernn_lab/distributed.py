@@ -48,7 +48,8 @@ def wrap_distributed(model: SampleRNN, dev: torch.device, world: int) -> torch.n
     if world == 1:
         return model
     return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True)
+        model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True
+    )
 
 
 def teardown_distributed(state: Any, world: int, owns_group: bool, clean: bool) -> None:

@@ -16,8 +16,16 @@ from .model import SampleRNN
 from .rundir import RunDir, epoch_name
 
 
-def epoch_render(model: SampleRNN, run: RunDir, dataset: Path, sample_rate: int, cfg: TrainConfig, epoch: int,
-                 step: int, device: torch.device) -> list[dict[str, Any]]:
+def epoch_render(
+    model: SampleRNN,
+    run: RunDir,
+    dataset: Path,
+    sample_rate: int,
+    cfg: TrainConfig,
+    epoch: int,
+    step: int,
+    device: torch.device,
+) -> list[dict[str, Any]]:
     """Render ``cfg.render_seconds`` after epoch ``epoch`` into ``RUN/renders/epoch-NNN/``; one event per
     file (:func:`render_event`). Primed with the source's training audio unless ``render_prime_seconds`` is
     0. The model is put back in training mode."""
@@ -29,10 +37,19 @@ def epoch_render(model: SampleRNN, run: RunDir, dataset: Path, sample_rate: int,
     prime = None
     if cfg.render_prime_seconds > 0:
         prime = excerpts(dataset, cfg.render_prime_seconds, 1, cfg.seed + epoch)
-    paths = render(model, run.epoch_renders(epoch), cfg.render_seconds, sample_rate,
-                   temperatures=[cfg.render_temperature], seed=cfg.seed + epoch, label=epoch_name(epoch),
-                   prime=prime, info={"epoch": epoch, "step": step, "prime_seconds": cfg.render_prime_seconds},
-                   device=device if device.type == "cuda" else "cpu", progress=False)
+    paths = render(
+        model,
+        run.epoch_renders(epoch),
+        cfg.render_seconds,
+        sample_rate,
+        temperatures=[cfg.render_temperature],
+        seed=cfg.seed + epoch,
+        label=epoch_name(epoch),
+        prime=prime,
+        info={"epoch": epoch, "step": step, "prime_seconds": cfg.render_prime_seconds},
+        device=device if device.type == "cuda" else "cpu",
+        progress=False,
+    )
     model.train()
     return [render_event(path, run, dataset, sample_rate, epoch, step) for path in paths]
 
@@ -43,9 +60,16 @@ def render_event(path: Path, run: RunDir, dataset: Path, sample_rate: int, epoch
     from .audio import load
 
     d = diagnose(load(path)[0], sample_rate, _source_profile(dataset, sample_rate))
-    return {"event": "render", "epoch": epoch, "step": step, "path": str(path.relative_to(run.root)),
-            "category": d.category, "sentence": d.sentence, "resemblance": round(d.features["resemblance"], 4),
-            "copy_share": round(d.features["copy_share"], 4)}
+    return {
+        "event": "render",
+        "epoch": epoch,
+        "step": step,
+        "path": str(path.relative_to(run.root)),
+        "category": d.category,
+        "sentence": d.sentence,
+        "resemblance": round(d.features["resemblance"], 4),
+        "copy_share": round(d.features["copy_share"], 4),
+    }
 
 
 _PROFILES: dict[tuple[str, int], object] = {}

@@ -47,8 +47,9 @@ def _mono(audio: np.ndarray, label: str) -> np.ndarray:
     return np.nan_to_num(as_mono(audio, f"{label}: audio", dtype=np.float32))
 
 
-def _log_rows(s_db: np.ndarray, freqs: np.ndarray, fmin: float, fmax: float,
-              n_rows: int = LOG_ROWS) -> tuple[np.ndarray, np.ndarray]:
+def _log_rows(
+    s_db: np.ndarray, freqs: np.ndarray, fmin: float, fmax: float, n_rows: int = LOG_ROWS
+) -> tuple[np.ndarray, np.ndarray]:
     """Resample a linear-frequency spectrogram onto log-spaced rows.
 
     Each row takes the loudest bin inside it (so a narrow partial never falls between rows), or the
@@ -61,12 +62,11 @@ def _log_rows(s_db: np.ndarray, freqs: np.ndarray, fmin: float, fmax: float,
     nearest = np.clip(np.searchsorted(freqs, centres), 0, len(freqs) - 1)
     out = np.empty((n_rows, s_db.shape[1]), dtype=s_db.dtype)
     for i in range(n_rows):
-        out[i] = s_db[lo[i]:hi[i]].max(axis=0) if hi[i] > lo[i] else s_db[nearest[i]]
+        out[i] = s_db[lo[i] : hi[i]].max(axis=0) if hi[i] > lo[i] else s_db[nearest[i]]
     return out, edges
 
 
-def _pool_time(s_db: np.ndarray, times: np.ndarray, max_cols: int = MAX_COLUMNS
-               ) -> tuple[np.ndarray, np.ndarray]:
+def _pool_time(s_db: np.ndarray, times: np.ndarray, max_cols: int = MAX_COLUMNS) -> tuple[np.ndarray, np.ndarray]:
     """Max-pool frames in time so at most ``max_cols`` columns are drawn (keeps transients visible)."""
     n = s_db.shape[1]
     if n <= max_cols:
@@ -122,8 +122,9 @@ def _hz_label(f: float, _pos=None) -> str:
 
 
 def _draw_log_spectrogram(ax, panel: dict, vmin: float, vmax: float):
-    mesh = ax.pcolormesh(panel["x"], panel["y"], panel["S"], cmap=CMAP, vmin=vmin, vmax=vmax,
-                         shading="flat", rasterized=True)
+    mesh = ax.pcolormesh(
+        panel["x"], panel["y"], panel["S"], cmap=CMAP, vmin=vmin, vmax=vmax, shading="flat", rasterized=True
+    )
     ax.set_yscale("log")
     ax.set_ylim(panel["y"][0], panel["y"][-1])
     ticks = [f for f in _FREQ_TICKS if panel["y"][0] <= f <= panel["y"][-1]]
@@ -140,8 +141,9 @@ def _draw_waveform(ax, audio: np.ndarray, sr: int, colour: str = "#2b5c8a") -> N
         size = math.ceil(n / buckets)
         padded = np.pad(audio, (0, (-n) % size), mode="edge").reshape(-1, size)
         t = (np.arange(padded.shape[0]) + 0.5) * size / sr
-        ax.fill_between(t, padded.min(axis=1), padded.max(axis=1), color=colour, linewidth=0.3,
-                        edgecolor=colour, rasterized=True)
+        ax.fill_between(
+            t, padded.min(axis=1), padded.max(axis=1), color=colour, linewidth=0.3, edgecolor=colour, rasterized=True
+        )
     else:
         ax.plot(np.arange(n) / sr, audio, color=colour, linewidth=0.6)
     ax.axhline(0.0, color="0.6", linewidth=0.4)
@@ -192,8 +194,15 @@ def make_poster_figure(sounds: Sequence[tuple[str, np.ndarray, int]], low_hz: fl
         if sr <= 0:
             raise LabError(f"{label}: sample rate must be positive, got {sr}")
         audio = _mono(audio, str(label))
-        rows.append({"label": str(label), "audio": audio, "sr": sr, "log": _log_spectrogram(audio, sr),
-                     "low": _low_spectrogram(audio, sr, low_hz)})
+        rows.append(
+            {
+                "label": str(label),
+                "audio": audio,
+                "sr": sr,
+                "log": _log_spectrogram(audio, sr),
+                "low": _low_spectrogram(audio, sr, low_hz),
+            }
+        )
     vmin, vmax = _colour_range([p for r in rows for p in (r["log"]["S"], r["low"]["S"])])
 
     n = len(rows)
@@ -204,27 +213,35 @@ def make_poster_figure(sounds: Sequence[tuple[str, np.ndarray, int]], low_hz: fl
         role = "source" if i == 0 else "render"
         duration = len(r["audio"]) / r["sr"]
         _draw_waveform(ax_w, r["audio"], r["sr"])
-        ax_w.set_title(f"{r['label']}\n{role} \u00b7 {duration:.2f} s \u00b7 {r['sr']} Hz", loc="left",
-                       fontsize=10)
+        ax_w.set_title(f"{r['label']}\n{role} \u00b7 {duration:.2f} s \u00b7 {r['sr']} Hz", loc="left", fontsize=10)
         mesh = _draw_log_spectrogram(ax_s, r["log"], vmin, vmax)
         ax_s.set_title("spectrogram (log frequency)", fontsize=9)
         ax_s.set_ylabel("frequency (Hz)")
         ax_s.set_xlabel("time (s)")
-        ax_l.pcolormesh(r["low"]["x"], r["low"]["y"], r["low"]["S"], cmap=CMAP, vmin=vmin, vmax=vmax,
-                        shading="flat", rasterized=True)
+        ax_l.pcolormesh(
+            r["low"]["x"],
+            r["low"]["y"],
+            r["low"]["S"],
+            cmap=CMAP,
+            vmin=vmin,
+            vmax=vmax,
+            shading="flat",
+            rasterized=True,
+        )
         ax_l.set_ylim(0.0, r["low"]["top"])
         for ax in (ax_s, ax_l):  # the three panels of a row share one time axis
             ax.set_xlim(0.0, max(duration, 1e-3))
         ax_l.set_title(f"low range enlarged, 0\u2013{r['low']['top']:.0f} Hz", fontsize=9)
         ax_l.set_ylabel("frequency (Hz)")
         ax_l.set_xlabel("time (s)")
-    cbar = fig.colorbar(mesh, ax=axes[:, 1:].ravel().tolist(), fraction=0.025, pad=0.01, aspect=30 * n ** 0.5)
+    cbar = fig.colorbar(mesh, ax=axes[:, 1:].ravel().tolist(), fraction=0.025, pad=0.01, aspect=30 * n**0.5)
     cbar.set_label("level (dBFS)")
     return fig
 
 
-def poster_figure(sounds: Sequence[tuple[str, np.ndarray, int]], out: str | os.PathLike,
-                  low_hz: float = 1000.0, dpi: int = 300) -> list[Path]:
+def poster_figure(
+    sounds: Sequence[tuple[str, np.ndarray, int]], out: str | os.PathLike, low_hz: float = 1000.0, dpi: int = 300
+) -> list[Path]:
     """The study's poster figure: source and renders, waveform | spectrogram | low range enlarged.
 
     Parameters
@@ -253,9 +270,13 @@ def _as_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
     return [Path(p) for p in paths]
 
 
-def poster_figure_files(source_path: str | os.PathLike,
-                        render_paths: str | os.PathLike | Iterable[str | os.PathLike],
-                        out: str | os.PathLike, low_hz: float = 1000.0, dpi: int = 300) -> list[Path]:
+def poster_figure_files(
+    source_path: str | os.PathLike,
+    render_paths: str | os.PathLike | Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    low_hz: float = 1000.0,
+    dpi: int = 300,
+) -> list[Path]:
     """:func:`poster_figure` from audio files, each labelled by its file name. Returns [png, pdf]."""
     from .audio import load
 
@@ -306,9 +327,17 @@ def make_epoch_grid(run_dir: str | os.PathLike) -> Figure:
         audio, sr = load(wav)
         d = diagnose(audio, sr)
         event = judged.get(epoch, {})  # judged against the source while training
-        panels.append({"epoch": epoch, "file": wav.name, "category": event.get("category", d.category),
-                       "resemblance": event.get("resemblance"), "copy": event.get("copy_share"),
-                       "rms": d.features["rms_dbfs"], "log": _log_spectrogram(audio, sr)})
+        panels.append(
+            {
+                "epoch": epoch,
+                "file": wav.name,
+                "category": event.get("category", d.category),
+                "resemblance": event.get("resemblance"),
+                "copy": event.get("copy_share"),
+                "rms": d.features["rms_dbfs"],
+                "log": _log_spectrogram(audio, sr),
+            }
+        )
     vmin, vmax = _colour_range(p["log"]["S"] for p in panels)
 
     n = len(panels)
@@ -427,8 +456,9 @@ def loss_curve(metrics_path: str | os.PathLike, out: str | os.PathLike, dpi: int
         window = max(1, min(200, len(nll) // 20))
         ax.plot(steps, nll, color="C0", alpha=0.3, linewidth=0.8, label="train")
         if window > 1:
-            ax.plot(steps, _running_mean(nll, window), color="C0", linewidth=2.0,
-                    label=f"train, running mean of {window}")
+            ax.plot(
+                steps, _running_mean(nll, window), color="C0", linewidth=2.0, label=f"train, running mean of {window}"
+            )
         # faint line where each epoch starts
         epochs = [(r["step"], r.get("epoch")) for r in sorted(train, key=lambda r: r["step"])]
         starts = [(s, e) for k, (s, e) in enumerate(epochs) if e is not None and (k == 0 or e != epochs[k - 1][1])]
@@ -436,12 +466,27 @@ def loss_curve(metrics_path: str | os.PathLike, out: str | os.PathLike, dpi: int
         for k, (s, e) in enumerate(starts[1:], start=1):
             ax.axvline(s, color="0.8", linewidth=0.6, zorder=0)
             if k % every == 0:
-                ax.annotate(f"epoch {e}", (s, 0.0), xycoords=("data", "axes fraction"), xytext=(2, 2),
-                            textcoords="offset points", va="bottom", fontsize=7, color="0.45")
+                ax.annotate(
+                    f"epoch {e}",
+                    (s, 0.0),
+                    xycoords=("data", "axes fraction"),
+                    xytext=(2, 2),
+                    textcoords="offset points",
+                    va="bottom",
+                    fontsize=7,
+                    color="0.45",
+                )
     if val:
         vs = sorted(val, key=lambda r: r["step"])
-        ax.plot([r["step"] for r in vs], [r["nll_bits"] for r in vs], "o-", color="C1", markersize=5,
-                linewidth=1.0, label="validation")
+        ax.plot(
+            [r["step"] for r in vs],
+            [r["nll_bits"] for r in vs],
+            "o-",
+            color="C1",
+            markersize=5,
+            linewidth=1.0,
+            label="validation",
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("NLL (bits per sample)")
     ax.set_title(f"{Path(metrics_path).resolve().parent.name}: loss", loc="left")

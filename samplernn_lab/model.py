@@ -70,8 +70,8 @@ class FrameTier(nn.Module):
         for layer in range(cfg.n_rnn):
             w_ih, w_hh = getattr(self.rnn, f"weight_ih_l{layer}"), getattr(self.rnn, f"weight_hh_l{layer}")
             for g in range(gates):
-                _lecun_uniform_(w_ih.data[g * cfg.dim:(g + 1) * cfg.dim])
-                nn.init.orthogonal_(w_hh.data[g * cfg.dim:(g + 1) * cfg.dim])
+                _lecun_uniform_(w_ih.data[g * cfg.dim : (g + 1) * cfg.dim])
+                nn.init.orthogonal_(w_hh.data[g * cfg.dim : (g + 1) * cfg.dim])
             nn.init.zeros_(getattr(self.rnn, f"bias_ih_l{layer}"))
             nn.init.zeros_(getattr(self.rnn, f"bias_hh_l{layer}"))
         bound = 1.0 / math.sqrt(cfg.dim)
@@ -136,7 +136,8 @@ class SampleRNN(nn.Module):
         lengths = config.frame_lengths
         # Stored top tier first: the order in which a window is computed.
         self.tiers = nn.ModuleList(
-            FrameTier(config.frame_sizes[i], lengths[i], config) for i in reversed(range(len(lengths))))
+            FrameTier(config.frame_sizes[i], lengths[i], config) for i in reversed(range(len(lengths)))
+        )
         self.mlp = SampleMLP(config.frame_sizes[0], config)
 
     @property
@@ -166,11 +167,11 @@ class SampleRNN(nn.Module):
         new_hidden = []
         for i, tier in enumerate(self.tiers):
             n = tier.frame_len
-            frames = rescale_codes(codes[:, lb - n: lb - n + t], q).reshape(b, t // n, n)
+            frames = rescale_codes(codes[:, lb - n : lb - n + t], q).reshape(b, t // n, n)
             cond, h = tier(frames, cond, None if hidden is None else hidden[i])
             new_hidden.append(h)
         fs = self.mlp.frame_size
-        logits = self.mlp(codes[:, lb - fs: lb + t - 1], cond)
+        logits = self.mlp(codes[:, lb - fs : lb + t - 1], cond)
         return logits, new_hidden
 
     def initial_hidden(self, batch: int) -> Hidden:
@@ -197,9 +198,14 @@ class SampleRNN(nn.Module):
         pad = (-t) % lb
         silence = silence_code(self.config.q_levels)
         dev = next(self.parameters()).device
-        x = torch.cat([torch.full((b, lb), silence, dtype=torch.long),
-                       codes.long().cpu(),
-                       torch.full((b, pad), silence, dtype=torch.long)], dim=1).to(dev)
+        x = torch.cat(
+            [
+                torch.full((b, lb), silence, dtype=torch.long),
+                codes.long().cpu(),
+                torch.full((b, pad), silence, dtype=torch.long),
+            ],
+            dim=1,
+        ).to(dev)
         logits, _ = self(x)
         return F.log_softmax(logits[:, :t].float(), dim=-1).cpu()
 

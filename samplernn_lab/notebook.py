@@ -34,8 +34,9 @@ def player(sound: np.ndarray | str | os.PathLike, sample_rate: int | None = None
     return Audio(np.clip(data, -1, 1), rate=sample_rate, normalize=False)
 
 
-def spectrogram_png(audio: np.ndarray, sample_rate: int, title: str = "", width: float = 7.0,
-                    height: float = 2.2) -> bytes:
+def spectrogram_png(
+    audio: np.ndarray, sample_rate: int, title: str = "", width: float = 7.0, height: float = 2.2
+) -> bytes:
     """A small log-frequency spectrogram as PNG bytes (dB, full scale = 0); ``width``, ``height`` in inches."""
     from matplotlib.figure import Figure
 
@@ -74,20 +75,24 @@ def render_card_html(path: str | os.PathLike, source: str | os.PathLike | None =
     data, sr = audio_io.load(path)
     d = diagnose(data, sr)
     colour = CATEGORY_COLOURS.get(d.category, "#000")
-    text = (f"<div><b>{html.escape(path.name)}</b></div>"
-            f"<div class='srl-diagnosis'><span class='srl-category' style='color:{colour};font-weight:bold'>"
-            f"{d.category}</span> &middot; {len(data) / sr:.1f} s at {sr} Hz<br>{html.escape(d.sentence)}")
+    text = (
+        f"<div><b>{html.escape(path.name)}</b></div>"
+        f"<div class='srl-diagnosis'><span class='srl-category' style='color:{colour};font-weight:bold'>"
+        f"{d.category}</span> &middot; {len(data) / sr:.1f} s at {sr} Hz<br>{html.escape(d.sentence)}"
+    )
     if source is not None:
         src, _ = audio_io.load(source, sr)
         text += "<br><i>" + html.escape(compare(data, src, sr)["sentence"]) + "</i>"
     text += "</div>"
     png = base64.b64encode(spectrogram_png(data, sr, width=5.5, height=1.9)).decode("ascii")
-    card = ("<div class='srl-card' style='display:flex;flex-wrap:wrap;gap:12px;align-items:center;"
-            "margin:6px 0;padding:6px;border:1px solid #ddd;border-radius:4px'>"
-            f"<div style='flex:1 1 300px;min-width:280px;max-width:460px'>{text}"
-            f"<div style='margin-top:6px'>{player(data, sr)._repr_html_()}</div></div>"
-            f"<img class='srl-spectrogram' alt='spectrogram of {html.escape(path.name)}' "
-            f"src='data:image/png;base64,{png}' style='max-width:100%'></div>")
+    card = (
+        "<div class='srl-card' style='display:flex;flex-wrap:wrap;gap:12px;align-items:center;"
+        "margin:6px 0;padding:6px;border:1px solid #ddd;border-radius:4px'>"
+        f"<div style='flex:1 1 300px;min-width:280px;max-width:460px'>{text}"
+        f"<div style='margin-top:6px'>{player(data, sr)._repr_html_()}</div></div>"
+        f"<img class='srl-spectrogram' alt='spectrogram of {html.escape(path.name)}' "
+        f"src='data:image/png;base64,{png}' style='max-width:100%'></div>"
+    )
     return card, {"file": str(path), **d.to_dict()}
 
 
@@ -101,9 +106,15 @@ def render_card(path: str | os.PathLike, source: str | os.PathLike | None = None
     return row
 
 
-def listen_controls(run: str | os.PathLike, out: str | os.PathLike | None = None,
-                    temperatures: Sequence[float] = (1.0,), seconds: float = 5.0, batch: int = 1, seed: int = 0,
-                    prime_seconds: float = 0.25):
+def listen_controls(
+    run: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    temperatures: Sequence[float] = (1.0,),
+    seconds: float = 5.0,
+    batch: int = 1,
+    seed: int = 0,
+    prime_seconds: float = 0.25,
+):
     """Widgets to render from a run in JupyterLab: checkpoint, temperature, seconds, batch, seed,
     prime seconds and a Render button; each render appears as a card below. Returns the widget box."""
     import ipywidgets as w
@@ -116,16 +127,23 @@ def listen_controls(run: str | os.PathLike, out: str | os.PathLike | None = None
     out = Path(out) if out is not None else run / "renders" / "listen"
     names = sorted(p.stem for p in RunDir(run).checkpoints.glob("*.pt"))
     wide = {"description_width": "initial"}
-    choose = w.Dropdown(options=names, value="best" if "best" in names else (names[-1] if names else None),
-                        description="checkpoint", style=wide)
-    temp = w.FloatSlider(value=float(temperatures[0]), min=0.0, max=1.5, step=0.05, description="temperature",
-                         style=wide)
-    secs = w.BoundedFloatText(value=seconds, min=0.1, max=3600, description="seconds", style=wide,
-                              layout=w.Layout(width="150px"))
+    choose = w.Dropdown(
+        options=names,
+        value="best" if "best" in names else (names[-1] if names else None),
+        description="checkpoint",
+        style=wide,
+    )
+    temp = w.FloatSlider(
+        value=float(temperatures[0]), min=0.0, max=1.5, step=0.05, description="temperature", style=wide
+    )
+    secs = w.BoundedFloatText(
+        value=seconds, min=0.1, max=3600, description="seconds", style=wide, layout=w.Layout(width="150px")
+    )
     streams = w.IntSlider(value=batch, min=1, max=16, description="batch", style=wide)
     seed_box = w.IntText(value=seed, description="seed", style=wide, layout=w.Layout(width="130px"))
-    prime = w.BoundedFloatText(value=prime_seconds, min=0.0, max=10.0, description="prime (s)", style=wide,
-                               layout=w.Layout(width="150px"))
+    prime = w.BoundedFloatText(
+        value=prime_seconds, min=0.0, max=10.0, description="prime (s)", style=wide, layout=w.Layout(width="150px")
+    )
     button = w.Button(description="Render", button_style="primary", icon="play")
     area = w.Output()
 
@@ -133,9 +151,17 @@ def listen_controls(run: str | os.PathLike, out: str | os.PathLike | None = None
         button.disabled = True
         with area:
             try:
-                paths = render_checkpoint(run, out, secs.value, which=choose.value, batch_size=streams.value,
-                                          temperatures=[temp.value], seed=seed_box.value,
-                                          prime_seconds=prime.value, progress=True)
+                paths = render_checkpoint(
+                    run,
+                    out,
+                    secs.value,
+                    which=choose.value,
+                    batch_size=streams.value,
+                    temperatures=[temp.value],
+                    seed=seed_box.value,
+                    prime_seconds=prime.value,
+                    progress=True,
+                )
                 for p in paths:
                     render_card(p)
             except Exception as e:  # shown in the notebook, not lost in a log

@@ -51,8 +51,15 @@ def execute(notebook: Path, out: Path, parameters: dict[str, Any], cwd: Path) ->
     try:
         # the kernel's own log at ERROR: ipykernel 7 warns on every start that a local TCP kernel is
         # unencrypted, which broke the run's progress line; cell outputs (stderr included) are kept
-        pm.execute_notebook(str(notebook), str(out), parameters=parameters, cwd=str(cwd), progress_bar=False,
-                            kernel_name="python3", extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        pm.execute_notebook(
+            str(notebook),
+            str(out),
+            parameters=parameters,
+            cwd=str(cwd),
+            progress_bar=False,
+            kernel_name="python3",
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        )
     except pm.PapermillExecutionError as e:
         raise LabError(f"{out}: cell {e.exec_count} failed: {e.ename}: {e.evalue}".splitlines()[0]) from None
     finally:
@@ -75,11 +82,24 @@ def _export_html(path: Path) -> None:
 CHAIN_TEMPERATURE = 1.0
 
 
-def run(source: str | os.PathLike, out: str | os.PathLike, preset: str = "sketch",
-        max_minutes: float | None = None, epochs: int | None = None, seconds: float | None = None,
-        temperatures: Sequence[float] | None = None, seed: int = 0, overrides: Sequence[str] = (),
-        batch_size: int = 1, checkpoint: str = "auto", prime_seconds: float = 0.25, progress: bool = True,
-        resume: bool = False, rescue: bool = True, overwrite: bool = False) -> dict:
+def run(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    preset: str = "sketch",
+    max_minutes: float | None = None,
+    epochs: int | None = None,
+    seconds: float | None = None,
+    temperatures: Sequence[float] | None = None,
+    seed: int = 0,
+    overrides: Sequence[str] = (),
+    batch_size: int = 1,
+    checkpoint: str = "auto",
+    prime_seconds: float = 0.25,
+    progress: bool = True,
+    resume: bool = False,
+    rescue: bool = True,
+    overwrite: bool = False,
+) -> dict:
     """Execute the notebook chain on one source into ``out``; returns the summary (also written
     to ``out/summary.json``). See the module docstring for what lands where.
 
@@ -115,17 +135,50 @@ def run(source: str | os.PathLike, out: str | os.PathLike, preset: str = "sketch
     nb_in, nb_out = notebooks_dir(), out / "notebooks"
     dataset, figures, listen = out / "dataset", out / "figures", out / "renders" / "listen"
     steps = [
-        ("01_prepare_dataset", {"sources": [str(source)], "dataset_dir": str(dataset), "preset": preset,
-                                "overrides": list(overrides), "seed": seed, "overwrite": True}),
-        ("02_train", {"dataset_dir": str(dataset), "run_dir": str(out), "preset": preset,
-                      "overrides": list(overrides), "max_minutes": max_minutes, "epochs": epochs, "seed": seed,
-                      "resume": train_resume}),
-        ("03_listen", {"run_dir": str(out), "checkpoint": checkpoint, "prime_seconds": prime_seconds,
-                       "seconds": seconds,
-                       "temperatures": temperatures, "batch": batch_size, "seed": seed, "out_dir": str(listen),
-                       "source": str(source), "interactive": False, "rescue": rescue}),
-        ("04_poster_figures", {"run_dir": str(out), "source": str(source), "renders_dir": str(listen),
-                               "out_dir": str(figures)}),
+        (
+            "01_prepare_dataset",
+            {
+                "sources": [str(source)],
+                "dataset_dir": str(dataset),
+                "preset": preset,
+                "overrides": list(overrides),
+                "seed": seed,
+                "overwrite": True,
+            },
+        ),
+        (
+            "02_train",
+            {
+                "dataset_dir": str(dataset),
+                "run_dir": str(out),
+                "preset": preset,
+                "overrides": list(overrides),
+                "max_minutes": max_minutes,
+                "epochs": epochs,
+                "seed": seed,
+                "resume": train_resume,
+            },
+        ),
+        (
+            "03_listen",
+            {
+                "run_dir": str(out),
+                "checkpoint": checkpoint,
+                "prime_seconds": prime_seconds,
+                "seconds": seconds,
+                "temperatures": temperatures,
+                "batch": batch_size,
+                "seed": seed,
+                "out_dir": str(listen),
+                "source": str(source),
+                "interactive": False,
+                "rescue": rescue,
+            },
+        ),
+        (
+            "04_poster_figures",
+            {"run_dir": str(out), "source": str(source), "renders_dir": str(listen), "out_dir": str(figures)},
+        ),
     ]
     bar = tqdm(steps, desc=source.name, unit="notebook", disable=not progress)
     for name, params in bar:
@@ -195,8 +248,12 @@ def write_summary(run_dir: Path, source: Path, preset: str, overrides: list[str]
     categories = Counter(r["category"] for r in renders)
     val_rows = [m for m in metrics if m.get("split") == "val"]
     summary = {
-        "source": str(source), "run": str(run_dir), "preset": preset, "overrides": overrides,
-        "settings": config, "best_val_bits": min(m["nll_bits"] for m in val_rows) if val_rows else None,
+        "source": str(source),
+        "run": str(run_dir),
+        "preset": preset,
+        "overrides": overrides,
+        "settings": config,
+        "best_val_bits": min(m["nll_bits"] for m in val_rows) if val_rows else None,
         "best_val_epoch": min(val_rows, key=lambda m: m["nll_bits"])["epoch"] if val_rows else None,
         "epochs": len(list(RunDir(run_dir).checkpoints.glob("epoch-*.pt"))),
         "steps": max((m.get("step", 0) for m in metrics), default=0),
@@ -249,14 +306,17 @@ def demo(out: str | os.PathLike = "runs/demo", max_minutes: float | None = None,
     # Three minutes are about 13 epochs of this 6 s sound; much longer and the sketch model learns it by
     # heart and collapses into a steady tone (measured: every 6 s render of epoch 27 of a 6 min demo).
     minutes = 3.0 if max_minutes is None else max_minutes
-    summary = run(source, out, preset="sketch", max_minutes=minutes, seconds=6.0, temperatures=[1.0, 0.95],
-                  rescue=rescue)
+    summary = run(
+        source, out, preset="sketch", max_minutes=minutes, seconds=6.0, temperatures=[1.0, 0.95], rescue=rescue
+    )
     print(f"\nThe demo is done. Look in {out}/:")
     print(f"  renders/listen/*.wav   what the model invents ({', '.join(r['category'] for r in summary['renders'])})")
     print("  renders/epoch-NNN/     a short render after every epoch")
     print("  figures/               the poster's figure (source vs renders) and the epoch grid")
     print("  notebooks/*.html       the executed notebooks; open the .ipynb in JupyterLab (make lab)")
     if summary["best_val_bits"] is not None:
-        print(f"  summary.json           best validation NLL {summary['best_val_bits']:.3f} bits/sample "
-              f"(epoch {summary['best_val_epoch']} of {summary['epochs']})")
+        print(
+            f"  summary.json           best validation NLL {summary['best_val_bits']:.3f} bits/sample "
+            f"(epoch {summary['best_val_epoch']} of {summary['epochs']})"
+        )
     return summary

@@ -114,8 +114,9 @@ def folded_log_probs(f, codes: torch.Tensor) -> torch.Tensor:
     states = []
     for tier in f.tiers:
         h0 = tier.h0.expand(-1, -1, b, -1)
-        states.append([(h0[0, k].clone(), h0[1, k].clone()) if tier.lstm else h0[0, k].clone()
-                       for k in range(h0.shape[1])])
+        states.append(
+            [(h0[0, k].clone(), h0[1, k].clone()) if tier.lstm else h0[0, k].clone() for k in range(h0.shape[1])]
+        )
     conds: list = [None] * len(f.tiers)
     firsts = []
     for s in range(0, n, fs):
@@ -123,12 +124,12 @@ def folded_log_probs(f, codes: torch.Tensor) -> torch.Tensor:
         for i, tier in enumerate(f.tiers):
             size = tier.frame_len
             if s % size == 0:
-                conds[i] = tier_step(tier, hist[:, lb + s - size:lb + s], cond, states[i], q)
+                conds[i] = tier_step(tier, hist[:, lb + s - size : lb + s], cond, states[i], q)
             cond = conds[i][:, (s % size) // (size // tier.frame_size)]
         # the first MLP layer of each sample of the frame: conditioning plus lookup-table rows of its window
         x = conds[-1].clone()
         for j in range(fs):
-            window = hist[:, lb + s + j - fs:lb + s + j]
+            window = hist[:, lb + s + j - fs : lb + s + j]
             for k in range(fs):
                 x[:, j] += f.lut[k, window[:, k]]
         firsts.append(x)

@@ -82,8 +82,16 @@ def log_mel_frames(audio: np.ndarray, sr: int) -> np.ndarray:
     x = _mono(audio, "audio")
     n_fft = _n_fft(sr)
     x = pad_to_window(x, n_fft)
-    mel = librosa.feature.melspectrogram(y=x.astype(np.float32), sr=sr, n_fft=n_fft, hop_length=n_fft // 4,
-                                         n_mels=N_MELS, fmin=30.0, fmax=sr / 2, center=False)
+    mel = librosa.feature.melspectrogram(
+        y=x.astype(np.float32),
+        sr=sr,
+        n_fft=n_fft,
+        hop_length=n_fft // 4,
+        n_mels=N_MELS,
+        fmin=30.0,
+        fmax=sr / 2,
+        center=False,
+    )
     return 10.0 * np.log10(mel.T.astype(np.float64) + 1e-20)
 
 
@@ -124,8 +132,11 @@ class _Frames:
         audible = loud >= gate_db
         self.share = float(np.mean(audible))
         # a sound with no audible frame is one frame of floor: the farthest a sound can be from any content
-        kept = feats[audible] if audible.sum() >= 2 else np.full((2, feats.shape[1]), 0.0) + np.r_[
-            np.full(N_MELS, floor_db), np.zeros(N_MELS)]
+        kept = (
+            feats[audible]
+            if audible.sum() >= 2
+            else np.full((2, feats.shape[1]), 0.0) + np.r_[np.full(N_MELS, floor_db), np.zeros(N_MELS)]
+        )
         self.gaussian = _gaussian(kept)
 
 
@@ -207,8 +218,7 @@ def resemblance(render: np.ndarray, source: np.ndarray, sr: int) -> float:
     return SourceProfile(source, sr).resemblance(render)
 
 
-def _window_correlation(window: np.ndarray, source_fft: np.ndarray, energy: np.ndarray, n: int,
-                        m: int) -> np.ndarray:
+def _window_correlation(window: np.ndarray, source_fft: np.ndarray, energy: np.ndarray, n: int, m: int) -> np.ndarray:
     """Normalised cross-correlation of ``window`` with every position of the source: (m - len + 1,)."""
     w = window - window.mean()
     norm = np.sqrt(np.sum(w * w))
@@ -248,7 +258,7 @@ def copy_share(render: np.ndarray, source: np.ndarray, sr: int) -> float:
     starts = list(range(0, len(r) - win + 1, win))
     best: list[tuple[float, int] | None] = []
     for st in starts:
-        w = r[st:st + win]
+        w = r[st : st + win]
         if np.mean((w - w.mean()) ** 2) < quiet or loudest == 0.0:
             best.append(None)
             continue

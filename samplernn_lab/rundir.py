@@ -311,8 +311,13 @@ def liveliest_epoch(run: RunDir) -> str | None:
     ``AUTO_MAX_COPY`` of it. Older runs without the measure: the latest epoch diagnosed varied.
     """
     events = [e for e in render_events(run) if run.epoch_checkpoint(int(e["epoch"])).exists()]
-    judged = [e for e in events if isinstance(e.get("resemblance"), (int, float))
-              and e.get("category") not in ("silence", "tone") and e.get("copy_share", 0.0) <= AUTO_MAX_COPY]
+    judged = [
+        e
+        for e in events
+        if isinstance(e.get("resemblance"), (int, float))
+        and e.get("category") not in ("silence", "tone")
+        and e.get("copy_share", 0.0) <= AUTO_MAX_COPY
+    ]
     if judged:
         best = min(judged, key=lambda e: (e["resemblance"], -int(e["epoch"])))
         return epoch_name(int(best["epoch"]))
@@ -331,8 +336,9 @@ def check_new_run(run: RunDir) -> None:
     if holds_run(run):
         raise LabError(f"{run.root}: already holds a run (use --resume to continue it, or another --out)")
     if not is_empty(run.root) and marker_kind(run.root) is None:
-        raise LabError(f"{run.root}: folder is not empty and was not made by samplernn-lab; "
-                       f"choose a new or empty --out")
+        raise LabError(
+            f"{run.root}: folder is not empty and was not made by samplernn-lab; choose a new or empty --out"
+        )
 
 
 @contextmanager
@@ -384,8 +390,10 @@ class RunLock:
         except OSError:
             os.close(fd)
             holder = _read_pid(self.path)
-            raise LabError(f"{self.path.parent}: another training is writing into this run folder "
-                           f"(pid {holder if holder is not None else 'unknown'}); wait for it or stop it") from None
+            raise LabError(
+                f"{self.path.parent}: another training is writing into this run folder "
+                f"(pid {holder if holder is not None else 'unknown'}); wait for it or stop it"
+            ) from None
         self.stale_pid = _read_pid(self.path)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

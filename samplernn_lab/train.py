@@ -35,8 +35,18 @@ from .errors import LabError
 from .model import Hidden, SampleRNN, nll_bits
 from .rundir import MetricsWriter, RunDir, check_new_run, claim
 
-__all__ = ["Session", "TrainConfig", "TrainResult", "TrainState", "blowup_guard", "end_of_epoch", "evaluate",
-           "save", "train", "train_step"]
+__all__ = [
+    "Session",
+    "TrainConfig",
+    "TrainResult",
+    "TrainState",
+    "blowup_guard",
+    "end_of_epoch",
+    "evaluate",
+    "save",
+    "train",
+    "train_step",
+]
 
 
 @dataclass
@@ -107,9 +117,16 @@ class Session:
             tqdm.write(message)
 
 
-def train(dataset: str | os.PathLike, out: str | os.PathLike, model_config: ModelConfig | None = None,
-          config: TrainConfig | None = None, *, resume: bool = False, device: str | None = None,
-          progress: bool = True) -> TrainResult:
+def train(
+    dataset: str | os.PathLike,
+    out: str | os.PathLike,
+    model_config: ModelConfig | None = None,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> TrainResult:
     """Train a SampleRNN on a dataset folder into a run folder (layout: :mod:`samplernn_lab.rundir`).
 
     Parameters
@@ -128,8 +145,17 @@ def train(dataset: str | os.PathLike, out: str | os.PathLike, model_config: Mode
     rank, world, owns_group = setup_distributed(device)
     state, status, ended = None, None, False
     try:
-        state, session = start(Path(dataset), RunDir(out), model_config, config or TrainConfig(), resume=resume,
-                               device=device, rank=rank, world=world, progress=progress)
+        state, session = start(
+            Path(dataset),
+            RunDir(out),
+            model_config,
+            config or TrainConfig(),
+            resume=resume,
+            device=device,
+            rank=rank,
+            world=world,
+            progress=progress,
+        )
         with ExitStack() as stack:
             if session.is_main:
                 stack.enter_context(claim(session.run, session.run_config, resume, session.say))
@@ -158,11 +184,16 @@ def run_epoch(state: TrainState, session: Session, stopper: _Stop) -> str | None
     cfg = state.cfg
     batches = batch_order(session.train_codes.shape[0], cfg.batch_size, cfg.seed, state.epoch)
     if session.world > 1:  # each rank reads its own shard of every batch
-        batches = [b[session.rank::session.world] for b in batches if len(b) >= session.world]
+        batches = [b[session.rank :: session.world] for b in batches if len(b) >= session.world]
     n_windows = session.train_codes.shape[1] // cfg.seq_len
     silence = silence_code(state.model.config.q_levels)
-    bar = tqdm(total=len(batches) * n_windows, initial=state.batch * n_windows + state.window,
-               desc=f"epoch {state.epoch + 1}", unit="step", disable=not (session.progress and session.is_main))
+    bar = tqdm(
+        total=len(batches) * n_windows,
+        initial=state.batch * n_windows + state.window,
+        desc=f"epoch {state.epoch + 1}",
+        unit="step",
+        disable=not (session.progress and session.is_main),
+    )
     try:
         while state.batch < len(batches):
             chunks = session.train_codes[batches[state.batch]]
@@ -178,8 +209,16 @@ def run_epoch(state: TrainState, session: Session, stopper: _Stop) -> str | None
                     state.batch, state.window, state.hidden = state.batch + 1, 0, None
                 if not blowup_guard(state, session, loss, grad_norm):
                     continue
-                session.log.write({"step": state.step, "epoch": state.epoch + 1, "split": "train", "nll_bits": loss,
-                                   "seconds": round(session.elapsed(), 3), "grad_norm": round(grad_norm, 4)})
+                session.log.write(
+                    {
+                        "step": state.step,
+                        "epoch": state.epoch + 1,
+                        "split": "train",
+                        "nll_bits": loss,
+                        "seconds": round(session.elapsed(), 3),
+                        "grad_norm": round(grad_norm, 4),
+                    }
+                )
                 bar.update(1)
                 bar.set_postfix(bits=f"{state.running:.3f}")
                 if time.perf_counter() - session.last_save > cfg.checkpoint_minutes * 60:
@@ -201,7 +240,7 @@ def train_step(state: TrainState, window: torch.Tensor) -> tuple[float, float]:
     model, opt, scaler = state.model, state.optimizer, state.scaler
     with torch.autocast("cuda", dtype=state.amp_dtype) if state.amp_dtype is not None else nullcontext():
         logits, new_hidden = (model if state.net is None else state.net)(window, state.hidden)
-        loss = nll_bits(logits, window[:, model.lookback:])
+        loss = nll_bits(logits, window[:, model.lookback :])
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(opt)
@@ -228,8 +267,16 @@ def blowup_guard(state: TrainState, session: Session, loss: float, grad_norm: fl
         state.blowups = 0
         return True
     state.blowups += 1
-    session.log.write({"event": "nonfinite", "step": state.step, "epoch": state.epoch + 1, "loss": loss,
-                       "grad_norm": grad_norm, "seconds": session.elapsed()})
+    session.log.write(
+        {
+            "event": "nonfinite",
+            "step": state.step,
+            "epoch": state.epoch + 1,
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "seconds": session.elapsed(),
+        }
+    )
     if state.blowups >= state.cfg.blowup_patience:
         state.lr *= state.cfg.blowup_lr_factor
         message = _restore(state, session.run.last)
@@ -256,7 +303,8 @@ def stop_reason(state: TrainState, session: Session, stopper: _Stop) -> str | No
     """Why to stop before the next step; all ranks agree (any rank's reason stops all)."""
     cfg = state.cfg
     spent = (cfg.max_steps is not None and state.step >= cfg.max_steps) or (
-        cfg.max_minutes is not None and session.clock() - session.started >= cfg.max_minutes * 60)
+        cfg.max_minutes is not None and session.clock() - session.started >= cfg.max_minutes * 60
+    )
     flags = any_rank([spent, stopper.requested is not None], session.device, session.world)
     return "interrupted" if flags[1] else "budget" if flags[0] else None
 
@@ -273,22 +321,37 @@ def end_of_epoch(state: TrainState, session: Session) -> None:
         cfg, run = state.cfg, session.run
         val = evaluate(state.model, session.val_codes, cfg.seq_len, cfg.batch_size, session.device)
         if val is not None:
-            session.log.write({"step": state.step, "epoch": state.epoch, "split": "val", "nll_bits": val,
-                               "seconds": round(session.elapsed(), 3)})
-        weights = {"config": session.run_config, "model": state.model.state_dict(), "epoch": state.epoch,
-                   "step": state.step, "val_bits": val}
+            session.log.write(
+                {
+                    "step": state.step,
+                    "epoch": state.epoch,
+                    "split": "val",
+                    "nll_bits": val,
+                    "seconds": round(session.elapsed(), 3),
+                }
+            )
+        weights = {
+            "config": session.run_config,
+            "model": state.model.state_dict(),
+            "epoch": state.epoch,
+            "step": state.step,
+            "val_bits": val,
+        }
         ckpt_io.save(weights, run.epoch_checkpoint(state.epoch))
         if val is not None and (state.best_val is None or val < state.best_val):
             state.best_val = val
             ckpt_io.save(weights, run.best)
         save(state, session)
-        for event in epoch_render(state.model, run, session.dataset, session.sample_rate, cfg, state.epoch,
-                                  state.step, session.device):
+        for event in epoch_render(
+            state.model, run, session.dataset, session.sample_rate, cfg, state.epoch, state.step, session.device
+        ):
             session.log.write(event)
         _loss_curve(run)
         train_bits = state.running if state.running is not None else float("nan")
-        session.say(f"epoch {state.epoch}: step {state.step}, train {train_bits:.3f} bits"
-                    + (f", val {val:.3f} bits" if val is not None else ""))
+        session.say(
+            f"epoch {state.epoch}: step {state.step}, train {train_bits:.3f} bits"
+            + (f", val {val:.3f} bits" if val is not None else "")
+        )
     barrier(session.world)
 
 
@@ -297,12 +360,22 @@ def save(state: TrainState, session: Session) -> None:
     session.last_save = time.perf_counter()
     if not session.is_main:
         return
-    ckpt_io.save({"config": session.run_config, "model": state.model.state_dict(),
-                  "optimizer": state.optimizer.state_dict(),
-                  "position": {"epoch": state.epoch, "batch": state.batch, "window": state.window},
-                  "hidden": _detach(_to(state.hidden, "cpu")), "step": state.step, "epoch": state.epoch,
-                  "seconds": session.elapsed(), "best_val": state.best_val, "lr": state.lr,
-                  "rng": {"seed": state.cfg.seed, "torch": torch.get_rng_state()}}, session.run.last)
+    ckpt_io.save(
+        {
+            "config": session.run_config,
+            "model": state.model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "position": {"epoch": state.epoch, "batch": state.batch, "window": state.window},
+            "hidden": _detach(_to(state.hidden, "cpu")),
+            "step": state.step,
+            "epoch": state.epoch,
+            "seconds": session.elapsed(),
+            "best_val": state.best_val,
+            "lr": state.lr,
+            "rng": {"seed": state.cfg.seed, "torch": torch.get_rng_state()},
+        },
+        session.run.last,
+    )
 
 
 @torch.no_grad()
@@ -315,11 +388,11 @@ def evaluate(model: SampleRNN, codes: torch.Tensor, seq_len: int, batch_size: in
     silence = silence_code(model.config.q_levels)
     for i in range(0, codes.shape[0], batch_size):
         hidden = None
-        for _, window in windows(codes[i:i + batch_size], seq_len, model.lookback, silence):
+        for _, window in windows(codes[i : i + batch_size], seq_len, model.lookback, silence):
             window = window.to(device)
             logits, hidden = model(window, hidden)
             n = window.shape[0] * seq_len
-            total += float(nll_bits(logits, window[:, model.lookback:])) * n
+            total += float(nll_bits(logits, window[:, model.lookback :])) * n
             count += n
     model.train()
     return total / count if count else None
@@ -329,8 +402,18 @@ def evaluate(model: SampleRNN, codes: torch.Tensor, seq_len: int, batch_size: in
 # starting: settings, data, model, the run folder
 
 
-def start(dataset: Path, run: RunDir, model_config: ModelConfig | None, cfg: TrainConfig, *, resume: bool,
-          device: str | None, rank: int, world: int, progress: bool) -> tuple[TrainState, Session]:
+def start(
+    dataset: Path,
+    run: RunDir,
+    model_config: ModelConfig | None,
+    cfg: TrainConfig,
+    *,
+    resume: bool,
+    device: str | None,
+    rank: int,
+    world: int,
+    progress: bool,
+) -> tuple[TrainState, Session]:
     """Everything a run needs before it writes anything: settings (resumed or new), the dataset read,
     the model built. Raises LabError for a folder that is not this run's to write, or a bad dataset."""
     dev = pick_device(device)
@@ -346,13 +429,28 @@ def start(dataset: Path, run: RunDir, model_config: ModelConfig | None, cfg: Tra
         model_config = model_config or ModelConfig()
         check_new_run(run)  # before anything is read: a refusal costs nothing
     manifest = _check_dataset(dataset, model_config, cfg)
-    run_config = {"model": asdict(model_config), "train": asdict(cfg), "data": manifest["settings"],
-                  "dataset": str(dataset.resolve()), "sample_rate": manifest["sample_rate"],
-                  "quantization": {"method": model_config.quantization, "q_levels": model_config.q_levels}}
+    run_config = {
+        "model": asdict(model_config),
+        "train": asdict(cfg),
+        "data": manifest["settings"],
+        "dataset": str(dataset.resolve()),
+        "sample_rate": manifest["sample_rate"],
+        "quantization": {"method": model_config.quantization, "q_levels": model_config.q_levels},
+    }
     q, method = model_config.q_levels, model_config.quantization
-    session = Session(run, dataset, dev, rank, world, run_config, manifest["sample_rate"],
-                      load_split(dataset, "train", q, method), load_split(dataset, "val", q, method),
-                      clock=time.process_time if cfg.clock == "process" else time.perf_counter, progress=progress)
+    session = Session(
+        run,
+        dataset,
+        dev,
+        rank,
+        world,
+        run_config,
+        manifest["sample_rate"],
+        load_split(dataset, "train", q, method),
+        load_split(dataset, "val", q, method),
+        clock=time.process_time if cfg.clock == "process" else time.perf_counter,
+        progress=progress,
+    )
     torch.manual_seed(cfg.seed)
     state = new_state(SampleRNN(model_config).to(dev), cfg, dev)
     if saved is not None:
@@ -392,8 +490,10 @@ def _check_dataset(dataset: Path, cfg_model: ModelConfig, cfg: TrainConfig) -> d
     if cfg.seq_len % lb:
         raise LabError(f"seq_len {cfg.seq_len} must be a multiple of the top frame length {lb}")
     if manifest["chunk_samples"] < cfg.seq_len:
-        raise LabError(f"{dataset}: chunks of {manifest['chunk_samples']} samples are shorter than one "
-                       f"window (seq_len {cfg.seq_len}); prepare longer chunks or lower seq_len")
+        raise LabError(
+            f"{dataset}: chunks of {manifest['chunk_samples']} samples are shorter than one "
+            f"window (seq_len {cfg.seq_len}); prepare longer chunks or lower seq_len"
+        )
     if not any(c["split"] == "train" for c in manifest["chunks"]):
         raise LabError(f"{dataset}: has no training chunks")
     return manifest

@@ -23,4 +23,5 @@ def make_wav(tmp_path):
         path = tmp_path / name
         sf.write(path, audio, sr, subtype=subtype)
         return path
+
     return make

@@ -17,7 +17,7 @@ def bell(sr: int = 16000, seconds: float = 3.0, seed: int = 0) -> np.ndarray:
         tt = t[: n - i0]
         for ratio, amp, decay in ((1.0, 1.0, 1.5), (2.76, 0.5, 3.0), (5.4, 0.3, 6.0)):
             out[i0:] += amp * np.exp(-decay * tt) * np.sin(2 * np.pi * f0 * ratio * tt)
-        out[i0:i0 + 80] += rng.normal(0, 0.5, min(80, n - i0))
+        out[i0 : i0 + 80] += rng.normal(0, 0.5, min(80, n - i0))
     return (0.5 * out / np.max(np.abs(out))).astype(np.float32)
 
 
@@ -49,5 +49,5 @@ def bell_peal(sr: int = 16000, seconds: float = 12.0, rate: float = 2.0, seed: i
         tt = t[: n - i0]
         for ratio, a, decay in ((1.0, 1.0, 2.0), (2.76, 0.5, 4.0), (5.4, 0.3, 8.0)):
             out[i0:] += amp * a * np.exp(-decay * tt) * np.sin(2 * np.pi * f0 * ratio * tt + rng.uniform(0, 6.3))
-        out[i0:i0 + 80] += amp * rng.normal(0, 0.3, min(80, n - i0))
+        out[i0 : i0 + 80] += amp * rng.normal(0, 0.3, min(80, n - i0))
     return (0.5 * out / np.max(np.abs(out))).astype(np.float32)

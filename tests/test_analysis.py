@@ -38,7 +38,7 @@ def pink(sr: int, dur: float = 4.0, dbfs: float = -20.0, seed: int = 0) -> np.nd
     k = np.arange(len(spec), dtype=float)
     k[0] = 1.0
     x = np.fft.irfft(spec / np.sqrt(k), n)  # power ~ 1/f
-    return (x / np.sqrt(np.mean(x ** 2)) * 10 ** (dbfs / 20)).astype(np.float32)
+    return (x / np.sqrt(np.mean(x**2)) * 10 ** (dbfs / 20)).astype(np.float32)
 
 
 def textile_tone(sr: int, dur: float = 4.0) -> np.ndarray:
@@ -61,8 +61,11 @@ def bells(sr: int, dur: float = 5.0, seed: int = 1) -> np.ndarray:
         tt = t[: n - start]
         for j, r in enumerate(ratios):
             if bases[k % 5] * r < sr / 2 - 100:
-                out[start:] += (0.6 ** j) * np.sin(2 * np.pi * bases[k % 5] * r * tt + rng.uniform(0, 6)) \
+                out[start:] += (
+                    (0.6**j)
+                    * np.sin(2 * np.pi * bases[k % 5] * r * tt + rng.uniform(0, 6))
                     * np.exp(-tt * (1.5 + 2 * j))
+                )
         strike += rng.uniform(0.3, 0.8)
         k += 1
     return (out / (1.25 * np.max(np.abs(out)))).astype(np.float32)
@@ -78,7 +81,7 @@ def clicks(sr: int, dur: float = 4.0, bpm: float = 120.0) -> np.ndarray:
         length = min(int(0.004 * sr), n - pos)
         if a and length > 0:
             m = np.arange(length)
-            x[pos:pos + length] += a * 0.8 * np.exp(-m / (0.0007 * sr)) * np.sign(np.sin(m * 1.3 + 0.3))
+            x[pos : pos + length] += a * 0.8 * np.exp(-m / (0.0007 * sr)) * np.sign(np.sin(m * 1.3 + 0.3))
     return x.astype(np.float32)
 
 
@@ -219,8 +222,12 @@ def test_dc_offset_does_not_change_the_category():
 
 def test_clipping_does_not_change_the_category():
     sr = 16000
-    cases = [(np.clip(2.5 * sine(sr), -1, 1), "tone"), (np.clip(white(sr, dbfs=-6), -1, 1), "noise"),
-             (np.clip(3.0 * bells(sr), -1, 1), "varied"), (np.clip(3.0 * clicks(sr), -1, 1), "varied")]
+    cases = [
+        (np.clip(2.5 * sine(sr), -1, 1), "tone"),
+        (np.clip(white(sr, dbfs=-6), -1, 1), "noise"),
+        (np.clip(3.0 * bells(sr), -1, 1), "varied"),
+        (np.clip(3.0 * clicks(sr), -1, 1), "varied"),
+    ]
     for x, expected in cases:
         d = diagnose(x, sr)
         assert d.category == expected
@@ -243,9 +250,20 @@ def test_nan_samples_are_reported_not_fatal():
 def test_features_and_to_dict_are_plain_json():
     d = diagnose(bells(16000, 2.0), 16000)
     assert isinstance(d, Diagnosis)
-    for key in ("rms_dbfs", "peak_dbfs", "spectral_flatness", "tonal_dominance", "pitch_stability",
-                "dominant_hz", "onset_rate", "dc_offset", "clipped_fraction", "level_spread_db",
-                "duration_s", "noisiness"):
+    for key in (
+        "rms_dbfs",
+        "peak_dbfs",
+        "spectral_flatness",
+        "tonal_dominance",
+        "pitch_stability",
+        "dominant_hz",
+        "onset_rate",
+        "dc_offset",
+        "clipped_fraction",
+        "level_spread_db",
+        "duration_s",
+        "noisiness",
+    ):
         assert isinstance(d.features[key], float), key
         assert np.isfinite(d.features[key]), key
     assert 0 <= d.features["spectral_flatness"] <= 1

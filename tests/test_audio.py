@@ -41,8 +41,9 @@ def test_linear_uses_fixed_range_not_min_max():
 
 def test_mulaw_resolves_quiet_signals_better():
     x = torch.from_numpy(tone(300.0, 16000, 0.5, 0.01))
-    err = {m: float((audio.dequantize(audio.quantize(x, 256, m), 256, m) - x).abs().mean())
-           for m in ("linear", "mulaw")}
+    err = {
+        m: float((audio.dequantize(audio.quantize(x, 256, m), 256, m) - x).abs().mean()) for m in ("linear", "mulaw")
+    }
     assert err["mulaw"] < err["linear"] / 3
 
 
@@ -64,8 +65,10 @@ def test_load_stereo_flac_as_mono(tmp_path):
     assert y.shape == (8000,) and sr == 16000
 
 
-@pytest.mark.parametrize("content,problem", [(None, "no such file"), (b"", "empty"),
-                                             (b"this is not audio at all" * 10, "not a readable audio file")])
+@pytest.mark.parametrize(
+    "content,problem",
+    [(None, "no such file"), (b"", "empty"), (b"this is not audio at all" * 10, "not a readable audio file")],
+)
 def test_bad_files_name_the_file(tmp_path, content, problem):
     path = tmp_path / "bad.wav"
     if content is not None:

@@ -22,8 +22,7 @@ from samplernn_lab.errors import LabError
 from samplernn_lab.progress import MetricsTail
 from signals import bell
 
-TINY = ["dim=16", "embed_size=8", "chunk_seconds=0.5", "copies=2", "seq_len=256", "batch_size=4",
-        "render_seconds=0.1"]
+TINY = ["dim=16", "embed_size=8", "chunk_seconds=0.5", "copies=2", "seq_len=256", "batch_size=4", "render_seconds=0.1"]
 
 
 @pytest.fixture(scope="module")
@@ -58,24 +57,52 @@ def test_grid_names_runs_by_source_and_setting(tmp_path, sources):
 
 
 def test_triage_groups_and_sorts_by_the_grid(tmp_path):
-    results = [{"name": f"s{i}__lr={lr}", "source": f"s{i}.wav", "grid": {"lr": lr}, "status": "ok",
-                "category": cat, "run": str(tmp_path / f"s{i}__lr={lr}")}
-               for i, (lr, cat) in enumerate([("0.003", "tone"), ("0.001", "varied"), ("0.003", "varied")])]
+    results = [
+        {
+            "name": f"s{i}__lr={lr}",
+            "source": f"s{i}.wav",
+            "grid": {"lr": lr},
+            "status": "ok",
+            "category": cat,
+            "run": str(tmp_path / f"s{i}__lr={lr}"),
+        }
+        for i, (lr, cat) in enumerate([("0.003", "tone"), ("0.001", "varied"), ("0.003", "varied")])
+    ]
     results.append({"name": "s9__lr=0.001", "source": "s9.wav", "grid": {"lr": "0.001"}, "status": "running (x)"})
     write_triage(tmp_path, results, ["lr"])
     rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
     assert [(r["lr"], r["category"] or r["status"]) for r in rows] == [
-        ("0.001", "varied"), ("0.001", "running (x)"), ("0.003", "varied"), ("0.003", "tone")]
+        ("0.001", "varied"),
+        ("0.001", "running (x)"),
+        ("0.003", "varied"),
+        ("0.003", "tone"),
+    ]
     page = (tmp_path / "index.html").read_text()
     assert page.index("lr=0.001") < page.index("s1__lr=0.001") < page.index("lr=0.003 &nbsp;")
     assert page.count("<tbody>") == 2 and "<th>lr</th>" in page
 
 
 def test_ray_batch_of_a_grid_reports_a_broken_source_and_shows_status_while_running(
-        local_ray, sources, tmp_path, capsys):
+    local_ray, sources, tmp_path, capsys
+):
     out = tmp_path / "grid"
-    args = ["batch", str(sources / "a.wav"), str(sources / "b.wav"), str(sources / "broken.wav"), "--out", str(out),
-            "--ray", "--grid", "lr=0.001,0.003", "--max-steps", "60", "--seconds", "0.25", "--set", *TINY]
+    args = [
+        "batch",
+        str(sources / "a.wav"),
+        str(sources / "b.wav"),
+        str(sources / "broken.wav"),
+        "--out",
+        str(out),
+        "--ray",
+        "--grid",
+        "lr=0.001,0.003",
+        "--max-steps",
+        "60",
+        "--seconds",
+        "0.25",
+        "--set",
+        *TINY,
+    ]
     codes = []
     worker = threading.Thread(target=lambda: codes.append(main(args)))
     worker.start()
@@ -107,8 +134,16 @@ def test_ray_batch_of_a_grid_reports_a_broken_source_and_shows_status_while_runn
     # started again: finished runs are skipped, nothing of theirs is rewritten; the broken source fails again
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*__lr=*/**/*") if p.is_file()}
     t0 = time.perf_counter()
-    report = batch([sources / "a.wav", sources / "b.wav", sources / "broken.wav"], out, grid=["lr=0.001,0.003"],
-                   max_steps=60, seconds=0.25, overrides=TINY, ray=True, progress=False)
+    report = batch(
+        [sources / "a.wav", sources / "b.wav", sources / "broken.wav"],
+        out,
+        grid=["lr=0.001,0.003"],
+        max_steps=60,
+        seconds=0.25,
+        overrides=TINY,
+        ray=True,
+        progress=False,
+    )
     print(f"second start: {time.perf_counter() - t0:.1f} s")
     assert [r["status"] for r in report["results"]].count("skipped (done)") == 4 and report["failed"] == 2
     assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("*__lr=*/**/*") if p.is_file()}
@@ -120,9 +155,20 @@ def test_a_killed_worker_is_retried_by_ray_and_resumes_from_its_checkpoint(local
     out = tmp_path / "kill"
     overrides = TINY + ["checkpoint_minutes=0.002"]  # last.pt every ~0.1 s as well as every epoch
     reports = []
-    worker = threading.Thread(target=lambda: reports.append(batch(
-        [sources / "a.wav"], out, max_steps=400, seconds=0.25, overrides=overrides, ray=True, retries=2,
-        progress=False)))
+    worker = threading.Thread(
+        target=lambda: reports.append(
+            batch(
+                [sources / "a.wav"],
+                out,
+                max_steps=400,
+                seconds=0.25,
+                overrides=overrides,
+                ray=True,
+                retries=2,
+                progress=False,
+            )
+        )
+    )
     worker.start()
     state_file, tail = out / "logs" / "a.json", MetricsTail(out / "a")
     while worker.is_alive():
@@ -137,8 +183,11 @@ def test_a_killed_worker_is_retried_by_ray_and_resumes_from_its_checkpoint(local
     (report,) = reports
     assert report["ok"] == 1, report["results"]
     assert json.loads(state_file.read_text())["attempt"] == 2  # Ray ran the task again
-    steps = [json.loads(line)["step"] for line in (out / "a" / "metrics.jsonl").read_text().splitlines()
-             if '"split": "train"' in line]
+    steps = [
+        json.loads(line)["step"]
+        for line in (out / "a" / "metrics.jsonl").read_text().splitlines()
+        if '"split": "train"' in line
+    ]
     # resumed, not restarted: training never went back to its first step; the steps done again after
     # the kill (those after the last checkpoint, plus what the kernel did in the second it outlived its
     # worker) are fewer than those done before it

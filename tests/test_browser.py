@@ -32,8 +32,17 @@ pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parent.parent
 # a few training steps of a tiny model: enough for checkpoints to render from (the page is under test here)
-TINY = {"dim": 16, "embed_size": 8, "chunk_seconds": 0.5, "copies": 2, "seq_len": 256, "batch_size": 4,
-        "render_seconds": 0.1, "epochs": 1, "max_steps": 4}
+TINY = {
+    "dim": 16,
+    "embed_size": 8,
+    "chunk_seconds": 0.5,
+    "copies": 2,
+    "seq_len": 256,
+    "batch_size": 4,
+    "render_seconds": 0.1,
+    "epochs": 1,
+    "max_steps": 4,
+}
 TIMEOUT_MS = 120_000  # one step of the page on a loaded 2-core machine: a kernel's start, torch's import, a render
 CATEGORIES = ("silence", "tone", "noise", "varied")
 
@@ -53,8 +62,10 @@ def browser():
 
     with sync_playwright() as p:
         # root in a container needs --no-sandbox; players may play without a click (there is no user here)
-        b = p.chromium.launch(executable_path=chromium_path(),
-                              args=["--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required"])
+        b = p.chromium.launch(
+            executable_path=chromium_path(),
+            args=["--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required"],
+        )
         yield b
         b.close()
 
@@ -102,17 +113,34 @@ class JupyterLab:
             # no "get Jupyter news?" toast over the page
             (settings / f"{name}.jupyterlab-settings").parent.mkdir(parents=True, exist_ok=True)
             (settings / f"{name}.jupyterlab-settings").write_text(json.dumps(values))
-        env = {**os.environ, "JUPYTER_CONFIG_DIR": str(state / "config"),
-               "JUPYTERLAB_SETTINGS_DIR": str(state / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(state / "ws"),
-               "JUPYTER_RUNTIME_DIR": str(state / "runtime"),
-               "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        env = {
+            **os.environ,
+            "JUPYTER_CONFIG_DIR": str(state / "config"),
+            "JUPYTERLAB_SETTINGS_DIR": str(state / "settings"),
+            "JUPYTERLAB_WORKSPACES_DIR": str(state / "ws"),
+            "JUPYTER_RUNTIME_DIR": str(state / "runtime"),
+            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        }
         env.pop("TQDM_DISABLE", None)
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
-             f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
-             f"--ServerApp.root_dir={root}"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=root)
+            [
+                sys.executable,
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                "--allow-root",
+                "--ServerApp.ip=127.0.0.1",
+                f"--ServerApp.port={self.port}",
+                "--ServerApp.port_retries=0",
+                f"--IdentityProvider.token={self.token}",
+                f"--ServerApp.root_dir={root}",
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+        )
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -130,8 +158,9 @@ class JupyterLab:
         """A kernel session for ``notebook`` (as a user's earlier visit leaves one): the page opening it
         connects to that kernel instead of asking which kernel to start."""
         body = json.dumps({"path": notebook, "type": "notebook", "name": notebook, "kernel": {"name": "python3"}})
-        request = urllib.request.Request(self.url("api/sessions"), data=body.encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url("api/sessions"), data=body.encode(), method="POST", headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=120) as r:
             assert r.status == 201, r.status
 
@@ -153,8 +182,9 @@ def _listen_notebook(run: Path, folder: Path) -> Path:
     (as papermill would inject them: assignments after the tagged cell's own)."""
     book = nbformat.read(REPO / "notebooks" / "03_listen.ipynb", as_version=4)
     cell = next(c for c in book.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source += (f"\nrun_dir = {str(run)!r}\nseconds = 0.5\ntemperatures = [1.0]\n"
-                    f"out_dir = {str(folder / 'listen')!r}\n")
+    cell.source += (
+        f"\nrun_dir = {str(run)!r}\nseconds = 0.5\ntemperatures = [1.0]\nout_dir = {str(folder / 'listen')!r}\n"
+    )
     path = folder / "03_listen.ipynb"
     nbformat.write(book, path)
     return path
@@ -205,10 +235,14 @@ def test_listen_notebook_in_jupyterlab(tiny_run, browser, tmp_path):
         # the controls appear as widgets, not as "Loading widget..." nor as the text VBox(children=...)
         outputs = page.locator(".jp-Notebook .jp-Cell").last.locator(".jp-OutputArea-output")
         outputs.first.wait_for()
-        page.wait_for_function("o => o.querySelector('.widget-vbox') || /VBox\\(|Loading widget/.test(o.innerText)",
-                               arg=outputs.first.element_handle())
+        page.wait_for_function(
+            "o => o.querySelector('.widget-vbox') || /VBox\\(|Loading widget/.test(o.innerText)",
+            arg=outputs.first.element_handle(),
+        )
         controls = outputs.first.locator(".widget-vbox").first
-        assert controls.count() == 1, f"the ipywidgets front-end did not render the controls: {outputs.first.inner_text()!r}"
+        assert controls.count() == 1, (
+            f"the ipywidgets front-end did not render the controls: {outputs.first.inner_text()!r}"
+        )
         assert controls.locator(".widget-dropdown select option").all_inner_texts() == ["last"]
         slider = controls.locator(".widget-slider", has_text="temperature")
         readout = slider.locator(".widget-readout")
@@ -264,10 +298,15 @@ def batch_folder(tmp_path) -> Path:
     from samplernn_lab.figures import poster_figure
 
     out = tmp_path / "batch"
-    sounds = {"bells": (bell(16000, 1.0, seed=1), "varied"), "hum": (tone(220.0, 16000, 1.0), "tone"),
-              "hiss": (noise(16000, 1.0), "noise")}
-    posters = {name: poster_figure([(name, audio, 16000)], tmp_path / "posters" / name, dpi=40)[0]
-               for name, (audio, _) in sounds.items()}  # one per source, copied to its runs: a loaded machine
+    sounds = {
+        "bells": (bell(16000, 1.0, seed=1), "varied"),
+        "hum": (tone(220.0, 16000, 1.0), "tone"),
+        "hiss": (noise(16000, 1.0), "noise"),
+    }
+    posters = {
+        name: poster_figure([(name, audio, 16000)], tmp_path / "posters" / name, dpi=40)[0]
+        for name, (audio, _) in sounds.items()
+    }  # one per source, copied to its runs: a loaded machine
     results = []
     for lr in GRID:
         for name, (audio, category) in sounds.items():
@@ -277,11 +316,30 @@ def batch_folder(tmp_path) -> Path:
             sf.write(run / rel, audio, 16000, subtype="PCM_16")
             (run / "figures").mkdir()
             shutil.copy(posters[name], run / "figures" / "poster.png")
-            results.append({"name": run.name, "source": f"{name}.wav", "grid": {"lr": lr}, "status": "ok",
-                            "run": str(run), "renders": [{"file": rel, "category": category}], "category": category,
-                            "best_val_bits": 3.0 + len(name) / 10, "epochs": 2, "figures": ["figures/poster.png"]})
-        results.append({"name": f"broken__lr={lr}", "source": "broken.wav", "grid": {"lr": lr}, "status": "failed",
-                        "run": str(out / f"broken__lr={lr}"), "error": "broken.wav: not a readable audio file"})
+            results.append(
+                {
+                    "name": run.name,
+                    "source": f"{name}.wav",
+                    "grid": {"lr": lr},
+                    "status": "ok",
+                    "run": str(run),
+                    "renders": [{"file": rel, "category": category}],
+                    "category": category,
+                    "best_val_bits": 3.0 + len(name) / 10,
+                    "epochs": 2,
+                    "figures": ["figures/poster.png"],
+                }
+            )
+        results.append(
+            {
+                "name": f"broken__lr={lr}",
+                "source": "broken.wav",
+                "grid": {"lr": lr},
+                "status": "failed",
+                "run": str(out / f"broken__lr={lr}"),
+                "error": "broken.wav: not a readable audio file",
+            }
+        )
     write_triage(out, results, ["lr"])
     return out
 

@@ -25,9 +25,14 @@ class _CreatesAFile:
 
 
 def _run_config(model: ModelConfig) -> dict:
-    return {"model": asdict(model), "train": asdict(TrainConfig()), "data": {"sample_rate": 16000},
-            "dataset": "/nowhere", "sample_rate": 16000,
-            "quantization": {"method": model.quantization, "q_levels": model.q_levels}}
+    return {
+        "model": asdict(model),
+        "train": asdict(TrainConfig()),
+        "data": {"sample_rate": 16000},
+        "dataset": "/nowhere",
+        "sample_rate": 16000,
+        "quantization": {"method": model.quantization, "q_levels": model.q_levels},
+    }
 
 
 def _previous_format_last(model: SampleRNN, config: dict) -> dict:
@@ -38,9 +43,20 @@ def _previous_format_last(model: SampleRNN, config: dict) -> dict:
     logits.logsumexp(-1).mean().backward()
     optimizer.step()
     hidden = tuple(h.detach() for h in hidden)
-    return {"format": FORMAT, "config": config, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "position": {"epoch": 1, "batch": 2, "window": 3}, "hidden": hidden, "step": 7, "epoch": 1,
-            "seconds": 12.5, "best_val": 4.25, "lr": 1e-3, "rng": {"seed": 0, "torch": torch.get_rng_state()}}
+    return {
+        "format": FORMAT,
+        "config": config,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "position": {"epoch": 1, "batch": 2, "window": 3},
+        "hidden": hidden,
+        "step": 7,
+        "epoch": 1,
+        "seconds": 12.5,
+        "best_val": 4.25,
+        "lr": 1e-3,
+        "rng": {"seed": 0, "torch": torch.get_rng_state()},
+    }
 
 
 def test_a_checkpoint_of_the_previous_format_loads(tmp_path):
@@ -57,8 +73,9 @@ def test_a_checkpoint_of_the_previous_format_loads(tmp_path):
 
 
 def test_save_turns_dataclasses_and_paths_into_plain_values(tmp_path):
-    path = save({"config": {"model": TINY, "dataset": tmp_path}, "model": SampleRNN(TINY).state_dict()},
-                tmp_path / "c.pt")
+    path = save(
+        {"config": {"model": TINY, "dataset": tmp_path}, "model": SampleRNN(TINY).state_dict()}, tmp_path / "c.pt"
+    )
     ckpt = load(path)
     assert ckpt["config"]["model"]["dim"] == 16 and ckpt["config"]["dataset"] == str(tmp_path)
 

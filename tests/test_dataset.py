@@ -37,8 +37,9 @@ def test_augment_pieces_describe_the_stream():
     stream, pieces = augment(x, [(0, len(x))], 3, np.random.default_rng(0), fade=0)
     assert len(stream) == 3 * len(x)
     for p in pieces:  # without crossfades every piece is an exact copy of its source run
-        np.testing.assert_array_equal(stream[p.stream_start:p.stream_start + p.length],
-                                      x[p.source_start:p.source_start + p.length])
+        np.testing.assert_array_equal(
+            stream[p.stream_start : p.stream_start + p.length], x[p.source_start : p.source_start + p.length]
+        )
     offsets = {p.copy: p.offset for p in pieces}
     assert len(set(offsets.values())) == 3  # each copy is offset differently
 
@@ -107,15 +108,16 @@ def test_held_out_audio_never_reaches_training(tmp_path, make_wav):
         # the manifest's segments reproduce the chunk
         for s in c["segments"]:
             k = s["source_stop"] - s["source_start"]
-            np.testing.assert_allclose(data[s["chunk_start"]:s["chunk_start"] + k],
-                                       ramp[s["source_start"]:s["source_stop"]], atol=1e-3)
+            np.testing.assert_allclose(
+                data[s["chunk_start"] : s["chunk_start"] + k], ramp[s["source_start"] : s["source_stop"]], atol=1e-3
+            )
 
 
 def test_held_out_stretch_avoids_a_decaying_tail():
     t = np.arange(16000 * 4) / 16000
     decaying = (np.exp(-1.5 * t) * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
     splits = split_source(decaying, 0.1, 0.1)
-    (start, _), = splits["val"]
+    ((start, _),) = splits["val"]
     assert 0 < start < len(decaying) * 0.7  # not the near-silent end
 
 
@@ -169,8 +171,21 @@ def run_cli(args, capsys):
 
 
 def test_cli_prepare(bell_wav, tmp_path, capsys):
-    code, out, _ = run_cli(["prepare", str(bell_wav), "--out", str(tmp_path / "ds"), "--sample-rate", "16000",
-                            "--copies", "4", "--chunk-seconds", "0.5"], capsys)
+    code, out, _ = run_cli(
+        [
+            "prepare",
+            str(bell_wav),
+            "--out",
+            str(tmp_path / "ds"),
+            "--sample-rate",
+            "16000",
+            "--copies",
+            "4",
+            "--chunk-seconds",
+            "0.5",
+        ],
+        capsys,
+    )
     assert code == 0 and "train" in out
     assert read_manifest(tmp_path / "ds")["counts"]["train"] > 0
 
@@ -245,8 +260,12 @@ def test_interrupted_prepare_leaves_nothing(bell_wav, tmp_path, monkeypatch):
 def test_source_too_short_for_a_chunk(tmp_path, make_wav):
     path = make_wav("short.wav", noise(16000, 0.05))
     with pytest.raises(LabError):
-        prepare([path], tmp_path / "ds", DataConfig(sample_rate=16000, copies=1, chunk_seconds=8.0,
-                                                     val_fraction=0.4, test_fraction=0.0), progress=False)
+        prepare(
+            [path],
+            tmp_path / "ds",
+            DataConfig(sample_rate=16000, copies=1, chunk_seconds=8.0, val_fraction=0.4, test_fraction=0.0),
+            progress=False,
+        )
 
 
 def test_written_files_get_a_plain_files_mode(bell_wav, tmp_path):

@@ -46,8 +46,7 @@ def struck(sr: int, dur: float, f: float) -> np.ndarray:
     t = np.arange(int(sr * dur)) / sr
     tt = t % 0.25
     f0 = np.where((t // 0.25) % 2 == 0, f, 1.5 * f)
-    x = sum(0.5 ** j * np.sin(2 * np.pi * f0 * r * t) * np.exp(-tt * (6 + 3 * j))
-            for j, r in enumerate([1, 2.7, 5.2]))
+    x = sum(0.5**j * np.sin(2 * np.pi * f0 * r * t) * np.exp(-tt * (6 + 3 * j)) for j, r in enumerate([1, 2.7, 5.2]))
     return (0.5 * x).astype(np.float32)
 
 
@@ -83,8 +82,14 @@ def test_more_renders_make_more_rows():
     sr = 16000
     source = ("source.wav", struck(sr, 1.0, 440.0), sr)
     one = make_poster_figure([source, ("render-1.wav", tone(sr, 1.0, 3520.0), sr)])
-    three = make_poster_figure([source, ("r1", tone(sr, 1.0, 3520.0), sr), ("r2", noise(sr, 1.0), sr),
-                                ("r3", struck(22050, 0.5, 300.0), 22050)])
+    three = make_poster_figure(
+        [
+            source,
+            ("r1", tone(sr, 1.0, 3520.0), sr),
+            ("r2", noise(sr, 1.0), sr),
+            ("r3", struck(22050, 0.5, 300.0), 22050),
+        ]
+    )
     assert isinstance(one, Figure)
     panels = lambda fig: [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]  # noqa: E731
     assert len(panels(one)) == 2 * 3
@@ -96,8 +101,12 @@ def test_more_renders_make_more_rows():
     assert panels(three)[0].get_ylim() == (-1.0, 1.0)
     assert panels(three)[2].get_ylim() == (0.0, 1000.0)
     # one colour scale for all spectrograms
-    clims = {m.get_clim() for ax in panels(three) for m in ax.collections if hasattr(m, "get_clim")
-             and m.get_array() is not None and m.get_array().ndim == 2}
+    clims = {
+        m.get_clim()
+        for ax in panels(three)
+        for m in ax.collections
+        if hasattr(m, "get_clim") and m.get_array() is not None and m.get_array().ndim == 2
+    }
     assert len(clims) == 1
 
 
@@ -185,11 +194,11 @@ def write_metrics(path: Path) -> Path:
         for _ in range(100):
             step += 1
             nll = 6 * np.exp(-step / 120) + 2 + 0.2 * rng.standard_normal()
-            lines.append(json.dumps({"step": step, "epoch": epoch, "split": "train", "nll_bits": nll,
-                                     "seconds": 0.05}))
+            lines.append(json.dumps({"step": step, "epoch": epoch, "split": "train", "nll_bits": nll, "seconds": 0.05}))
         lines.append(json.dumps({"event": "checkpoint", "step": step, "epoch": epoch}))
-        lines.append(json.dumps({"step": step, "epoch": epoch, "split": "val", "nll_bits": 2.5 + 1 / epoch,
-                                 "seconds": 1.5}))
+        lines.append(
+            json.dumps({"step": step, "epoch": epoch, "split": "val", "nll_bits": 2.5 + 1 / epoch, "seconds": 1.5})
+        )
     lines.append('{"step": 301, "epoch": 4, "spl')  # a run still writing: cut-off last line
     path.write_text("\n".join(lines))
     return path

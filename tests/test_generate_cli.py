@@ -20,10 +20,16 @@ from signals import bell, noise, tone
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
     sf.write(root / "bell.wav", bell(16000, 2.0), 16000)
-    ds = prepare([root / "bell.wav"], root / "ds", DataConfig(sample_rate=16000, copies=2, chunk_seconds=0.25),
-                 progress=False)
-    train(ds, root / "run", ModelConfig(frame_sizes=(4, 2), dim=16, n_rnn=1, embed_size=8, q_levels=64),
-          TrainConfig(seq_len=256, batch_size=4, epochs=1, render_seconds=0), progress=False)
+    ds = prepare(
+        [root / "bell.wav"], root / "ds", DataConfig(sample_rate=16000, copies=2, chunk_seconds=0.25), progress=False
+    )
+    train(
+        ds,
+        root / "run",
+        ModelConfig(frame_sizes=(4, 2), dim=16, n_rnn=1, embed_size=8, q_levels=64),
+        TrainConfig(seq_len=256, batch_size=4, epochs=1, render_seconds=0),
+        progress=False,
+    )
     return root / "run"
 
 
@@ -34,8 +40,24 @@ def cli(args, capsys):
 
 
 def test_generate_writes_named_wavs_with_sidecars(run, tmp_path, capsys):
-    code, out, _ = cli(["generate", run, "--seconds", "0.1", "--batch", "2", "--temperature", "1.0", "0.5",
-                        "--seed", "3", "--out", tmp_path / "r"], capsys)
+    code, out, _ = cli(
+        [
+            "generate",
+            run,
+            "--seconds",
+            "0.1",
+            "--batch",
+            "2",
+            "--temperature",
+            "1.0",
+            "0.5",
+            "--seed",
+            "3",
+            "--out",
+            tmp_path / "r",
+        ],
+        capsys,
+    )
     assert code == 0
     names = sorted(p.name for p in (tmp_path / "r").glob("*.wav"))
     assert names == ["best_t0.5_s3_0.wav", "best_t0.5_s3_1.wav", "best_t1_s3_0.wav", "best_t1_s3_1.wav"]
@@ -50,8 +72,23 @@ def test_generate_writes_named_wavs_with_sidecars(run, tmp_path, capsys):
 
 def test_generate_with_prime(run, tmp_path, capsys):
     sf.write(tmp_path / "p.wav", tone(300.0, 16000, 0.05), 16000)
-    code, _, err = cli(["generate", run, "--checkpoint", "last", "--seconds", "0.05", "--prime", tmp_path / "p.wav",
-                        "--temperature", "0", "--out", tmp_path / "r"], capsys)
+    code, _, err = cli(
+        [
+            "generate",
+            run,
+            "--checkpoint",
+            "last",
+            "--seconds",
+            "0.05",
+            "--prime",
+            tmp_path / "p.wav",
+            "--temperature",
+            "0",
+            "--out",
+            tmp_path / "r",
+        ],
+        capsys,
+    )
     assert code == 0, err
     side = json.loads((tmp_path / "r" / "last_t0_s0_0.json").read_text())
     assert side["prime"] is True and side["prime_file"].endswith("p.wav")
@@ -113,8 +150,7 @@ def test_diagnose_cli_table_and_json(tmp_path, capsys):
 def test_figures_cli(tmp_path, capsys):
     sf.write(tmp_path / "src.wav", bell(44100, 2.0), 44100)
     sf.write(tmp_path / "gen.wav", noise(16000, 1.0), 16000)
-    code, out, err = cli(["figures", tmp_path / "src.wav", tmp_path / "gen.wav", "--out", tmp_path / "fig.png"],
-                         capsys)
+    code, out, err = cli(["figures", tmp_path / "src.wav", tmp_path / "gen.wav", "--out", tmp_path / "fig.png"], capsys)
     assert code == 0, err
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "fig.pdf").exists()
 
@@ -134,8 +170,21 @@ def test_auto_checkpoint_is_the_latest_varied_epoch(tmp_path):
 
 
 def test_prime_seconds_continues_training_audio(run, tmp_path, capsys):
-    args = ["generate", run, "--checkpoint", "last", "--seconds", "0.05", "--batch", "2", "--prime-seconds", "0.02",
-            "--temperature", "0", "--out"]
+    args = [
+        "generate",
+        run,
+        "--checkpoint",
+        "last",
+        "--seconds",
+        "0.05",
+        "--batch",
+        "2",
+        "--prime-seconds",
+        "0.02",
+        "--temperature",
+        "0",
+        "--out",
+    ]
     code, _, err = cli(args + [tmp_path / "a"], capsys)
     assert code == 0, err
     side = json.loads((tmp_path / "a" / "last_t0_s0_0.json").read_text())
@@ -160,8 +209,9 @@ def test_auto_checkpoint_resembles_the_source_most_without_copying(tmp_path):
     for name in ("epoch-001", "epoch-002", "epoch-003", "epoch-004", "last"):
         (run / "checkpoints" / f"{name}.pt").write_bytes(b"x")
     events = [(1, "varied", 0.9, 0.0), (2, "varied", 0.4, 0.0), (3, "varied", 0.2, 0.5), (4, "tone", 0.1, 0.0)]
-    rows = [{"event": "render", "epoch": e, "category": c, "resemblance": r, "copy_share": cp}
-            for e, c, r, cp in events]
+    rows = [
+        {"event": "render", "epoch": e, "category": c, "resemblance": r, "copy_share": cp} for e, c, r, cp in events
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     # epoch 3 copies half of its source and epoch 4 is a steady tone: epoch 2 is the closest of the rest
     assert resolve(run, "auto").name == "epoch-002.pt"

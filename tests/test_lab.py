@@ -13,8 +13,7 @@ from samplernn_lab.cli import main
 from samplernn_lab.pipeline import NOTEBOOKS, notebooks_dir
 from signals import bell
 
-TINY = ["dim=32", "embed_size=8", "chunk_seconds=0.5", "copies=2", "seq_len=256", "batch_size=4",
-        "render_seconds=0.25"]
+TINY = ["dim=32", "embed_size=8", "chunk_seconds=0.5", "copies=2", "seq_len=256", "batch_size=4", "render_seconds=0.25"]
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -29,8 +28,21 @@ def test_notebooks_are_committed_without_outputs_and_have_parameters(name):
 EXPECTED_PARAMETERS = {
     "01_prepare_dataset": {"sources", "dataset_dir", "preset", "overrides", "seed", "overwrite"},
     "02_train": {"dataset_dir", "run_dir", "preset", "overrides", "max_minutes", "epochs", "seed", "resume", "device"},
-    "03_listen": {"run_dir", "checkpoint", "prime_seconds", "seconds", "temperatures", "batch", "seed", "out_dir",
-                  "source", "interactive", "rescue", "top_p", "precision"},
+    "03_listen": {
+        "run_dir",
+        "checkpoint",
+        "prime_seconds",
+        "seconds",
+        "temperatures",
+        "batch",
+        "seed",
+        "out_dir",
+        "source",
+        "interactive",
+        "rescue",
+        "top_p",
+        "precision",
+    },
     "04_poster_figures": {"run_dir", "source", "renders_dir", "out_dir", "low_hz"},
 }
 
@@ -55,8 +67,25 @@ def sources(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_run(sources, tmp_path_factory):
     out = tmp_path_factory.mktemp("lab") / "run"
-    code = main(["run", str(sources / "bells.wav"), "--out", str(out), "--epochs", "2", "--max-minutes", "2",
-                 "--seconds", "0.5", "--temperature", "1.0", "0.8", "--set", *TINY])
+    code = main(
+        [
+            "run",
+            str(sources / "bells.wav"),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--max-minutes",
+            "2",
+            "--seconds",
+            "0.5",
+            "--temperature",
+            "1.0",
+            "0.8",
+            "--set",
+            *TINY,
+        ]
+    )
     assert code == 0
     return out
 
@@ -64,8 +93,9 @@ def one_run(sources, tmp_path_factory):
 def test_run_executes_every_notebook_without_errors(one_run):
     for name in NOTEBOOKS:
         book = nbformat.read(one_run / "notebooks" / f"{name}.ipynb", as_version=4)
-        errors = [o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", [])
-                  if o.output_type == "error"]
+        errors = [
+            o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"
+        ]
         assert not errors, (name, errors)
         assert (one_run / "notebooks" / f"{name}.html").stat().st_size > 1000
     # the parameters were injected, not the defaults used
@@ -95,8 +125,15 @@ def test_batch_reports_failures_skips_finished_runs_and_writes_triage(sources, t
     import shutil
 
     shutil.copytree(one_run, out / "bells")
-    report = batch([sources / "bells.wav", sources / "broken.wav"], out, preset="sketch", max_minutes=0.1,
-                   seconds=0.25, overrides=TINY, progress=False)
+    report = batch(
+        [sources / "bells.wav", sources / "broken.wav"],
+        out,
+        preset="sketch",
+        max_minutes=0.1,
+        seconds=0.25,
+        overrides=TINY,
+        progress=False,
+    )
     assert report["ok"] == 1 and report["failed"] == 1
     by_name = {r["name"]: r for r in report["results"]}
     assert by_name["bells"]["status"] == "skipped (done)"
@@ -151,8 +188,10 @@ def test_execute_keeps_the_kernel_log_quiet_and_the_cells_output(tmp_path, capfd
     from samplernn_lab.pipeline import execute
 
     src = tmp_path / "tiny.ipynb"
-    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        "import sys\nprint('to stderr', file=sys.stderr)")]), src)
+    nbformat.write(
+        nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import sys\nprint('to stderr', file=sys.stderr)")]),
+        src,
+    )
     execute(src, tmp_path / "out" / "tiny.ipynb", {}, tmp_path)
     assert "WARNING" not in capfd.readouterr().err
     book = nbformat.read(tmp_path / "out" / "tiny.ipynb", as_version=4)

@@ -29,10 +29,16 @@ def run(tmp_path_factory):
     """A tiny model trained for one short epoch on a bell: enough structure for greedy codes to be stable."""
     root = tmp_path_factory.mktemp("live")
     sf.write(root / "bell.wav", bell(SR, 2.0), SR)
-    ds = prepare([root / "bell.wav"], root / "ds", DataConfig(sample_rate=SR, copies=2, chunk_seconds=0.25),
-                 progress=False)
-    train(ds, root / "run", ModelConfig(frame_sizes=(4, 2), dim=24, n_rnn=1, embed_size=8, q_levels=64),
-          TrainConfig(seq_len=256, batch_size=4, epochs=1, render_seconds=0), progress=False)
+    ds = prepare(
+        [root / "bell.wav"], root / "ds", DataConfig(sample_rate=SR, copies=2, chunk_seconds=0.25), progress=False
+    )
+    train(
+        ds,
+        root / "run",
+        ModelConfig(frame_sizes=(4, 2), dim=24, n_rnn=1, embed_size=8, q_levels=64),
+        TrainConfig(seq_len=256, batch_size=4, epochs=1, render_seconds=0),
+        progress=False,
+    )
     return root / "run"
 
 
@@ -43,7 +49,7 @@ def model(run):
 
 @pytest.fixture(scope="module")
 def prime():
-    return bell(SR, 0.5, seed=3)[4000:4000 + PRIME]
+    return bell(SR, 0.5, seed=3)[4000 : 4000 + PRIME]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +71,7 @@ def play(module, x, sizes, method="forward"):
     with torch.inference_mode(), torch.jit.optimized_execution(False):
         while i < x.shape[2]:
             n = min(sizes[k % len(sizes)], x.shape[2] - i)
-            out.append(call(x[:, :, i:i + n]))
+            out.append(call(x[:, :, i : i + n]))
             i, k = i + n, k + 1
     return torch.cat(out, 2)
 
@@ -98,8 +104,9 @@ def test_export_cli_file_loads_alone_and_follows_nn_tilde_conventions(run, tmp_p
     out = tmp_path / "bells.ts"
     assert main(["export", str(run), "--out", str(out), "--sample-rate", "48000", "--checkpoint", "last"]) == 0
     assert "nn~ bells.ts forward" in capsys.readouterr().out
-    proc = subprocess.run([sys.executable, "-c", LOADER, str(out)], capture_output=True, text=True, cwd=tmp_path,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOADER, str(out)], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
     assert res["methods"] == ["forward", "follow"]
@@ -189,7 +196,7 @@ def quantized_tail(model, prime, rs):
     from samplernn_lab.audio import dequantize
 
     codes = quantize(torch.as_tensor(prime), model.config.q_levels, model.config.quantization)
-    return dequantize(codes, model.config.q_levels, model.config.quantization)[-2 * rs.taps_half:].reshape(1, -1)
+    return dequantize(codes, model.config.q_levels, model.config.quantization)[-2 * rs.taps_half :].reshape(1, -1)
 
 
 def test_resampler_keeps_pitch_and_filters_images():
@@ -199,7 +206,7 @@ def test_resampler_keeps_pitch_and_filters_images():
     rs.reset(1)
     out = []
     for i in range(0, x.shape[1], 700):  # streamed in uneven pieces
-        rs.push(x[:, i:i + 700])
+        rs.push(x[:, i : i + 700])
         out.append(rs.pull(rs.available()))
     y = torch.cat(out, 1)[0].double().numpy()
     assert abs(len(y) - 3 * x.shape[1]) < 3 * rs.taps_half
@@ -252,9 +259,9 @@ def test_follow_forces_loud_input_then_continues_it(model, prime):
     xin = loud[0, 0]
     # while loud: the output is the input as the model heard it (quantised), some milliseconds late
     seg = y[4000:20000]
-    lags = [float(torch.dot(seg, xin[4000 - d:20000 - d])) for d in range(0, 400)]
+    lags = [float(torch.dot(seg, xin[4000 - d : 20000 - d])) for d in range(0, 400)]
     lag = int(np.argmax(lags))
-    err = (seg - xin[4000 - lag:20000 - lag]).abs().mean()
+    err = (seg - xin[4000 - lag : 20000 - lag]).abs().mean()
     assert err < 0.05, (err, lag)
     # after it falls quiet: the model goes on (not the silent input)
-    assert float(y[24000 + 2000:].abs().mean()) > 1e-3
+    assert float(y[24000 + 2000 :].abs().mean()) > 1e-3

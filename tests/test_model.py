@@ -7,9 +7,14 @@ from samplernn_lab.model import nll_bits
 TINY = ModelConfig(frame_sizes=(4, 2), dim=24, n_rnn=1, embed_size=8, q_levels=32)
 
 
-@pytest.mark.parametrize("cfg", [TINY, ModelConfig(frame_sizes=(8, 2), dim=16, n_rnn=2, embed_size=8, q_levels=16,
-                                                   rnn_type="lstm", weight_norm=False),
-                                 ModelConfig(frame_sizes=(2, 2, 2), dim=16, n_rnn=1, embed_size=8, q_levels=16)])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        TINY,
+        ModelConfig(frame_sizes=(8, 2), dim=16, n_rnn=2, embed_size=8, q_levels=16, rnn_type="lstm", weight_norm=False),
+        ModelConfig(frame_sizes=(2, 2, 2), dim=16, n_rnn=1, embed_size=8, q_levels=16),
+    ],
+)
 def test_causal_changing_later_codes_never_changes_earlier_log_probs(cfg):
     torch.manual_seed(0)
     model = SampleRNN(cfg).eval()
@@ -19,9 +24,9 @@ def test_causal_changing_later_codes_never_changes_earlier_log_probs(cfg):
         other = codes.clone()
         other[:, t:] = torch.randint(0, cfg.q_levels, other[:, t:].shape)
         lp = model.log_probs(other)
-        assert torch.equal(lp[:, :t + 1], base[:, :t + 1]), t  # sample t's distribution depends on < t only
+        assert torch.equal(lp[:, : t + 1], base[:, : t + 1]), t  # sample t's distribution depends on < t only
         if t < 99:
-            assert not torch.allclose(lp[:, t + 1:], base[:, t + 1:])
+            assert not torch.allclose(lp[:, t + 1 :], base[:, t + 1 :])
 
 
 def test_frame_lengths_and_lookback():
@@ -39,7 +44,7 @@ def test_windowed_tbptt_equals_one_pass():
     full, _ = model(codes)
     hidden, parts = None, []
     for i in range(4):  # windows of 16 with carried state
-        logits, hidden = model(codes[:, i * 16:i * 16 + lb + 16], hidden)
+        logits, hidden = model(codes[:, i * 16 : i * 16 + lb + 16], hidden)
         parts.append(logits)
     assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
 
@@ -57,7 +62,7 @@ def test_h0_is_learned():
     model = SampleRNN(TINY)
     codes = torch.randint(0, 32, (2, model.lookback + 16))
     logits, _ = model(codes)
-    nll_bits(logits, codes[:, model.lookback:]).backward()
+    nll_bits(logits, codes[:, model.lookback :]).backward()
     assert all(t.h0.grad is not None and t.h0.grad.abs().sum() > 0 for t in model.tiers)
 
 

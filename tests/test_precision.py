@@ -30,7 +30,7 @@ def model():
     gen = torch.Generator().manual_seed(0)
     for _ in range(80):
         starts = torch.randint(0, len(codes) - lb - n, (8,), generator=gen)
-        x = torch.stack([codes[s:s + lb + n] for s in starts.tolist()])
+        x = torch.stack([codes[s : s + lb + n] for s in starts.tolist()])
         logits, _ = m(x)
         loss = F.cross_entropy(logits.reshape(-1, CFG.q_levels), x[:, lb:].reshape(-1))
         opt.zero_grad()
@@ -102,8 +102,10 @@ def test_generate_cli_takes_precision_and_the_sidecar_records_it(model, tmp_path
     from samplernn_lab.sampling import render
 
     assert build_parser().parse_args(["generate", "r", "--seconds", "1", "--out", "o"]).precision == "fp32"
-    assert build_parser().parse_args(["generate", "r", "--seconds", "1", "--out", "o", "--precision", "int8"]
-                                     ).precision == "int8"
+    assert (
+        build_parser().parse_args(["generate", "r", "--seconds", "1", "--out", "o", "--precision", "int8"]).precision
+        == "int8"
+    )
     [path] = render(model, tmp_path, 0.01, 16000, precision="int8", progress=False)
     import json
 

@@ -18,8 +18,15 @@ def test_optional_budgets_accept_none_other_numbers_do_not():
         get_preset("sketch", ["dim=None"])
 
 
-@pytest.mark.parametrize("bad,message", [(["dimm=3"], "unknown setting"), (["seed=1"], "ambiguous"),
-                                         (["weight_norm=3"], "true or false"), (["dim"], "field=value")])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (["dimm=3"], "unknown setting"),
+        (["seed=1"], "ambiguous"),
+        (["weight_norm=3"], "true or false"),
+        (["dim"], "field=value"),
+    ],
+)
 def test_bad_overrides(bad, message):
     with pytest.raises(LabError, match=message):
         get_preset("sketch", bad)

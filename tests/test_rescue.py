@@ -47,14 +47,15 @@ def watch(stream: np.ndarray, source: np.ndarray, sr: int = SR) -> Watchdog:
     w = Watchdog(Rescue(source, sr), 1, 256, "linear", 64)
     codes = quantize(stream, 256)[None]
     for i in range(0, codes.shape[1], 512):
-        w.observe(codes[:, i:i + 512])
+        w.observe(codes[:, i : i + 512])
         if w.due():
             w.check()
     return w
 
 
-@pytest.mark.parametrize("name", ["synth_glassbells", "loop_compus", "synth_steps", "synth_textile", "vinyl_hiss",
-                                  "perc_till"])
+@pytest.mark.parametrize(
+    "name", ["synth_glassbells", "loop_compus", "synth_steps", "synth_textile", "vinyl_hiss", "perc_till"]
+)
 def test_bundled_sounds_are_never_trapped(name):
     x, sr = load(ROOT / "media" / f"{name}.wav")
     looped = np.tile(x, int(np.ceil(12 * sr / len(x))))
@@ -119,8 +120,19 @@ def stand_in(monkeypatch):
 
 def test_rescue_reprimes_a_stream_driven_into_silence_and_leaves_the_healthy_one(stand_in, tmp_path):
     source = bell(SR, 3.0, seed=5)
-    paths = render(stand_in, tmp_path, 6.0, SR, batch_size=2, temperatures=[1.0], seed=0, label="x",
-                   prime=source[:512], progress=False, rescue=Rescue(source, SR))
+    paths = render(
+        stand_in,
+        tmp_path,
+        6.0,
+        SR,
+        batch_size=2,
+        temperatures=[1.0],
+        seed=0,
+        label="x",
+        prime=source[:512],
+        progress=False,
+        rescue=Rescue(source, SR),
+    )
     sides = [json.loads(p.with_suffix(".json").read_text()) for p in paths]
     assert sides[0]["rescue"]["events"] == []  # the healthy stream is never touched
     [event] = sides[1]["rescue"]["events"]
@@ -133,7 +145,7 @@ def test_rescue_reprimes_a_stream_driven_into_silence_and_leaves_the_healthy_one
     assert np.array_equal(quantize(audio[:SR], CFG.q_levels).numpy(), StandIn.bell[:SR])
     at = int(event["seconds"] * SR)
     assert is_silent(audio[SR:at], SR)
-    assert not is_silent(audio[at:at + SR], SR)  # re-primed: it plays again
+    assert not is_silent(audio[at : at + SR], SR)  # re-primed: it plays again
 
 
 def test_without_rescue_the_stream_stays_silent_and_the_sidecar_says_none(stand_in, tmp_path):
@@ -154,7 +166,7 @@ def test_a_restarted_stream_continues_as_a_fresh_stream_primed_with_the_excerpt(
     alone = generate(model, 5 * lb + 300, batch_size=3, temperature=0.0)
     fresh = generate(model, 300, temperature=0.0, prime=excerpt)
     assert torch.equal(before, alone[:, : 5 * lb])
-    assert torch.equal(after[[0, 2]], alone[[0, 2], 5 * lb:])  # the other streams go on untouched
+    assert torch.equal(after[[0, 2]], alone[[0, 2], 5 * lb :])  # the other streams go on untouched
     assert torch.equal(after[1], fresh[0])
     with pytest.raises(ValueError, match="multiples"):
         s.restart(0, excerpt[:-1])

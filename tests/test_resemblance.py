@@ -24,7 +24,7 @@ def grains(seconds: float, seed: int) -> np.ndarray:
     for onset in rng.uniform(0, seconds - 0.3, int(3 * seconds)):
         i = int(onset * SR)
         burst = scipy.signal.sosfilt(sos, rng.normal(0, 1, 3000)) * np.exp(-np.arange(3000) / 600)
-        out[i:i + 3000] += burst
+        out[i : i + 3000] += burst
     return (0.5 * out / np.abs(out).max()).astype(np.float32)
 
 
@@ -59,12 +59,12 @@ def test_resemblance_counts_a_hiss_bed_under_the_source():
 
 def test_copy_share_finds_a_pasted_render_and_passes_a_new_one():
     source = grains(10.0, seed=0)
-    pasted = np.concatenate([source[SR:4 * SR], grains(2.0, seed=9), source[7 * SR:8 * SR]])  # 4 of 6 s pasted
+    pasted = np.concatenate([source[SR : 4 * SR], grains(2.0, seed=9), source[7 * SR : 8 * SR]])  # 4 of 6 s pasted
     assert 0.5 <= copy_share(pasted, source, SR) <= 0.8
     assert copy_share(grains(6.0, seed=1), source, SR) == 0.0
     assert copy_share(np.zeros(3 * SR), source, SR) == 0.0  # silence copies nothing
     # a copy at another gain is still a copy
-    assert copy_share(0.3 * source[2 * SR:5 * SR], source, SR) > 0.9
+    assert copy_share(0.3 * source[2 * SR : 5 * SR], source, SR) > 0.9
 
 
 def test_compare_and_diagnose_against_the_source():
@@ -76,9 +76,10 @@ def test_compare_and_diagnose_against_the_source():
     assert diagnose(other, SR, source).category == "varied"
     # a hiss band around the source's partials moves with them, but it is the study's noise failure
     rng = np.random.default_rng(1)
-    band = scipy.signal.sosfilt(scipy.signal.butter(2, (400, 2500), btype="bandpass", fs=SR, output="sos"),
-                                rng.normal(0, 0.3, len(other)))
-    hissy = (0.3 * other + band * (0.5 + 0.5 * np.sin(2 * np.pi * 0.7 * np.arange(len(other)) / SR)))
+    band = scipy.signal.sosfilt(
+        scipy.signal.butter(2, (400, 2500), btype="bandpass", fs=SR, output="sos"), rng.normal(0, 0.3, len(other))
+    )
+    hissy = 0.3 * other + band * (0.5 + 0.5 * np.sin(2 * np.pi * 0.7 * np.arange(len(other)) / SR))
     plain = diagnose(hissy, SR)
     judged = diagnose(hissy, SR, source)
     assert judged.features["resemblance"] > 1.0

@@ -33,16 +33,28 @@ from signals import tone_plus_noise
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelConfig(frame_sizes=(4, 2), dim=16, n_rnn=1, embed_size=8, q_levels=32)
 FAST = TrainConfig(seq_len=256, batch_size=2, render_seconds=0.0, max_steps=2)
-TINY_SET = ["--set", "dim=16", "embed_size=8", "q_levels=32", "frame_sizes=(4,2)", "n_rnn=1", "seq_len=256",
-            "batch_size=2", "render_seconds=0", "chunk_seconds=0.25", "copies=1"]
+TINY_SET = [
+    "--set",
+    "dim=16",
+    "embed_size=8",
+    "q_levels=32",
+    "frame_sizes=(4,2)",
+    "n_rnn=1",
+    "seq_len=256",
+    "batch_size=2",
+    "render_seconds=0",
+    "chunk_seconds=0.25",
+    "copies=1",
+]
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("rundir")
     sf.write(root / "tpn.wav", tone_plus_noise(16000, 1.5), 16000, subtype="PCM_16")
-    return prepare([root / "tpn.wav"], root / "ds", DataConfig(sample_rate=16000, copies=1, chunk_seconds=0.25),
-                   progress=False)
+    return prepare(
+        [root / "tpn.wav"], root / "ds", DataConfig(sample_rate=16000, copies=1, chunk_seconds=0.25), progress=False
+    )
 
 
 def listing(folder: Path) -> dict[str, bytes]:
@@ -71,8 +83,9 @@ def test_demo_out_leaves_a_users_folder_alone(tmp_path, capsys):
 
 def test_demo_replaces_only_a_previous_demo(tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(pipeline_mod, "run", lambda source, out, **kw: calls.append(out) or {
-        "renders": [], "best_val_bits": None})
+    monkeypatch.setattr(
+        pipeline_mod, "run", lambda source, out, **kw: calls.append(out) or {"renders": [], "best_val_bits": None}
+    )
     old = tmp_path / "demo"
     old.mkdir()
     write_marker(old, "demo")
@@ -217,7 +230,8 @@ def hold_lock(run: Path) -> subprocess.Popen:
 
 
 def test_a_second_training_is_refused_naming_the_holder_and_a_killed_holders_lock_is_taken_over(
-        dataset, tmp_path, capsys):
+    dataset, tmp_path, capsys
+):
     out = tmp_path / "run"
     train(dataset, out, TINY, FAST, progress=False)
     before = listing(out)
@@ -233,8 +247,7 @@ def test_a_second_training_is_refused_naming_the_holder_and_a_killed_holders_loc
         holder.kill()  # kill -9: the lock file still names it
         holder.wait()
     assert (out / ".lock").read_text().split() == [str(holder.pid)]
-    result = train(dataset, out, TINY, TrainConfig(**{**FAST.__dict__, "max_steps": 4}), resume=True,
-                   progress=False)
+    result = train(dataset, out, TINY, TrainConfig(**{**FAST.__dict__, "max_steps": 4}), resume=True, progress=False)
     assert result.step == 4
     assert re.search(rf"took over a lock left by pid {holder.pid}", capsys.readouterr().out)
     assert (out / ".lock").read_text() == ""  # released at the end
@@ -270,8 +283,11 @@ def test_a_summary_of_a_run_killed_mid_line_still_reads(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     write_marker(run, "run")
     (run / "config.json").write_text(json.dumps({"model": {}, "train": {}, "sample_rate": 16000}))
-    (run / "metrics.jsonl").write_text(json.dumps({"step": 3, "epoch": 1, "split": "val", "nll_bits": 3.5}) + "\n"
-                                       + '{"step": 4, "epoch": 2, "split": "tr')
+    (run / "metrics.jsonl").write_text(
+        json.dumps({"step": 3, "epoch": 1, "split": "val", "nll_bits": 3.5})
+        + "\n"
+        + '{"step": 4, "epoch": 2, "split": "tr'
+    )
     summary = write_summary(run, tmp_path / "a.wav", "sketch", [])
     assert summary["best_val_bits"] == 3.5
     tail = MetricsTail(run).read()
@@ -283,8 +299,11 @@ def test_no_module_but_rundir_spells_the_run_folder_names():
     for path in (ROOT / "samplernn_lab").rglob("*.py"):
         if path.name == "rundir.py":
             continue
-        code = "\n".join(line for line in path.read_text().splitlines()
-                         if not line.lstrip().startswith(("#", '"', "'")) and "``" not in line)
+        code = "\n".join(
+            line
+            for line in path.read_text().splitlines()
+            if not line.lstrip().startswith(("#", '"', "'")) and "``" not in line
+        )
         for name in ('"metrics.jsonl"', '"config.json"', '"checkpoints"', '"last.pt"', '"best.pt"', 'f"epoch-'):
             if name in code:
                 offenders.append(f"{path.name}: {name}")
@@ -305,6 +324,7 @@ def test_one_version_source():
     import samplernn_lab
 
     assert samplernn_lab.__version__ == version("samplernn-lab")
-    spelled = [p for p in (ROOT / "samplernn_lab").rglob("*.py")
-               if re.search(r"__version__\s*=\s*[\"']\d+\.\d", p.read_text())]
+    spelled = [
+        p for p in (ROOT / "samplernn_lab").rglob("*.py") if re.search(r"__version__\s*=\s*[\"']\d+\.\d", p.read_text())
+    ]
     assert spelled == []

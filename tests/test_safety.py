@@ -30,16 +30,26 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from signals import bell, tone_plus_noise
 
 from samplernn_lab.checkpoint import FORMAT, load, resolve
 from samplernn_lab.cli import main
 from samplernn_lab.errors import LabError
+from signals import bell, tone_plus_noise
 
 # A tiny model whose epoch is 9 steps (12 training chunks of 4000 samples, batches of 4, windows of 1024), with a
 # render after every epoch and last.pt written after every step: a kill lands in a save, a render or a step.
-TINY = ["dim=16", "embed_size=8", "frame_sizes=(4,2)", "q_levels=64", "n_rnn=1", "seq_len=1024", "batch_size=4",
-        "render_seconds=0.05", "render_prime_seconds=0", "checkpoint_minutes=0.0001"]
+TINY = [
+    "dim=16",
+    "embed_size=8",
+    "frame_sizes=(4,2)",
+    "q_levels=64",
+    "n_rnn=1",
+    "seq_len=1024",
+    "batch_size=4",
+    "render_seconds=0.05",
+    "render_prime_seconds=0",
+    "checkpoint_minutes=0.0001",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process: the machine is small and shared
 
 PROGRESS_BAR = re.compile(r"\d+%\|")  # tqdm's, on stderr
@@ -97,8 +107,13 @@ def assert_whole_run(run: Path) -> None:
 
 def spawn(*args) -> subprocess.Popen:
     """``python -m samplernn_lab.cli ARGS`` in a new process."""
-    return subprocess.Popen([sys.executable, "-m", "samplernn_lab.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+    return subprocess.Popen(
+        [sys.executable, "-m", "samplernn_lab.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
 
 
 def metrics_lines(run: Path) -> int:
@@ -161,16 +176,16 @@ def dataset(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("safety-data")
     sf.write(root / "tpn.wav", tone_plus_noise(16000, 2.0), 16000, subtype="PCM_16")
-    return prepare([root / "tpn.wav"], root / "ds", DataConfig(sample_rate=16000, copies=2, chunk_seconds=0.25),
-                   progress=False)
+    return prepare(
+        [root / "tpn.wav"], root / "ds", DataConfig(sample_rate=16000, copies=2, chunk_seconds=0.25), progress=False
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(dataset, tmp_path_factory) -> Path:
     """A run of two epochs (epoch checkpoints, best.pt, last.pt, renders)."""
     run = tmp_path_factory.mktemp("safety-run") / "run"
-    assert main(["train", str(dataset), "--out", str(run), "--no-progress", "--max-steps", "18",
-                 "--set", *TINY]) == 0
+    assert main(["train", str(dataset), "--out", str(run), "--no-progress", "--max-steps", "18", "--set", *TINY]) == 0
     return run
 
 
@@ -203,8 +218,9 @@ def test_kill9_at_random_moments_then_last_loads_generates_and_resumes(dataset, 
         assert proc.returncode == -signal.SIGKILL
         assert_whole_run(run)  # a kill can leave a temporary file, never a half-written one under a real name
         steps.append(load(run / "checkpoints" / "last.pt")["step"])
-        code, out, err = cli(["generate", run, "--checkpoint", "last", "--seconds", "0.05", "--out",
-                              tmp_path / f"gen{kill}"], capsys)
+        code, out, err = cli(
+            ["generate", run, "--checkpoint", "last", "--seconds", "0.05", "--out", tmp_path / f"gen{kill}"], capsys
+        )
         assert code == 0, err
         assert sf.info(out.split()[0]).frames == 800
     assert steps == sorted(steps) and steps[0] < steps[-1]  # each --resume went on from the last one
@@ -259,8 +275,12 @@ def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(run_copy, da
         with file_size_limit(min(len(b) for b in before.values()) // 2):
             code, _, err = cli(args, capsys)
     else:
-        _fail_torch_save(monkeypatch, OSError(errno.ENOSPC, "No space left on device") if how == "ENOSPC" else
-                         RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"))
+        _fail_torch_save(
+            monkeypatch,
+            OSError(errno.ENOSPC, "No space left on device")
+            if how == "ENOSPC"
+            else RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+        )
         code, _, err = cli(args, capsys)
         monkeypatch.undo()
     assert code == 2
@@ -321,8 +341,21 @@ def test_full_disk_while_preparing_leaves_no_dataset(tmp_path, capsys, monkeypat
         return real(path, *a, **k)
 
     monkeypatch.setattr(audio_io.sf, "write", failing)
-    code, _, err = cli(["prepare", tmp_path / "bell.wav", "--out", out, "--sample-rate", "16000",
-                        "--chunk-seconds", "0.25", "--copies", "2"], capsys)
+    code, _, err = cli(
+        [
+            "prepare",
+            tmp_path / "bell.wav",
+            "--out",
+            out,
+            "--sample-rate",
+            "16000",
+            "--chunk-seconds",
+            "0.25",
+            "--copies",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 2 and len(calls) == 3
     assert "No space left on device" in one_line(err)
     assert not out.exists() and temporaries(out) == []
@@ -333,8 +366,17 @@ def test_full_disk_while_preparing_leaves_no_dataset(tmp_path, capsys, monkeypat
 # hostile checkpoints
 
 
-@pytest.mark.parametrize("where", ["generate FILE", "generate FILE (legacy pickle)", "generate --checkpoint auto",
-                                   "listening notebook (auto)", "export", "train --resume"])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "generate FILE",
+        "generate FILE (legacy pickle)",
+        "generate --checkpoint auto",
+        "listening notebook (auto)",
+        "export",
+        "train --resume",
+    ],
+)
 def test_hostile_pickle_creates_nothing(run_copy, dataset, tmp_path, capsys, where):
     from samplernn_lab.sample import render_checkpoint
 
@@ -405,9 +447,11 @@ def test_damaged_wav_gets_one_line(trained, tmp_path, capsys, how, verb):
     _damage(wav, how)
     before = snapshot(tmp_path)
     out = tmp_path / "out"
-    args = {"generate --prime": ["generate", trained, "--seconds", "0.05", "--prime", wav, "--out", out],
-            "prepare": ["prepare", wav, "--out", out, "--sample-rate", "16000", "--chunk-seconds", "0.25"],
-            "diagnose": ["diagnose", wav]}[verb]
+    args = {
+        "generate --prime": ["generate", trained, "--seconds", "0.05", "--prime", wav, "--out", out],
+        "prepare": ["prepare", wav, "--out", out, "--sample-rate", "16000", "--chunk-seconds", "0.25"],
+        "diagnose": ["diagnose", wav],
+    }[verb]
     code, _, err = cli(args, capsys)
     assert code == 2
     one_line(err, wav)
@@ -419,8 +463,9 @@ def test_damaged_dataset_chunk_gets_one_line(dataset_copy, tmp_path, capsys, how
     chunk = sorted((dataset_copy / "chunks" / "train").glob("*.wav"))[3]
     _damage(chunk, how)
     run = tmp_path / "run"
-    code, _, err = cli(["train", dataset_copy, "--out", run, "--no-progress", "--max-steps", "3", "--set", *TINY],
-                       capsys)
+    code, _, err = cli(
+        ["train", dataset_copy, "--out", run, "--no-progress", "--max-steps", "3", "--set", *TINY], capsys
+    )
     assert code == 2
     one_line(err, chunk)
     assert not run.exists()  # a run that cannot start leaves no folder
@@ -439,8 +484,9 @@ def test_damaged_manifest_gets_one_line(dataset_copy, tmp_path, capsys, how):
         _damage(manifest, how)
     before = snapshot(dataset_copy)
     run = tmp_path / "run"
-    code, _, err = cli(["train", dataset_copy, "--out", run, "--no-progress", "--max-steps", "3", "--set", *TINY],
-                       capsys)
+    code, _, err = cli(
+        ["train", dataset_copy, "--out", run, "--no-progress", "--max-steps", "3", "--set", *TINY], capsys
+    )
     assert code == 2
     one_line(err, manifest)
     assert not run.exists() and snapshot(dataset_copy) == before
@@ -460,8 +506,9 @@ def test_manifest_pointing_outside_the_dataset_is_refused(dataset_copy, tmp_path
         m["chunks"][0]["path"] = outside
         manifest.write_text(json.dumps(m))
     run = tmp_path / "run"
-    code, _, err = cli(["train", dataset_copy, "--out", run, "--no-progress", "--max-steps", "3", "--set", *TINY],
-                       capsys)
+    code, _, err = cli(
+        ["train", dataset_copy, "--out", run, "--no-progress", "--max-steps", "3", "--set", *TINY], capsys
+    )
     assert code == 2
     line = one_line(err, manifest)
     assert "outside" in line
@@ -500,8 +547,9 @@ def test_source_vanishing_during_prepare(tmp_path, capsys, monkeypatch, when):
 
         monkeypatch.setattr(dataset_mod.audio_io, "load", vanish_then_load)
     out = tmp_path / "ds"
-    code, _, err = cli(["prepare", folder, "--out", out, "--sample-rate", "16000", "--chunk-seconds", "0.25",
-                        "--copies", "2"], capsys)
+    code, _, err = cli(
+        ["prepare", folder, "--out", out, "--sample-rate", "16000", "--chunk-seconds", "0.25", "--copies", "2"], capsys
+    )
     assert code == 2
     one_line(err, doomed)
     assert not out.exists() and temporaries(out) == []

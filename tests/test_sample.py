@@ -71,7 +71,7 @@ def test_samples_follow_the_teacher_forced_distribution(model, backend, temperat
     # and the log-likelihood of what was drawn matches its expectation (-entropy)
     ll = torch.log(p.gather(-1, codes.unsqueeze(-1)).squeeze(-1))
     expected = (p * torch.log(p.clamp_min(1e-300))).sum(-1)
-    var = (p * torch.log(p.clamp_min(1e-300)) ** 2).sum(-1) - expected ** 2
+    var = (p * torch.log(p.clamp_min(1e-300)) ** 2).sum(-1) - expected**2
     z = float((ll - expected).sum() / var.sum().sqrt())
     assert abs(z) < 4.5
 
@@ -82,7 +82,7 @@ def test_wrong_distribution_is_detected(model):
     p = torch.softmax(model.log_probs(codes).double() / 0.5, -1)
     ll = torch.log(p.gather(-1, codes.unsqueeze(-1)).squeeze(-1))
     expected = (p * torch.log(p.clamp_min(1e-300))).sum(-1)
-    var = (p * torch.log(p.clamp_min(1e-300)) ** 2).sum(-1) - expected ** 2
+    var = (p * torch.log(p.clamp_min(1e-300)) ** 2).sum(-1) - expected**2
     assert abs(float((ll - expected).sum() / var.sum().sqrt())) > 6
 
 
@@ -137,8 +137,7 @@ def test_numba_and_torch_backends_agree_greedily(model, batch_size):
 def test_multi_layer_tiers_sample_as_the_model_predicts(rnn_type, backend):
     """The GRU/LSTM cells written out in the sampler match torch's recurrent layers, two layers deep."""
     torch.manual_seed(1)
-    m = SampleRNN(ModelConfig(frame_sizes=(2, 2), dim=24, n_rnn=2, rnn_type=rnn_type, embed_size=8,
-                              q_levels=16)).eval()
+    m = SampleRNN(ModelConfig(frame_sizes=(2, 2), dim=24, n_rnn=2, rnn_type=rnn_type, embed_size=8, q_levels=16)).eval()
     with torch.no_grad():  # a non-zero learned h0 and an output sharp enough to give varied argmaxes
         for tier in m.tiers:
             tier.h0.normal_(0, 0.5)
@@ -153,10 +152,15 @@ def test_rendered_wav_reads_back_to_its_codes(tmp_path, method):
     torch.manual_seed(0)
     cfg = ModelConfig(frame_sizes=(4, 2), dim=16, n_rnn=1, embed_size=8, q_levels=256, quantization=method)
     m = SampleRNN(cfg).eval()
-    paths = render(m, tmp_path, 0.05, 16000, batch_size=2, temperatures=[0.9, 1.0], seed=7, progress=False,
-                   block_seconds=0.01)
-    assert [p.name for p in paths] == ["render_t0.9_s7_0.wav", "render_t0.9_s7_1.wav", "render_t1_s7_0.wav",
-                                       "render_t1_s7_1.wav"]
+    paths = render(
+        m, tmp_path, 0.05, 16000, batch_size=2, temperatures=[0.9, 1.0], seed=7, progress=False, block_seconds=0.01
+    )
+    assert [p.name for p in paths] == [
+        "render_t0.9_s7_0.wav",
+        "render_t0.9_s7_1.wav",
+        "render_t1_s7_0.wav",
+        "render_t1_s7_1.wav",
+    ]
     codes = generate(m, 800, batch_size=4, temperature=[0.9, 0.9, 1.0, 1.0], seed=7)
     for i, p in enumerate(paths):
         data, sr = sf.read(p, dtype="float32")
@@ -240,8 +244,9 @@ def test_graph_steps_touch_only_static_tensors(model):
     """What a CUDA graph needs: a top-tier frame of steps reads and writes the same tensors every time."""
     for rnn_type in ("gru", "lstm"):
         torch.manual_seed(0)
-        m = SampleRNN(ModelConfig(frame_sizes=(4, 2), dim=16, n_rnn=2, rnn_type=rnn_type, embed_size=8,
-                                  q_levels=32)).eval()
+        m = SampleRNN(
+            ModelConfig(frame_sizes=(4, 2), dim=16, n_rnn=2, rnn_type=rnn_type, embed_size=8, q_levels=32)
+        ).eval()
         s = make_sampler(m, "torch", batch_size=2)
         static = s.static_tensors()
         ptrs = [x.data_ptr() for x in static]
@@ -256,6 +261,7 @@ def test_graph_steps_touch_only_static_tensors(model):
 def test_graph_failure_falls_back_to_eager(model, cpu_cuda, failure):
     """A capture that fails, or a graph whose replay differs from the steps, leaves the state as it was
     and sampling goes on eagerly: the same codes as without graphs, and a warning."""
+
     def broken(sampler):
         if failure == "capture":
             raise RuntimeError("capture not supported here")

@@ -32,9 +32,11 @@ def sample(model, n, backend, batch_size=4, temperature=1.0, top_p=1.0, seed=0):
 def test_nucleus_keeps_the_most_likely_codes_reaching_p():
     p = torch.tensor([[0.05, 0.4, 0.3, 0.25], [0.25, 0.25, 0.25, 0.25], [0.1, 0.6, 0.2, 0.1]])
     kept = nucleus(p, 0.6) > 0
-    assert kept.tolist() == [[False, True, True, False],  # 0.4 + 0.3 reaches 0.6
-                             [True, True, True, True],  # ties at the cut stay
-                             [False, True, False, False]]  # 0.6 alone
+    assert kept.tolist() == [
+        [False, True, True, False],  # 0.4 + 0.3 reaches 0.6
+        [True, True, True, True],  # ties at the cut stay
+        [False, True, False, False],
+    ]  # 0.6 alone
     assert (nucleus(p, 1.0) > 0).all() and torch.equal(nucleus(p, 1e-9) > 0, p == p.amax(1, keepdim=True))
 
 

@@ -27,8 +27,12 @@ def dataset(tmp_path_factory):
     import soundfile as sf
 
     sf.write(root / "tpn.wav", tone_plus_noise(16000, 2.0), 16000, subtype="PCM_16")
-    return prepare([root / "tpn.wav"], root / "ds",
-                   DataConfig(sample_rate=16000, copies=2, chunk_seconds=0.25, seed=0), progress=False)
+    return prepare(
+        [root / "tpn.wav"],
+        root / "ds",
+        DataConfig(sample_rate=16000, copies=2, chunk_seconds=0.25, seed=0),
+        progress=False,
+    )
 
 
 def entropy_bits(codes: torch.Tensor, q: int) -> float:
@@ -142,10 +146,27 @@ def test_bad_train_input_gets_one_line(dataset, tmp_path, capsys, problem):
 
     ds = tmp_path / "ds"
     shutil.copytree(dataset, ds)
-    args = ["train", str(ds), "--out", str(tmp_path / "run"), "--max-steps", "1", "--set", "dim=8",
-            "embed_size=4", "seq_len=256", "batch_size=2", "render_seconds=0"]
-    expect = {"no dataset": "not a dataset", "missing chunk": "missing", "short chunks": "shorter than one window",
-              "bad preset": "unknown preset", "bad field": "unknown setting"}[problem]
+    args = [
+        "train",
+        str(ds),
+        "--out",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "1",
+        "--set",
+        "dim=8",
+        "embed_size=4",
+        "seq_len=256",
+        "batch_size=2",
+        "render_seconds=0",
+    ]
+    expect = {
+        "no dataset": "not a dataset",
+        "missing chunk": "missing",
+        "short chunks": "shorter than one window",
+        "bad preset": "unknown preset",
+        "bad field": "unknown setting",
+    }[problem]
     if problem == "no dataset":
         (ds / "manifest.json").unlink()
     elif problem == "missing chunk":
@@ -162,8 +183,24 @@ def test_bad_train_input_gets_one_line(dataset, tmp_path, capsys, problem):
 
 
 def test_overrides_reach_the_run(dataset, tmp_path, capsys):
-    code = main(["train", str(dataset), "--out", str(tmp_path / "run"), "--max-steps", "2", "--no-progress",
-                 "--set", "dim=8", "embed_size=4", "seq_len=256", "batch_size=2", "render_seconds=0", "n_rnn=1"])
+    code = main(
+        [
+            "train",
+            str(dataset),
+            "--out",
+            str(tmp_path / "run"),
+            "--max-steps",
+            "2",
+            "--no-progress",
+            "--set",
+            "dim=8",
+            "embed_size=4",
+            "seq_len=256",
+            "batch_size=2",
+            "render_seconds=0",
+            "n_rnn=1",
+        ]
+    )
     assert code == 0
     config = json.loads((tmp_path / "run/config.json").read_text())
     assert config["model"]["dim"] == 8 and config["train"]["batch_size"] == 2 and config["train"]["max_steps"] == 2
@@ -181,8 +218,21 @@ def _cli_cmd(*args) -> list[str]:
 
 def test_sigint_saves_a_checkpoint_and_resume_goes_on(dataset, tmp_path):
     run = tmp_path / "run"
-    args = ["train", str(dataset), "--out", str(run), "--preset", "sketch", "--no-progress", "--set",
-            "dim=64", "embed_size=8", "seq_len=256", "batch_size=2", "render_seconds=0"]
+    args = [
+        "train",
+        str(dataset),
+        "--out",
+        str(run),
+        "--preset",
+        "sketch",
+        "--no-progress",
+        "--set",
+        "dim=64",
+        "embed_size=8",
+        "seq_len=256",
+        "batch_size=2",
+        "render_seconds=0",
+    ]
     proc = subprocess.Popen(_cli_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until it is really training
@@ -230,9 +280,24 @@ gc.collect()
 dist.destroy_process_group()
 """)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29517", str(script), str(tmp_path / "run"), str(dataset)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            str(script),
+            str(tmp_path / "run"),
+            str(dataset),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("STEPS"))
     _, steps, _, diff = line.split()

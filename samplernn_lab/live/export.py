@@ -17,8 +17,13 @@ from .module import DENSE, Cell, DenseF32, LiveSampleRNN, Tier
 
 
 @torch.no_grad()
-def build(model: SampleRNN, model_rate: int, host_rate: int = 48000, precision: str = "fp32",
-          prime: np.ndarray | torch.Tensor | None = None) -> LiveSampleRNN:
+def build(
+    model: SampleRNN,
+    model_rate: int,
+    host_rate: int = 48000,
+    precision: str = "fp32",
+    prime: np.ndarray | torch.Tensor | None = None,
+) -> LiveSampleRNN:
     """The live module of ``model`` (eager; :func:`script` makes it TorchScript).
 
     Parameters
@@ -35,6 +40,7 @@ def build(model: SampleRNN, model_rate: int, host_rate: int = 48000, precision: 
     check_precision(precision)
     if host_rate <= 0:
         raise LabError(f"--sample-rate must be a positive number of Hz, got {host_rate}")
+
     def dense(w: torch.Tensor, b: torch.Tensor) -> torch.nn.Module:
         small = precision == "int8" and w.shape[1] < INT8_MIN_IN
         return DENSE["fp32" if small else precision](w, b)
@@ -45,14 +51,25 @@ def build(model: SampleRNN, model_rate: int, host_rate: int = 48000, precision: 
     tiers, h0 = [], []
     for tier in f.tiers:
         cells = [Cell(dense(ih.w, ih.b), dense(hh.w, hh.b), tier.lstm) for ih, hh in zip(tier.ih, tier.hh)]
-        tiers.append(Tier(tier.frame_len, tier.frame_size, DenseF32(tier.inp.w, tier.inp.b), cells,
-                          dense(tier.up.w, tier.up.b)))
+        tiers.append(
+            Tier(tier.frame_len, tier.frame_size, DenseF32(tier.inp.w, tier.inp.b), cells, dense(tier.up.w, tier.up.b))
+        )
         for k in range(cfg.n_rnn):  # h0 (states, layers, 1, dim): per layer h, then c (zeros for a GRU)
             h0.append(tier.h0[0, k])
             h0.append(tier.h0[1, k] if tier.lstm else torch.zeros_like(tier.h0[0, k]))
     levels = audio_io.dequantize(torch.arange(cfg.q_levels), cfg.q_levels, cfg.quantization)
-    live = LiveSampleRNN(tiers, f.lut, [dense(d.w, d.b) for d in f.hidden], dense(f.out.w, f.out.b), levels, h0,
-                         int(model_rate), int(host_rate), cfg.n_rnn, precision)
+    live = LiveSampleRNN(
+        tiers,
+        f.lut,
+        [dense(d.w, d.b) for d in f.hidden],
+        dense(f.out.w, f.out.b),
+        levels,
+        h0,
+        int(model_rate),
+        int(host_rate),
+        cfg.n_rnn,
+        precision,
+    )
     if prime is not None:
         from ..sampling import prime_codes
 
@@ -66,9 +83,16 @@ def script(live: LiveSampleRNN) -> torch.jit.ScriptModule:
     return torch.jit.script(live.eval())
 
 
-def export(run: str | os.PathLike, out: str | os.PathLike, which: str = "best", host_rate: int = 48000,
-           precision: str = "fp32", prime_seconds: float = 0.25, prime: str | os.PathLike | None = None,
-           seed: int = 0) -> Path:
+def export(
+    run: str | os.PathLike,
+    out: str | os.PathLike,
+    which: str = "best",
+    host_rate: int = 48000,
+    precision: str = "fp32",
+    prime_seconds: float = 0.25,
+    prime: str | os.PathLike | None = None,
+    seed: int = 0,
+) -> Path:
     """Write ``out`` (``.ts``): the checkpoint ``which`` of ``run`` as an nn~ module.
 
     The module starts from (and resets to) ``prime_seconds`` of the run's training audio, or the

@@ -27,7 +27,6 @@ buffers.
 Everything here is TorchScript over long-standing aten ops; loading needs torch/libtorch alone.
 """
 
-
 from typing import List, Optional, Tuple
 
 import torch
@@ -113,8 +112,9 @@ class Tier(nn.Module):
         self.inp, self.up = inp, up
         self.cells = nn.ModuleList(cells)
 
-    def forward(self, frame: torch.Tensor, cond: Optional[torch.Tensor],
-                state: List[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    def forward(
+        self, frame: torch.Tensor, cond: Optional[torch.Tensor], state: List[torch.Tensor]
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """``state``: per layer h and c (c unused by a GRU)."""
         x = self.inp(frame)
         if cond is not None:
@@ -141,9 +141,19 @@ class LiveSampleRNN(nn.Module):
     state: List[torch.Tensor]  # per tier, per layer: h, c
     cond: List[torch.Tensor]  # per tier: (B, frame_size, dim), the conditioning of its current step
 
-    def __init__(self, tiers: List[Tier], lut: torch.Tensor, hidden: List[nn.Module], out: nn.Module,
-                 levels: torch.Tensor, h0: List[torch.Tensor], model_rate: int, host_rate: int, n_layers: int,
-                 precision: str):
+    def __init__(
+        self,
+        tiers: List[Tier],
+        lut: torch.Tensor,
+        hidden: List[nn.Module],
+        out: nn.Module,
+        levels: torch.Tensor,
+        h0: List[torch.Tensor],
+        model_rate: int,
+        host_rate: int,
+        n_layers: int,
+        precision: str,
+    ):
         super().__init__()
         fs, q, dim = lut.shape
         self.fs, self.q, self.dim = fs, q, dim
@@ -320,16 +330,16 @@ class LiveSampleRNN(nn.Module):
         """
         self._use_batch(1)
         p = codes.shape[1] - codes.shape[1] % self.fs
-        codes = codes[:, codes.shape[1] - p:]
+        codes = codes[:, codes.shape[1] - p :]
         for s in range(0, p, self.fs):
-            frame = codes[:, s:s + self.fs]
+            frame = codes[:, s : s + self.fs]
             self._frame(torch.zeros(1, 1), frame, torch.ones(1, dtype=torch.bool))
         self.primed_hist = self.hist.clone()
         self.primed_state = [s.clone() for s in self.state]
         self.primed_cond = [c.clone() for c in self.cond]
         self.primed_carry = self.carry.clone()
         self.primed_t = self.t
-        self.primed_tail = self.levels[codes[:, max(0, p - 2 * self.out_rs.taps_half):]]
+        self.primed_tail = self.levels[codes[:, max(0, p - 2 * self.out_rs.taps_half) :]]
         self.reset()
 
     def _draw_noise(self, start: int) -> None:
@@ -363,9 +373,9 @@ class LiveSampleRNN(nn.Module):
         for i, tier in enumerate(self.tiers):
             n = tier.frame_len
             c = self.cond[i]
-            st = self.state[2 * self.n_layers * i:2 * self.n_layers * (i + 1)]
+            st = self.state[2 * self.n_layers * i : 2 * self.n_layers * (i + 1)]
             if t % n == 0:
-                frame = self.rescale.index_select(0, self.hist[:, lb - n:].reshape(-1)).view(-1, n)
+                frame = self.rescale.index_select(0, self.hist[:, lb - n :].reshape(-1)).view(-1, n)
                 c, st = tier(frame, cond, st)
             new_cond.append(c)
             new_state.extend(st)
@@ -418,10 +428,10 @@ class LiveSampleRNN(nn.Module):
         up, down = self.out_rs.up, self.out_rs.down
         while self.gen <= need:
             h = (self.gen * up) // down - n0 + 1  # the host sample at the frame's first model sample
-            audio = self._frame(temps[:, h:h + 1], None, None)
+            audio = self._frame(temps[:, h : h + 1], None, None)
             self.out_rs.push(audio)
             self.gen += self.fs
-        self.last_temp = x[:, 0, n - 1:n].float()
+        self.last_temp = x[:, 0, n - 1 : n].float()
         return self.out_rs.pull(n).unsqueeze(1)
 
     @torch.jit.export
@@ -444,7 +454,7 @@ class LiveSampleRNN(nn.Module):
             start = end - fs
             if start >= 0 and end <= self.in_buf.shape[1]:
                 seg = self.in_buf[:, start:end]
-                peak = self.in_buf[:, max(0, end - window):end].abs().amax(1)
+                peak = self.in_buf[:, max(0, end - window) : end].abs().amax(1)
                 forced = torch.bucketize(seg, self.edges, right=True)
                 audio = self._frame(temp, forced, peak > threshold)
             else:
@@ -456,4 +466,3 @@ class LiveSampleRNN(nn.Module):
         self.in_buf = self.in_buf[:, drop:]
         self.in_start += drop
         return self.out_rs.pull(n).unsqueeze(1)
-

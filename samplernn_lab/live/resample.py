@@ -90,7 +90,7 @@ class StreamResampler(nn.Module):
         k = min(past.shape[1], 2 * self.taps_half)
         if k > 0:
             buf = self.buf.clone()
-            buf[:, buf.shape[1] - k:] = past[:, past.shape[1] - k:].to(buf.dtype)
+            buf[:, buf.shape[1] - k :] = past[:, past.shape[1] - k :].to(buf.dtype)
             self.buf = buf
 
     def _taps(self, phase: torch.Tensor) -> torch.Tensor:
@@ -128,9 +128,9 @@ class StreamResampler(nn.Module):
         """The next ``n`` outputs (batch, n); the source must reach :meth:`last_needed` ``(n)``."""
         if self.taps_half == 0:
             start = self.n_out - self.buf_start
-            y = self.buf[:, start:start + n]
+            y = self.buf[:, start : start + n]
             self.n_out += n
-            self.buf = self.buf[:, start + n:]
+            self.buf = self.buf[:, start + n :]
             self.buf_start = self.n_out
             return y
         idx = torch.arange(self.n_out, self.n_out + n, dtype=torch.int64)

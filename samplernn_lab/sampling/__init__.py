@@ -14,5 +14,14 @@ from .folding import Folded, fold
 from .render import render, render_checkpoint
 from .sampler import Sampler, generate, prime_codes
 
-__all__ = ["Folded", "Sampler", "Tuning", "choose_backend", "fold", "generate", "prime_codes", "render",
-           "render_checkpoint"]
+__all__ = [
+    "Folded",
+    "Sampler",
+    "Tuning",
+    "choose_backend",
+    "fold",
+    "generate",
+    "prime_codes",
+    "render",
+    "render_checkpoint",
+]

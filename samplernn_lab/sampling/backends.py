@@ -40,8 +40,9 @@ class Tuning:
     numba_max_dim: int = 512
 
 
-def choose_backend(device: torch.device, batch_size: int, dim: int, backend: str | None = None,
-                   tuning: Tuning = Tuning()) -> str:
+def choose_backend(
+    device: torch.device, batch_size: int, dim: int, backend: str | None = None, tuning: Tuning = Tuning()
+) -> str:
     """``"numba"`` or ``"torch"``: ``backend`` checked, or the default for this device, batch and width."""
     if backend is None:
         small = batch_size < tuning.numba_max_batch and dim <= tuning.numba_max_dim
@@ -60,15 +61,18 @@ class NumbaBackend:
     torch_threads = 1  # torch's OpenMP threads spin between ops and starve the kernel's BLAS threads
     graphable = False
 
-    def __init__(self, f: Folded, batch_size: int, temps: torch.Tensor, seed: int, device: torch.device,
-                 top_p: float = 1.0):
+    def __init__(
+        self, f: Folded, batch_size: int, temps: torch.Tensor, seed: int, device: torch.device, top_p: float = 1.0
+    ):
         dim = f.lut.shape[2]
         self.top_p = float(top_p)
         self.lut = f.lut.numpy()
         self.hid_w = np.ascontiguousarray(
-            np.stack([d.w.T.numpy() for d in f.hidden]) if f.hidden else np.zeros((0, dim, dim), np.float32))
+            np.stack([d.w.T.numpy() for d in f.hidden]) if f.hidden else np.zeros((0, dim, dim), np.float32)
+        )
         self.hid_b = np.ascontiguousarray(
-            np.stack([d.b.numpy() for d in f.hidden]) if f.hidden else np.zeros((0, dim), np.float32))
+            np.stack([d.b.numpy() for d in f.hidden]) if f.hidden else np.zeros((0, dim), np.float32)
+        )
         self.out_w = np.ascontiguousarray(f.out.w.T.numpy())
         self.out_b = f.out.b.numpy()
         self.temps = temps.numpy().astype(np.float32)
@@ -86,8 +90,19 @@ class NumbaBackend:
         uniforms = self.rng.random((b, fs))
         win = window.numpy()  # shares memory with the sampler's history
         win_c = np.ascontiguousarray(win)
-        mlp_frame_numba(self.lut, np.ascontiguousarray(cond.numpy()), self.hid_w, self.hid_b, self.out_w, self.out_b,
-                        win_c, self.temps, uniforms, self.free if forced is None else forced.numpy(), self.top_p)
+        mlp_frame_numba(
+            self.lut,
+            np.ascontiguousarray(cond.numpy()),
+            self.hid_w,
+            self.hid_b,
+            self.out_w,
+            self.out_b,
+            win_c,
+            self.temps,
+            uniforms,
+            self.free if forced is None else forced.numpy(),
+            self.top_p,
+        )
         win[:] = win_c
 
 
@@ -98,8 +113,9 @@ class TorchBackend:
     torch_threads = None
     graphable = True
 
-    def __init__(self, f: Folded, batch_size: int, temps: torch.Tensor, seed: int, device: torch.device,
-                 top_p: float = 1.0):
+    def __init__(
+        self, f: Folded, batch_size: int, temps: torch.Tensor, seed: int, device: torch.device, top_p: float = 1.0
+    ):
         self.f = f
         self.top_p = float(top_p)
         greedy = temps <= 0
@@ -117,8 +133,9 @@ class TorchBackend:
     def frame(self, cond: torch.Tensor, window: torch.Tensor, pos: int, forced: torch.Tensor | None) -> None:
         fs = self.f.frame_size
         forced = None if forced is None else forced.to(window.device)
-        mlp_frame_torch(self.f, cond, window, self.inv_t, self.greedy, self.uniforms[:, pos:pos + fs], forced,
-                        self.top_p)
+        mlp_frame_torch(
+            self.f, cond, window, self.inv_t, self.greedy, self.uniforms[:, pos : pos + fs], forced, self.top_p
+        )
 
 
 BACKENDS = {"numba": NumbaBackend, "torch": TorchBackend}

@@ -43,8 +43,9 @@ class Dense:
     so the distribution sampled from is the model's.
     """
 
-    def __init__(self, w: torch.Tensor, b: torch.Tensor | None, rows: int | None = None,
-                 pack_min_work: int = PACK_MIN_WORK):
+    def __init__(
+        self, w: torch.Tensor, b: torch.Tensor | None, rows: int | None = None, pack_min_work: int = PACK_MIN_WORK
+    ):
         self.w, self.b = w, b
         want = rows is not None and w.device.type == "cpu" and rows * w.numel() >= pack_min_work
         self.packed = pack(w, rows) if want else None
@@ -84,8 +85,13 @@ class Folded:
 
 
 @torch.no_grad()
-def fold(model: SampleRNN, device: torch.device | str = "cpu", rows: int | None = None,
-         pack_min_work: int = PACK_MIN_WORK, precision: str = "fp32") -> Folded:
+def fold(
+    model: SampleRNN,
+    device: torch.device | str = "cpu",
+    rows: int | None = None,
+    pack_min_work: int = PACK_MIN_WORK,
+    precision: str = "fp32",
+) -> Folded:
     """Plain weights on ``device``: float32, or for ``precision`` "bf16"/"int8" the dense layers of the frame
     tiers and the MLP in that precision (:class:`samplernn_lab.precision.LowPrecisionDense`).
 

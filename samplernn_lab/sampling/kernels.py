@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover
 
 
 if numba is not None:
+
     @numba.njit(cache=True, nogil=True)
     def dense_numba(x, w, b, y):  # pragma: no cover
         # y = x @ w + b; x (B, n_in), w (n_in, n_out), y (B, n_out). BLAS gemm repacks all of w on every
@@ -46,8 +47,9 @@ if numba is not None:
                         y[r, d] += v * w[k, d]
 
     @numba.njit(cache=True, nogil=True)
-    def mlp_frame_numba(lut, cond, hid_w, hid_b, out_w, out_b, window, temps, uniforms, forced,
-                        top_p):  # pragma: no cover
+    def mlp_frame_numba(
+        lut, cond, hid_w, hid_b, out_w, out_b, window, temps, uniforms, forced, top_p
+    ):  # pragma: no cover
         # lut (fs, q, dim); cond (B, fs, dim); hid_w (L, dim, dim) transposed to (in, out); hid_b (L, dim)
         # out_w (dim, q) transposed; window (B, 2 fs) int64: fs previous codes, then the fs to fill;
         # temps (B,); uniforms (B, fs) float64; forced (B, fs) int64, -1 where a code is sampled;
@@ -130,9 +132,16 @@ if numba is not None:
                 window[b, fs + j] = best
 
 
-def mlp_frame_torch(f: Folded, cond: torch.Tensor, window: torch.Tensor, inv_t: torch.Tensor,
-                    greedy: torch.Tensor | None, uniforms: torch.Tensor, forced: torch.Tensor | None,
-                    top_p: float = 1.0) -> None:
+def mlp_frame_torch(
+    f: Folded,
+    cond: torch.Tensor,
+    window: torch.Tensor,
+    inv_t: torch.Tensor,
+    greedy: torch.Tensor | None,
+    uniforms: torch.Tensor,
+    forced: torch.Tensor | None,
+    top_p: float = 1.0,
+) -> None:
     """The torch twin of the numba kernel, for any device: inverse-CDF sampling on bulk uniforms.
 
     cond (B, fs, dim); window (B, 2 fs) long, filled in place; inv_t (B, 1) = 1 / temperature (1 where
@@ -144,7 +153,7 @@ def mlp_frame_torch(f: Folded, cond: torch.Tensor, window: torch.Tensor, inv_t: 
     lut = f.lut.view(fs * q, dim)
     for j in range(fs):
         # the first layer is a sum of lookup-table rows: one fused gather-and-add
-        x = F.embedding_bag(window[:, j:j + fs] + offsets, lut, mode="sum").add_(cond[:, j]).relu_()
+        x = F.embedding_bag(window[:, j : j + fs] + offsets, lut, mode="sum").add_(cond[:, j]).relu_()
         for layer in f.hidden:
             x = layer(x, relu=True)
         logits = f.out(x).mul_(inv_t)
@@ -152,7 +161,7 @@ def mlp_frame_torch(f: Folded, cond: torch.Tensor, window: torch.Tensor, inv_t: 
         if top_p < 1.0:
             probs = nucleus(probs, top_p)
         cdf = probs.cumsum_(1)
-        code = torch.searchsorted(cdf, uniforms[:, j:j + 1] * cdf[:, -1:]).squeeze(1).clamp_(max=q - 1)
+        code = torch.searchsorted(cdf, uniforms[:, j : j + 1] * cdf[:, -1:]).squeeze(1).clamp_(max=q - 1)
         if greedy is not None:
             code = torch.where(greedy, logits.argmax(dim=1), code)
         if forced is not None:

@@ -20,12 +20,25 @@ from .rescue import Rescue, Watchdog, training_audio
 from .sampler import Sampler, prime_codes
 
 
-def render(model: SampleRNN, out_dir: str | os.PathLike, seconds: float, sample_rate: int, *,
-           batch_size: int = 1, temperatures: Sequence[float] = (1.0,), seed: int = 0,
-           prime: np.ndarray | None = None, label: str = "render", info: dict | None = None,
-           device: torch.device | str | None = None, block_seconds: float = 2.0,
-           progress: bool = True, rescue: Rescue | None = None, top_p: float = 1.0,
-           precision: str = "fp32") -> list[Path]:
+def render(
+    model: SampleRNN,
+    out_dir: str | os.PathLike,
+    seconds: float,
+    sample_rate: int,
+    *,
+    batch_size: int = 1,
+    temperatures: Sequence[float] = (1.0,),
+    seed: int = 0,
+    prime: np.ndarray | None = None,
+    label: str = "render",
+    info: dict | None = None,
+    device: torch.device | str | None = None,
+    block_seconds: float = 2.0,
+    progress: bool = True,
+    rescue: Rescue | None = None,
+    top_p: float = 1.0,
+    precision: str = "fp32",
+) -> list[Path]:
     """Render ``batch_size`` streams per temperature to WAV files, streamed to disk in blocks.
 
     Files are named ``{label}_t{temperature}_s{seed}_{stream}.wav`` with a ``.json`` sidecar of the
@@ -65,11 +78,17 @@ def render(model: SampleRNN, out_dir: str | os.PathLike, seconds: float, sample_
             files = []
             for path, tmp in zip(paths, tmps):
                 with writing(path):
-                    files.append(sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, subtype="PCM_16",
-                                              format="WAV"))
+                    files.append(
+                        sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, subtype="PCM_16", format="WAV")
+                    )
                 stack.callback(_close, files[-1], path)
-            for block in sampler.run(n, block=max(1, int(block_seconds * sample_rate)), progress=progress,
-                                     sample_rate=sample_rate, watchdog=watchdog):
+            for block in sampler.run(
+                n,
+                block=max(1, int(block_seconds * sample_rate)),
+                progress=progress,
+                sample_rate=sample_rate,
+                watchdog=watchdog,
+            ):
                 audio = audio_io.dequantize(block, cfg.q_levels, cfg.quantization).numpy()
                 for path, fh, row in zip(paths, files, audio):
                     with writing(path):
@@ -80,15 +99,29 @@ def render(model: SampleRNN, out_dir: str | os.PathLike, seconds: float, sample_
         raise
     elapsed = time.perf_counter() - start
     for i, (path, t) in enumerate(zip(paths, per_stream)):
-        side = {"file": path.name, "label": label, "temperature": t, "top_p": top_p, "precision": precision,
-                "seed": seed, "seconds": seconds,
-                "sample_rate": sample_rate, "streams_in_batch": len(per_stream), "prime": prime is not None,
-                "q_levels": cfg.q_levels, "quantization": cfg.quantization,
-                "samples_per_second": n * len(per_stream) / max(elapsed, 1e-9),
-                "realtime_factor": n * len(per_stream) / max(elapsed, 1e-9) / sample_rate,
-                "rescue": None if watchdog is None else {**watchdog.settings(), "events": [
-                    e for e in watchdog.events[i] if e["seconds"] < seconds]},  # a restart past the end is unheard
-                **(info or {})}
+        side = {
+            "file": path.name,
+            "label": label,
+            "temperature": t,
+            "top_p": top_p,
+            "precision": precision,
+            "seed": seed,
+            "seconds": seconds,
+            "sample_rate": sample_rate,
+            "streams_in_batch": len(per_stream),
+            "prime": prime is not None,
+            "q_levels": cfg.q_levels,
+            "quantization": cfg.quantization,
+            "samples_per_second": n * len(per_stream) / max(elapsed, 1e-9),
+            "realtime_factor": n * len(per_stream) / max(elapsed, 1e-9) / sample_rate,
+            "rescue": None
+            if watchdog is None
+            else {
+                **watchdog.settings(),
+                "events": [e for e in watchdog.events[i] if e["seconds"] < seconds],
+            },  # a restart past the end is unheard
+            **(info or {}),
+        }
         write_text(path.with_suffix(".json"), json.dumps(side, indent=1, default=str) + "\n")
     return paths
 
@@ -105,11 +138,23 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
-def render_checkpoint(run: str | os.PathLike, out_dir: str | os.PathLike, seconds: float, which: str = "best", *,
-                      batch_size: int = 1, temperatures: Sequence[float] = (1.0,), seed: int = 0,
-                      prime: str | os.PathLike | None = None, prime_seconds: float = 0.0,
-                      device: str | None = None, progress: bool = True, rescue: bool = False,
-                      top_p: float = 1.0, precision: str = "fp32") -> list[Path]:
+def render_checkpoint(
+    run: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    seconds: float,
+    which: str = "best",
+    *,
+    batch_size: int = 1,
+    temperatures: Sequence[float] = (1.0,),
+    seed: int = 0,
+    prime: str | os.PathLike | None = None,
+    prime_seconds: float = 0.0,
+    device: str | None = None,
+    progress: bool = True,
+    rescue: bool = False,
+    top_p: float = 1.0,
+    precision: str = "fp32",
+) -> list[Path]:
     """Render from a run folder's checkpoint (``best``, ``last``, ``auto``, ``epoch-NNN`` or a path).
 
     A prime file must be at the run's sample rate (it is not resampled silently). Without one,
@@ -130,8 +175,9 @@ def render_checkpoint(run: str | os.PathLike, out_dir: str | os.PathLike, second
         except Exception:
             prime_sr = None
         if prime_sr is not None and prime_sr != sr:
-            raise LabError(f"{prime}: sampled at {prime_sr} Hz, but the model was trained at {sr} Hz "
-                           f"(resample it first)")
+            raise LabError(
+                f"{prime}: sampled at {prime_sr} Hz, but the model was trained at {sr} Hz (resample it first)"
+            )
         prime_audio, _ = audio_io.load(prime, sr)
     dataset = Path(info["config"]["dataset"])
     if not dataset.exists():  # the run folder was moved: the lab chain keeps its dataset inside
@@ -144,10 +190,28 @@ def render_checkpoint(run: str | os.PathLike, out_dir: str | os.PathLike, second
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.to(device)
     label = Path(info["path"]).stem
-    meta = {"checkpoint": info["path"], "epoch": info.get("epoch"), "step": info.get("step"),
-            "prime_file": str(prime) if prime else None,
-            "prime_seconds": prime_audio.shape[-1] / sr if prime_audio is not None else 0.0}
+    meta = {
+        "checkpoint": info["path"],
+        "epoch": info.get("epoch"),
+        "step": info.get("step"),
+        "prime_file": str(prime) if prime else None,
+        "prime_seconds": prime_audio.shape[-1] / sr if prime_audio is not None else 0.0,
+    }
     watch = Rescue(training_audio(dataset), sr, seed=seed) if rescue else None
-    return render(model, out_dir, seconds, sr, batch_size=batch_size, temperatures=temperatures, seed=seed,
-                  prime=prime_audio, label=label, info=meta, device=device, progress=progress, rescue=watch,
-                  top_p=top_p, precision=precision)
+    return render(
+        model,
+        out_dir,
+        seconds,
+        sr,
+        batch_size=batch_size,
+        temperatures=temperatures,
+        seed=seed,
+        prime=prime_audio,
+        label=label,
+        info=meta,
+        device=device,
+        progress=progress,
+        rescue=watch,
+        top_p=top_p,
+        precision=precision,
+    )

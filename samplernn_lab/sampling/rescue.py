@@ -34,9 +34,20 @@ import numpy as np
 import torch
 
 from .. import audio as audio_io
-from ..analysis import (LOUD_PERCENTILE, N_PEAKS, ONSET_DELTA_DB, PEAK_HALF_WIDTH_BINS, PITCH_TOLERANCE_SEMITONES,
-                        SILENCE_DBFS, TONE_MAX_LEVEL_SPREAD_DB, TONE_MAX_ONSET_RATE, TONE_MIN_DOMINANCE,
-                        TONE_MIN_PITCH_STABILITY, ACTIVE_RANGE_DB, FMIN_HZ)
+from ..analysis import (
+    ACTIVE_RANGE_DB,
+    FMIN_HZ,
+    LOUD_PERCENTILE,
+    N_PEAKS,
+    ONSET_DELTA_DB,
+    PEAK_HALF_WIDTH_BINS,
+    PITCH_TOLERANCE_SEMITONES,
+    SILENCE_DBFS,
+    TONE_MAX_LEVEL_SPREAD_DB,
+    TONE_MAX_ONSET_RATE,
+    TONE_MIN_DOMINANCE,
+    TONE_MIN_PITCH_STABILITY,
+)
 from ..errors import LabError
 from ..spectral import window_length
 
@@ -52,7 +63,7 @@ ATTACK_DB = 3 * ONSET_DELTA_DB
 def _frame_levels(y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Non-overlapping frames (n_frames, n) of ``y`` and their levels in dB."""
     framed = y[: len(y) // n * n].reshape(-1, n)
-    return framed, 10.0 * np.log10(np.maximum(np.mean(framed ** 2, axis=1), 1e-12))
+    return framed, 10.0 * np.log10(np.maximum(np.mean(framed**2, axis=1), 1e-12))
 
 
 def is_silent(audio: np.ndarray, sr: int) -> bool:
@@ -104,7 +115,7 @@ def longest_run(audio: np.ndarray, sr: int, test, hop_seconds: float = 0.5, span
     span, hop = int(span_seconds * sr), int(hop_seconds * sr)
     if len(audio) < span:
         return 0.0
-    flags = [bool(test(audio[i:i + span], sr)) for i in range(0, len(audio) - span + 1, hop)]
+    flags = [bool(test(audio[i : i + span], sr)) for i in range(0, len(audio) - span + 1, hop)]
     best = run = 0
     for f in flags:
         run = run + 1 if f else 0
@@ -138,11 +149,15 @@ class Rescue:
     def __post_init__(self):
         self.source = np.asarray(self.source, np.float32).reshape(-1)
         if self.trap_seconds <= 0 or self.check_seconds <= 0 or self.prime_seconds <= 0:
-            raise LabError(f"rescue: trap_seconds, check_seconds and prime_seconds must be positive, got "
-                           f"{self.trap_seconds}, {self.check_seconds}, {self.prime_seconds}")
+            raise LabError(
+                f"rescue: trap_seconds, check_seconds and prime_seconds must be positive, got "
+                f"{self.trap_seconds}, {self.check_seconds}, {self.prime_seconds}"
+            )
         if len(self.source) < int(self.prime_seconds * self.sample_rate):
-            raise LabError(f"rescue: {len(self.source) / self.sample_rate:.2f} s of source audio, shorter than "
-                           f"prime_seconds={self.prime_seconds}")
+            raise LabError(
+                f"rescue: {len(self.source) / self.sample_rate:.2f} s of source audio, shorter than "
+                f"prime_seconds={self.prime_seconds}"
+            )
 
 
 def training_audio(dataset: str | os.PathLike, max_seconds: float = 60.0) -> np.ndarray:
@@ -198,8 +213,12 @@ class Watchdog:
 
     def settings(self) -> dict:
         """What the sidecar records of the settings."""
-        return {"silence_seconds": round(self.silence_seconds, 3), "tone_seconds": round(self.tone_seconds, 3),
-                "check_seconds": self.r.check_seconds, "prime_seconds": self.prime_len / self.r.sample_rate}
+        return {
+            "silence_seconds": round(self.silence_seconds, 3),
+            "tone_seconds": round(self.tone_seconds, 3),
+            "check_seconds": self.r.check_seconds,
+            "prime_seconds": self.prime_len / self.r.sample_rate,
+        }
 
     def observe(self, codes: torch.Tensor) -> None:
         """Take the next codes (B, n) of every stream, in order."""
@@ -218,7 +237,7 @@ class Watchdog:
         new = audio_io.dequantize(codes, self.q_levels, self.quantization).numpy().astype(np.float32)
         n = min(new.shape[1], self.window)
         self.buf[:, : self.window - n] = self.buf[:, n:]
-        self.buf[:, self.window - n:] = new[:, -n:]
+        self.buf[:, self.window - n :] = new[:, -n:]
         self.filled = np.minimum(self.filled + new.shape[1], self.window)
 
     def check(self) -> list[tuple[int, str]]:
@@ -235,8 +254,9 @@ class Watchdog:
                 reason, span = "tone", n_tone
             if reason is not None:
                 trapped.append((s, reason))
-                self.events[s].append({"seconds": round(self.seen / sr, 3), "reason": reason,
-                                       "since": round((self.seen - span) / sr, 3)})
+                self.events[s].append(
+                    {"seconds": round(self.seen / sr, 3), "reason": reason, "since": round((self.seen - span) / sr, 3)}
+                )
                 self.filled[s] = 0
         return trapped
 
@@ -247,7 +267,7 @@ class Watchdog:
             return np.pad(src, (n - len(src), 0))
         for _ in range(tries):
             start = int(self.rng.integers(0, len(src) - n + 1))
-            part = src[start:start + n]
+            part = src[start : start + n]
             if not is_silent(part, self.r.sample_rate):
                 break
         return part

@@ -54,9 +54,19 @@ class Sampler:
         no speed-up there); the frame tiers run in the precision.
     """
 
-    def __init__(self, model: SampleRNN, batch_size: int = 1, temperature: float | Sequence[float] = 1.0,
-                 seed: int | None = None, device: torch.device | str | None = None, backend: str | None = None,
-                 cuda_graph: bool = True, tuning: Tuning = Tuning(), top_p: float = 1.0, precision: str = "fp32"):
+    def __init__(
+        self,
+        model: SampleRNN,
+        batch_size: int = 1,
+        temperature: float | Sequence[float] = 1.0,
+        seed: int | None = None,
+        device: torch.device | str | None = None,
+        backend: str | None = None,
+        cuda_graph: bool = True,
+        tuning: Tuning = Tuning(),
+        top_p: float = 1.0,
+        precision: str = "fp32",
+    ):
         if batch_size < 1:
             raise LabError(f"batch size must be at least 1, got {batch_size}")
         if not 0.0 < top_p <= 1.0:
@@ -96,8 +106,9 @@ class Sampler:
         self.cond = []
         for tier in f.tiers:
             h0 = tier.h0.expand(-1, -1, b, -1)
-            self.state.append([(h0[0, k].clone(), h0[1, k].clone()) if tier.lstm else h0[0, k].clone()
-                               for k in range(h0.shape[1])])
+            self.state.append(
+                [(h0[0, k].clone(), h0[1, k].clone()) if tier.lstm else h0[0, k].clone() for k in range(h0.shape[1])]
+            )
             self.cond.append(torch.zeros(b, tier.frame_size, h0.shape[-1], device=dev))
         self.codes = torch.zeros(b, lb, dtype=torch.long, device=dev)  # the codes of a top-tier frame
 
@@ -125,16 +136,16 @@ class Sampler:
         for i, tier in enumerate(f.tiers):
             n = tier.frame_len
             if self.t % n == 0:
-                frame = self.hist[:, lb - n:lb]
+                frame = self.hist[:, lb - n : lb]
                 self.cond[i].copy_(tier_step(tier, frame, cond, self.state[i], f.q_levels))
             # the conditioning vector for the current step of the tier below
             sub = (self.t % n) // (n // tier.frame_size)
             cond = self.cond[i][:, sub]
         bottom = self.cond[-1]  # (B, fs, dim): one conditioning vector per sample of this frame
         pos = self.t % lb
-        self.kernel.frame(bottom, self.hist[:, lb - fs:], pos, forced)
-        self.codes[:, pos:pos + fs] = self.hist[:, lb:]
-        self.hist[:, :lb] = self.hist[:, fs:fs + lb].clone()
+        self.kernel.frame(bottom, self.hist[:, lb - fs :], pos, forced)
+        self.codes[:, pos : pos + fs] = self.hist[:, lb:]
+        self.hist[:, :lb] = self.hist[:, fs : fs + lb].clone()
         self.t += fs
 
     def _frame(self, forced: torch.Tensor | None = None) -> torch.Tensor:
@@ -144,7 +155,7 @@ class Sampler:
             self._draw()
         pos = self.t % lb
         self._step(forced)
-        return self.codes[:, pos:pos + fs].clone()
+        return self.codes[:, pos : pos + fs].clone()
 
     def _top_frame(self) -> None:
         """The steps of one top-tier frame (``lookback`` samples) from a frame boundary: what is captured."""
@@ -208,12 +219,12 @@ class Sampler:
         fs = self.f.frame_size
         self._pending = None
         for s in range(0, codes.shape[1], fs):
-            part = codes[:, s:s + fs]
+            part = codes[:, s : s + fs]
             forced = torch.full((self.b, fs), -1, dtype=torch.long)
-            forced[:, :part.shape[1]] = part
+            forced[:, : part.shape[1]] = part
             out = self._frame(forced)
             if part.shape[1] < fs:
-                self._pending = out[:, part.shape[1]:]
+                self._pending = out[:, part.shape[1] :]
 
     def restart(self, stream: int, codes: torch.Tensor) -> None:
         """Start stream ``stream`` afresh: from the initial state, primed with ``codes`` (P,), as a new
@@ -242,8 +253,14 @@ class Sampler:
             for mine, new in zip(self._states(), side._states()):
                 mine[stream].copy_(new[0])
 
-    def run(self, n_samples: int, block: int = 16384, progress: bool = False,
-            sample_rate: int | None = None, watchdog: Watchdog | None = None) -> Iterator[torch.Tensor]:
+    def run(
+        self,
+        n_samples: int,
+        block: int = 16384,
+        progress: bool = False,
+        sample_rate: int | None = None,
+        watchdog: Watchdog | None = None,
+    ) -> Iterator[torch.Tensor]:
         """Yield blocks of codes, (B, <= block) ``torch.long`` on CPU, ``n_samples`` in all.
 
         With a ``watchdog`` (:class:`.rescue.Watchdog`), streams it finds trapped are restarted from an
@@ -292,10 +309,18 @@ class Sampler:
             torch.set_num_threads(threads)
 
 
-def generate(model: SampleRNN, n_samples: int, batch_size: int = 1, temperature: float | Sequence[float] = 1.0,
-             seed: int | None = None, prime: np.ndarray | torch.Tensor | None = None,
-             device: torch.device | str | None = None, progress: bool = False, top_p: float = 1.0,
-             precision: str = "fp32") -> torch.Tensor:
+def generate(
+    model: SampleRNN,
+    n_samples: int,
+    batch_size: int = 1,
+    temperature: float | Sequence[float] = 1.0,
+    seed: int | None = None,
+    prime: np.ndarray | torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    top_p: float = 1.0,
+    precision: str = "fp32",
+) -> torch.Tensor:
     """Sample ``n_samples`` codes per stream.
 
     Parameters
