@@ -125,7 +125,14 @@ def _add_generate(sub) -> None:
     )
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--batch", type=int, default=1, help="streams per temperature")
-    p.add_argument("--temperature", type=float, nargs="+", default=[1.0], help="one or more; 0 = greedy")
+    p.add_argument("--temperature", type=float, nargs="+", default=None, help="one or more; 0 = greedy (default 1)")
+    p.add_argument(
+        "--temperature-curve",
+        nargs="+",
+        metavar="CURVE",
+        help="temperature over time instead of --temperature: seconds:temperature breakpoints, linear between "
+        "them, e.g. '0:1.0,8:0.8,20:1.1' (the last value holds); several curves: --batch streams each",
+    )
     p.add_argument(
         "--top-p",
         type=float,
@@ -161,14 +168,19 @@ def _add_generate(sub) -> None:
 
 def _generate(a) -> None:
     from .sampling import render_checkpoint
+    from .sampling.temperature import TemperatureCurve
 
+    if a.temperature_curve and a.temperature:
+        raise LabError("--temperature and --temperature-curve: give one of them")
+    curves = [TemperatureCurve.parse(c) for c in a.temperature_curve] if a.temperature_curve else None
     paths = render_checkpoint(
         a.run,
         a.out,
         a.seconds,
         which=a.checkpoint,
         batch_size=a.batch,
-        temperatures=a.temperature,
+        temperatures=a.temperature or [1.0],
+        temperature_curves=curves,
         seed=a.seed,
         prime=a.prime,
         prime_seconds=a.prime_seconds,

@@ -220,14 +220,19 @@ def cpu_cuda(monkeypatch):
     return use_graph
 
 
-@pytest.mark.parametrize("prime_len", [0, 43])
-def test_graph_path_replays_the_same_codes(model, cpu_cuda, prime_len):
+@pytest.mark.parametrize(("prime_len", "curve"), [(0, False), (43, False), (43, True)])
+def test_graph_path_replays_the_same_codes(model, cpu_cuda, prime_len, curve):
     """The CUDA-graph path (replay emulated on CPU) equals eager sampling, from a frame boundary and
-    after a prime that ends mid-frame (eager frames until the next boundary)."""
+    after a prime that ends mid-frame (eager frames until the next boundary), and with a temperature curve
+    (set before each replay)."""
     prime = torch.randint(0, CFG.q_levels, (prime_len,), generator=torch.Generator().manual_seed(2))
+    temps = np.stack([np.linspace(1.2, 0.0, 150), np.full(150, 0.7), np.linspace(0.3, 1.0, 150)])
 
     def codes(graph: bool):
-        s = make_sampler(model, "torch", batch_size=3, temperature=[0.0, 0.7, 1.0], seed=5)
+        if curve:
+            s = Sampler(model, 3, seed=5, backend="torch", temperature_curve=temps)
+        else:
+            s = make_sampler(model, "torch", batch_size=3, temperature=[0.0, 0.7, 1.0], seed=5)
         if graph:
             cpu_cuda(s, _ReplayOnCPU)
         if prime_len:

@@ -4,6 +4,8 @@ A backend holds what its kernel needs (weights in its layout, sampling noise, te
 mass ``top_p``) and offers:
 
 * ``draw()``: noise for the next top-tier frame, called at its start (outside a captured CUDA graph);
+* ``set_temperatures(temps)``: the temperature of each sample (B, lookback) of the next top-tier frame,
+  called before ``draw()`` when they vary (a temperature curve); otherwise each stream keeps its own;
 * ``frame(cond, window, pos, forced)``: sample one bottom frame into ``window`` in place;
 * ``static_tensors()``: the tensors ``frame`` reads that a CUDA graph must replay on;
 * ``torch_threads``: torch threads to run with (None: leave as is), ``graphable``: CUDA graphs apply.
@@ -75,7 +77,8 @@ class NumbaBackend:
         )
         self.out_w = np.ascontiguousarray(f.out.w.T.numpy())
         self.out_b = f.out.b.numpy()
-        self.temps = temps.numpy().astype(np.float32)
+        # the temperature of each sample of a top-tier frame: (B, lookback)
+        self.temps = np.repeat(temps.reshape(batch_size, -1)[:, :1].numpy().astype(np.float32), f.lookback, 1)
         self.free = np.full((batch_size, f.frame_size), -1, np.int64)
         self.rng = np.random.default_rng(seed)
 
@@ -84,6 +87,9 @@ class NumbaBackend:
 
     def draw(self) -> None:
         pass  # uniforms are drawn per frame
+
+    def set_temperatures(self, temps: torch.Tensor) -> None:
+        self.temps[:] = temps.numpy()
 
     def frame(self, cond: torch.Tensor, window: torch.Tensor, pos: int, forced: torch.Tensor | None) -> None:
         b, fs = self.free.shape
@@ -99,6 +105,7 @@ class NumbaBackend:
             self.out_b,
             win_c,
             self.temps,
+            pos,
             uniforms,
             self.free if forced is None else forced.numpy(),
             self.top_p,
@@ -118,14 +125,27 @@ class TorchBackend:
     ):
         self.f = f
         self.top_p = float(top_p)
-        greedy = temps <= 0
-        self.greedy = greedy.to(device) if bool(greedy.any()) else None
-        self.inv_t = torch.where(greedy, 1.0, 1.0 / temps.clamp_min(1e-30)).unsqueeze(1).to(device)
+        # temps (B,) or (B, N) per sample (a curve): greedy steps are possible if any is 0. Both tensors below
+        # hold a top-tier frame, (B, lookback), static for a captured CUDA graph.
+        temps = temps.reshape(batch_size, -1)
+        self.greedy = (
+            torch.zeros(batch_size, f.lookback, dtype=torch.bool, device=device) if bool((temps <= 0).any()) else None
+        )
+        self.inv_t = torch.ones(batch_size, f.lookback, device=device)
+        self.set_temperatures(temps[:, :1].expand(-1, f.lookback))
         self.rng = torch.Generator(device=device).manual_seed(int(seed))
         self.uniforms = torch.zeros(batch_size, f.lookback, device=device)  # one per sample of a top-tier frame
 
     def static_tensors(self) -> list[torch.Tensor]:
+        # inv_t and greedy are only read by the steps, and set in place outside a graph (set_temperatures)
         return [self.uniforms]
+
+    def set_temperatures(self, temps: torch.Tensor) -> None:
+        temps = temps.to(self.inv_t.device)
+        greedy = temps <= 0
+        self.inv_t.copy_(torch.where(greedy, 1.0, 1.0 / temps.clamp_min(1e-30)))
+        if self.greedy is not None:
+            self.greedy.copy_(greedy)
 
     def draw(self) -> None:
         self.uniforms.uniform_(0.0, 1.0, generator=self.rng)
@@ -134,7 +154,14 @@ class TorchBackend:
         fs = self.f.frame_size
         forced = None if forced is None else forced.to(window.device)
         mlp_frame_torch(
-            self.f, cond, window, self.inv_t, self.greedy, self.uniforms[:, pos : pos + fs], forced, self.top_p
+            self.f,
+            cond,
+            window,
+            self.inv_t[:, pos : pos + fs],
+            None if self.greedy is None else self.greedy[:, pos : pos + fs],
+            self.uniforms[:, pos : pos + fs],
+            forced,
+            self.top_p,
         )
 
 

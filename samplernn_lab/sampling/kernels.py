@@ -48,11 +48,13 @@ if numba is not None:
 
     @numba.njit(cache=True, nogil=True)
     def mlp_frame_numba(
-        lut, cond, hid_w, hid_b, out_w, out_b, window, temps, uniforms, forced, top_p
+        lut, cond, hid_w, hid_b, out_w, out_b, window, temps, t_off, uniforms, forced, top_p
     ):  # pragma: no cover
         # lut (fs, q, dim); cond (B, fs, dim); hid_w (L, dim, dim) transposed to (in, out); hid_b (L, dim)
         # out_w (dim, q) transposed; window (B, 2 fs) int64: fs previous codes, then the fs to fill;
-        # temps (B,); uniforms (B, fs) float64; forced (B, fs) int64, -1 where a code is sampled;
+        # temps (B, >= t_off + fs): each sample's temperature (0 = greedy), this frame's from column t_off;
+        # uniforms (B, fs) float64;
+        # forced (B, fs) int64, -1 where a code is sampled;
         # top_p: nucleus mass (1.0: the whole distribution).
         fs, q, dim = lut.shape
         b_size = cond.shape[0]
@@ -98,7 +100,7 @@ if numba is not None:
                     if v > top:
                         top = v
                         best = i
-                t = temps[b]
+                t = temps[b, t_off + j]
                 if t > 0.0:  # inverse CDF of softmax(logits / t) at one uniform
                     total = 0.0
                     for i in range(q):
@@ -144,8 +146,8 @@ def mlp_frame_torch(
 ) -> None:
     """The torch twin of the numba kernel, for any device: inverse-CDF sampling on bulk uniforms.
 
-    cond (B, fs, dim); window (B, 2 fs) long, filled in place; inv_t (B, 1) = 1 / temperature (1 where
-    greedy); greedy (B,) bool or None when no stream is; uniforms (B, fs); forced (B, fs) or None;
+    cond (B, fs, dim); window (B, 2 fs) long, filled in place; inv_t (B, fs) = 1 / each sample's temperature
+    (1 where greedy); greedy (B, fs) bool or None when no step is; uniforms (B, fs); forced (B, fs) or None;
     top_p: nucleus mass (1.0: the whole distribution).
     """
     fs, q, dim = f.lut.shape
@@ -156,14 +158,14 @@ def mlp_frame_torch(
         x = F.embedding_bag(window[:, j : j + fs] + offsets, lut, mode="sum").add_(cond[:, j]).relu_()
         for layer in f.hidden:
             x = layer(x, relu=True)
-        logits = f.out(x).mul_(inv_t)
+        logits = f.out(x).mul_(inv_t[:, j : j + 1])
         probs = torch.softmax(logits, dim=1)
         if top_p < 1.0:
             probs = nucleus(probs, top_p)
         cdf = probs.cumsum_(1)
         code = torch.searchsorted(cdf, uniforms[:, j : j + 1] * cdf[:, -1:]).squeeze(1).clamp_(max=q - 1)
         if greedy is not None:
-            code = torch.where(greedy, logits.argmax(dim=1), code)
+            code = torch.where(greedy[:, j], logits.argmax(dim=1), code)
         if forced is not None:
             code = torch.where(forced[:, j] >= 0, forced[:, j], code)
         window[:, fs + j] = code

@@ -18,6 +18,7 @@ from ..files import atomic_path, write_text, writing
 from ..model import SampleRNN
 from .rescue import Rescue, Watchdog, training_audio
 from .sampler import Sampler, prime_codes
+from .temperature import TemperatureCurve, as_curve
 
 
 def render(
@@ -38,11 +39,16 @@ def render(
     rescue: Rescue | None = None,
     top_p: float = 1.0,
     precision: str = "fp32",
+    temperature_curves: Sequence[TemperatureCurve | str] | None = None,
 ) -> list[Path]:
     """Render ``batch_size`` streams per temperature to WAV files, streamed to disk in blocks.
 
     Files are named ``{label}_t{temperature}_s{seed}_{stream}.wav`` with a ``.json`` sidecar of the
-    settings. Codes are dequantised exactly (bin centres): no normalisation, no DC shift.
+    settings. With ``temperature_curves`` (breakpoints, :class:`.temperature.TemperatureCurve`, or their
+    text ``"0:1.0,8:0.8,20:1.1"``), ``batch_size`` streams per curve replace those per temperature: files
+    ``{label}_curve{k}_s{seed}_{stream}.wav``, the sidecar's ``temperature_curve`` holds the breakpoints and
+    its ``temperature`` the curve's mean over the render.
+    Codes are dequantised exactly (bin centres): no normalisation, no DC shift.
     With ``rescue`` (:class:`.rescue.Rescue`), streams that fall silent or lock into a steady tone are
     re-primed from its source audio; the sidecar's ``rescue`` lists where (``events``), else is null.
     ``top_p`` < 1 samples from each step's nucleus only, ``precision`` picks the weights' precision
@@ -57,12 +63,22 @@ def render(
     out_dir = Path(out_dir)
     made_out_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    temps = [float(t) for t in temperatures]
-    per_stream = [t for t in temps for _ in range(batch_size)]
     cfg = model.config
     n = int(round(seconds * sample_rate))
-    paths = [out_dir / f"{label}_t{t:g}_s{seed}_{i % batch_size}.wav" for i, t in enumerate(per_stream)]
-    sampler = Sampler(model, len(per_stream), per_stream, seed, device, top_p=top_p, precision=precision)
+    curves = [as_curve(c) for c in temperature_curves] if temperature_curves else None
+    if curves:
+        per_curve = [c for c in curves for _ in range(batch_size)]
+        per_sample = np.stack([c.values(max(n, 1), sample_rate) for c in per_curve])
+        per_stream = [float(v.mean()) for v in per_sample]
+        names = [f"curve{k}" for k in range(len(curves)) for _ in range(batch_size)]
+    else:
+        per_curve, per_sample = [None] * (batch_size * len(temperatures)), None
+        per_stream = [float(t) for t in temperatures for _ in range(batch_size)]
+        names = [f"t{t:g}" for t in per_stream]
+    paths = [out_dir / f"{label}_{name}_s{seed}_{i % batch_size}.wav" for i, name in enumerate(names)]
+    sampler = Sampler(
+        model, len(per_stream), per_stream, seed, device, top_p=top_p, precision=precision, temperature_curve=per_sample
+    )
     watchdog = None
     if rescue is not None:
         if rescue.sample_rate != sample_rate:
@@ -98,11 +114,12 @@ def render(
             _remove_if_empty(out_dir)
         raise
     elapsed = time.perf_counter() - start
-    for i, (path, t) in enumerate(zip(paths, per_stream)):
+    for i, (path, t, curve) in enumerate(zip(paths, per_stream, per_curve)):
         side = {
             "file": path.name,
             "label": label,
             "temperature": t,
+            "temperature_curve": None if curve is None else {"spec": str(curve), "breakpoints": curve.points},
             "top_p": top_p,
             "precision": precision,
             "seed": seed,
@@ -154,6 +171,7 @@ def render_checkpoint(
     rescue: bool = False,
     top_p: float = 1.0,
     precision: str = "fp32",
+    temperature_curves: Sequence[TemperatureCurve | str] | None = None,
 ) -> list[Path]:
     """Render from a run folder's checkpoint (``best``, ``last``, ``auto``, ``epoch-NNN`` or a path).
 
@@ -185,7 +203,8 @@ def render_checkpoint(
     if prime is None and prime_seconds > 0:
         from ..dataset import excerpts
 
-        prime_audio = excerpts(dataset, prime_seconds, batch_size * len(temperatures), seed)
+        streams = batch_size * len(temperature_curves or temperatures)
+        prime_audio = excerpts(dataset, prime_seconds, streams, seed)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.to(device)
@@ -214,4 +233,5 @@ def render_checkpoint(
         rescue=watch,
         top_p=top_p,
         precision=precision,
+        temperature_curves=temperature_curves,
     )

@@ -47,6 +47,9 @@ class Sampler:
     top_p : nucleus (top-p) truncation: sample only from the most likely codes whose probabilities (after
         the temperature) sum to ``top_p`` or more, renormalised; 1.0 (the default) keeps the whole
         distribution. Both backends honour it; greedy streams ignore it.
+    temperature_curve : a temperature per sample instead of ``temperature``: an array (N,) shared by all
+        streams or (batch_size, N), sample 0 being the first after the prime; past N the last value holds
+        (:class:`.temperature.TemperatureCurve` makes one from breakpoints).
     precision : weights of the frame tiers and the MLP: ``"fp32"`` (default: the model's distribution, and
         the fastest where the CPU lacks AVX-512 BF16/AMX), ``"bf16"`` or ``"int8"`` (per-row scales): fewer
         bytes read per step, a distribution within a stated KL of the float32 one (``tests/test_precision.py``).
@@ -66,6 +69,7 @@ class Sampler:
         tuning: Tuning = Tuning(),
         top_p: float = 1.0,
         precision: str = "fp32",
+        temperature_curve: np.ndarray | torch.Tensor | None = None,
     ):
         if batch_size < 1:
             raise LabError(f"batch size must be at least 1, got {batch_size}")
@@ -77,13 +81,8 @@ class Sampler:
         self.precision = check_precision(precision)
         self.f = fold(model, self.device, rows=batch_size, pack_min_work=tuning.pack_min_work, precision=precision)
         self.b = batch_size
-        temps = torch.as_tensor(temperature, dtype=torch.float32).flatten()
-        if temps.numel() == 1:
-            temps = temps.expand(batch_size)
-        if temps.numel() != batch_size:
-            raise LabError(f"{temps.numel()} temperatures for {batch_size} streams")
-        if bool((temps < 0).any()) or not bool(torch.isfinite(temps).all()):
-            raise LabError(f"temperatures must be finite and >= 0, got {temps.tolist()}")
+        self.curve = None if temperature_curve is None else _curve(temperature_curve, batch_size)
+        temps = self.curve if self.curve is not None else _temperatures(temperature, batch_size)
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
 
@@ -98,6 +97,7 @@ class Sampler:
         f, b = self.f, self.b
         lb, fs, dev = f.lookback, f.frame_size, self.device
         self.t = 0  # samples produced so far (prime included)
+        self.t0 = 0  # where the prime ends: sample 0 of a temperature curve
         self._pending = None  # sampled codes of a prime's last, partly forced frame
         silence = audio_io.silence_code(f.q_levels)
         # history: the last `lookback` codes, then room for one bottom frame
@@ -121,7 +121,12 @@ class Sampler:
         return [self.hist, *self._states(), *self.cond, *self.kernel.static_tensors(), self.codes]
 
     def _draw(self) -> None:
-        """Noise for the next top-tier frame, drawn at its start (eager and graph paths alike)."""
+        """Noise (and a curve's temperatures) for the next top-tier frame, set at its start (eager and graph
+        paths alike)."""
+        if self.curve is not None:
+            lb = self.f.lookback
+            at = (torch.arange(self.t, self.t + lb) - self.t0).clamp_(0, self.curve.shape[1] - 1)
+            self.kernel.set_temperatures(self.curve[:, at])
         self.kernel.draw()
 
     @torch.no_grad()
@@ -218,6 +223,7 @@ class Sampler:
             codes = codes.unsqueeze(0).expand(self.b, -1)
         fs = self.f.frame_size
         self._pending = None
+        self.t0 = self.t + codes.shape[1]
         for s in range(0, codes.shape[1], fs):
             part = codes[:, s : s + fs]
             forced = torch.full((self.b, fs), -1, dtype=torch.long)
@@ -243,7 +249,7 @@ class Sampler:
             side.device, side.backend, side.f, side.b = self.device, self.backend, self.f, 1
             side._alloc()
             side.kernel = BACKENDS[self.backend](self.f, 1, torch.zeros(1), 0, self.device)
-            side.graph, side.use_graph, side._side = None, False, None
+            side.graph, side.use_graph, side._side, side.curve = None, False, None, None
             self._side = side
         side = self._side
         side._alloc()
@@ -320,6 +326,7 @@ def generate(
     progress: bool = False,
     top_p: float = 1.0,
     precision: str = "fp32",
+    temperature_curve: np.ndarray | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample ``n_samples`` codes per stream.
 
@@ -336,12 +343,23 @@ def generate(
     progress : show a progress bar.
     top_p : nucleus truncation (see :class:`Sampler`); 1.0 = off.
     precision : ``"fp32"``, ``"bf16"`` or ``"int8"`` weights (see :class:`Sampler`).
+    temperature_curve : a temperature per sample, (n_samples,) or (batch_size, n_samples), instead of
+        ``temperature`` (see :class:`Sampler`).
 
     Returns
     -------
     torch.LongTensor (batch_size, n_samples) on CPU, codes in [0, q_levels).
     """
-    sampler = Sampler(model, batch_size, temperature, seed, device, top_p=top_p, precision=precision)
+    sampler = Sampler(
+        model,
+        batch_size,
+        temperature,
+        seed,
+        device,
+        top_p=top_p,
+        precision=precision,
+        temperature_curve=temperature_curve,
+    )
     if prime is not None:
         sampler.prime(prime_codes(model, prime))
     blocks = list(sampler.run(n_samples, progress=progress))
@@ -359,3 +377,27 @@ def prime_codes(model: SampleRNN, prime: np.ndarray | torch.Tensor) -> torch.Ten
     if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= model.config.q_levels):
         raise LabError(f"prime codes outside [0, {model.config.q_levels})")
     return codes
+
+
+def _temperatures(temperature: float | Sequence[float], batch_size: int) -> torch.Tensor:
+    """One temperature per stream, checked: (B,) float32."""
+    temps = torch.as_tensor(temperature, dtype=torch.float32).flatten()
+    if temps.numel() == 1:
+        temps = temps.expand(batch_size)
+    if temps.numel() != batch_size:
+        raise LabError(f"{temps.numel()} temperatures for {batch_size} streams")
+    if bool((temps < 0).any()) or not bool(torch.isfinite(temps).all()):
+        raise LabError(f"temperatures must be finite and >= 0, got {temps.tolist()}")
+    return temps
+
+
+def _curve(curve: np.ndarray | torch.Tensor, batch_size: int) -> torch.Tensor:
+    """A per-sample temperature array, checked: (B, N) float32 on CPU."""
+    c = torch.as_tensor(np.asarray(curve, dtype=np.float32))
+    if c.dim() == 1:
+        c = c.unsqueeze(0).expand(batch_size, -1)
+    if c.dim() != 2 or c.shape[0] != batch_size or c.shape[1] == 0:
+        raise LabError(f"temperature curve of shape {tuple(c.shape)}: want (N,) or ({batch_size}, N), N >= 1")
+    if bool((c < 0).any()) or not bool(torch.isfinite(c).all()):
+        raise LabError("temperature curve: temperatures must be finite and >= 0")
+    return c.contiguous()
