@@ -34,6 +34,7 @@ EXPECTED_PARAMETERS = {
         "prime_seconds",
         "seconds",
         "temperatures",
+        "temperature_curves",
         "batch",
         "seed",
         "out_dir",
