@@ -162,47 +162,11 @@ def prepare(
     _check_out(out, overwrite)
     loaded = [load_source(p, cfg.sample_rate) for p in find_sources(sources)]
 
-    chunk = cfg.chunk_samples
     fade = int(round(cfg.crossfade_ms * 1e-3 * cfg.sample_rate))
     rng = np.random.default_rng(cfg.seed)
     plan: list[tuple[str, int, np.ndarray, dict]] = []  # split, source index, audio, manifest entry
     for si, src in enumerate(loaded):
-        ranges = split_source(src.audio, cfg.val_fraction, cfg.test_fraction)
-        src.splits = ranges
-        for split in SPLITS:
-            n_split = sum(b - a for a, b in ranges[split])
-            if n_split == 0:
-                continue
-            if n_split < 2 * fade + 2:
-                raise LabError(f"{src.path}: too short for a {split} split ({n_split} samples)")
-            # Held-out stretches (and short sources) get extra copies until they fill a chunk.
-            stream, pieces = augment(
-                src.audio,
-                ranges[split],
-                cfg.copies if split == "train" else 1,
-                rng,
-                fade,
-                cfg.gain_jitter_db,
-                min_length=chunk,
-            )
-            for ci in range(len(stream) // chunk):
-                s, e = ci * chunk, (ci + 1) * chunk
-                segs = _chunk_segments(pieces, s, e)
-                entry = {
-                    "split": split,
-                    "source": src.path,
-                    "source_index": si,
-                    "stream_start": s,
-                    "n_samples": chunk,
-                    "copy": segs[0]["copy"],
-                    "offset": segs[0]["offset"],
-                    "copies": sorted({g["copy"] for g in segs}),
-                    "offsets": [
-                        next(g["offset"] for g in segs if g["copy"] == c) for c in sorted({g["copy"] for g in segs})
-                    ],
-                    "segments": segs,
-                }
-                plan.append((split, si, stream[s:e], entry))
+        plan.extend(_plan_source(si, src, cfg, rng, fade))
 
     counts = {s: sum(1 for p in plan if p[0] == s) for s in SPLITS}
     if counts["train"] == 0:
@@ -214,38 +178,93 @@ def prepare(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        chunks = []
-        index = {s: 0 for s in SPLITS}
-        for split, _, data, entry in tqdm(plan, desc="prepare", unit="chunk", disable=not progress):
-            rel = f"chunks/{split}/{index[split]:06d}.wav"
-            index[split] += 1
-            audio_io.save(tmp / rel, data, cfg.sample_rate)
-            chunks.append({"path": rel, **entry})
-        manifest = {
-            "format": "samplernn-lab dataset 1",
-            "settings": asdict(cfg),
-            "sample_rate": cfg.sample_rate,
-            "chunk_samples": chunk,
-            "sources": [
-                {
-                    "path": s.path,
-                    "name": s.name,
-                    "seconds": round(s.seconds, 6),
-                    "sha256": s.sha256,
-                    "splits": {k: [list(r) for r in v] for k, v in s.splits.items()},
-                }
-                for s in loaded
-            ],
-            "counts": counts,
-            "chunks": chunks,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        _write_dataset(tmp, plan, loaded, cfg, counts, progress)
         plain_mode(tmp)  # mkdtemp made it private
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _plan_source(
+    si: int, src: Source, cfg: DataConfig, rng: np.random.Generator, fade: int
+) -> list[tuple[str, int, np.ndarray, dict]]:
+    """Split one source, augment each split and cut it into chunks: (split, source index, audio, entry) each."""
+    chunk = cfg.chunk_samples
+    plan = []
+    ranges = split_source(src.audio, cfg.val_fraction, cfg.test_fraction)
+    src.splits = ranges
+    for split in SPLITS:
+        n_split = sum(b - a for a, b in ranges[split])
+        if n_split == 0:
+            continue
+        if n_split < 2 * fade + 2:
+            raise LabError(f"{src.path}: too short for a {split} split ({n_split} samples)")
+        # Held-out stretches (and short sources) get extra copies until they fill a chunk.
+        stream, pieces = augment(
+            src.audio,
+            ranges[split],
+            cfg.copies if split == "train" else 1,
+            rng,
+            fade,
+            cfg.gain_jitter_db,
+            min_length=chunk,
+        )
+        for ci in range(len(stream) // chunk):
+            s, e = ci * chunk, (ci + 1) * chunk
+            plan.append((split, si, stream[s:e], _chunk_entry(split, src, si, s, chunk, pieces)))
+    return plan
+
+
+def _chunk_entry(split: str, src: Source, si: int, start: int, chunk: int, pieces: list[Piece]) -> dict:
+    """The manifest entry of the chunk at ``start`` of a split's augmented stream (without its path)."""
+    segs = _chunk_segments(pieces, start, start + chunk)
+    copies = sorted({g["copy"] for g in segs})
+    return {
+        "split": split,
+        "source": src.path,
+        "source_index": si,
+        "stream_start": start,
+        "n_samples": chunk,
+        "copy": segs[0]["copy"],
+        "offset": segs[0]["offset"],
+        "copies": copies,
+        "offsets": [next(g["offset"] for g in segs if g["copy"] == c) for c in copies],
+        "segments": segs,
+    }
+
+
+def _write_dataset(
+    tmp: Path, plan: list, loaded: list[Source], cfg: DataConfig, counts: dict[str, int], progress: bool
+) -> None:
+    """Write the planned chunks and the manifest into ``tmp``."""
+    chunks = []
+    index = {s: 0 for s in SPLITS}
+    for split, _, data, entry in tqdm(plan, desc="prepare", unit="chunk", disable=not progress):
+        rel = f"chunks/{split}/{index[split]:06d}.wav"
+        index[split] += 1
+        audio_io.save(tmp / rel, data, cfg.sample_rate)
+        chunks.append({"path": rel, **entry})
+    manifest = {
+        "format": "samplernn-lab dataset 1",
+        "settings": asdict(cfg),
+        "sample_rate": cfg.sample_rate,
+        "chunk_samples": cfg.chunk_samples,
+        "sources": [
+            {
+                "path": s.path,
+                "name": s.name,
+                "seconds": round(s.seconds, 6),
+                "sha256": s.sha256,
+                "splits": {k: [list(r) for r in v] for k, v in s.splits.items()},
+            }
+            for s in loaded
+        ],
+        "counts": counts,
+        "chunks": chunks,
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

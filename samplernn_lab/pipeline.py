@@ -132,9 +132,26 @@ def run(
     train_resume = False
     if resume and "02_train" not in done:
         train_resume, max_minutes = _resume_training(out, max_minutes, chosen.train.max_minutes)
-    nb_in, nb_out = notebooks_dir(), out / "notebooks"
+    settings = {"preset": preset, "overrides": list(overrides), "seed": seed}
+    training = {"max_minutes": max_minutes, "epochs": epochs, "resume": train_resume}
+    listening = {
+        "checkpoint": checkpoint,
+        "prime_seconds": prime_seconds,
+        "seconds": seconds,
+        "temperatures": temperatures,
+        "batch": batch_size,
+        "rescue": rescue,
+    }
+    steps = _chain_steps(source, out, settings, training, listening)
+    _run_chain(steps, source, out, done, chain_file, progress)
+    return write_summary(out, source, preset, list(overrides))
+
+
+def _chain_steps(source: Path, out: Path, settings: dict, training: dict, listening: dict) -> list[tuple[str, dict]]:
+    """The chain's notebooks in order, each with its papermill parameters."""
     dataset, figures, listen = out / "dataset", out / "figures", out / "renders" / "listen"
-    steps = [
+    preset, overrides, seed = settings["preset"], settings["overrides"], settings["seed"]
+    return [
         (
             "01_prepare_dataset",
             {
@@ -153,26 +170,26 @@ def run(
                 "run_dir": str(out),
                 "preset": preset,
                 "overrides": list(overrides),
-                "max_minutes": max_minutes,
-                "epochs": epochs,
+                "max_minutes": training["max_minutes"],
+                "epochs": training["epochs"],
                 "seed": seed,
-                "resume": train_resume,
+                "resume": training["resume"],
             },
         ),
         (
             "03_listen",
             {
                 "run_dir": str(out),
-                "checkpoint": checkpoint,
-                "prime_seconds": prime_seconds,
-                "seconds": seconds,
-                "temperatures": temperatures,
-                "batch": batch_size,
+                "checkpoint": listening["checkpoint"],
+                "prime_seconds": listening["prime_seconds"],
+                "seconds": listening["seconds"],
+                "temperatures": listening["temperatures"],
+                "batch": listening["batch"],
                 "seed": seed,
                 "out_dir": str(listen),
                 "source": str(source),
                 "interactive": False,
-                "rescue": rescue,
+                "rescue": listening["rescue"],
             },
         ),
         (
@@ -180,6 +197,13 @@ def run(
             {"run_dir": str(out), "source": str(source), "renders_dir": str(listen), "out_dir": str(figures)},
         ),
     ]
+
+
+def _run_chain(
+    steps: list[tuple[str, dict]], source: Path, out: Path, done: set[str], chain_file: Path, progress: bool
+) -> None:
+    """Execute the steps not already done, recording each finished one in ``chain_file``."""
+    nb_in, nb_out = notebooks_dir(), out / "notebooks"
     bar = tqdm(steps, desc=source.name, unit="notebook", disable=not progress)
     for name, params in bar:
         if name in done and name in ("01_prepare_dataset", "02_train"):
@@ -192,7 +216,6 @@ def run(
             execute(nb_in / f"{name}.ipynb", nb_out / f"{name}.ipynb", params, out)
         done.add(name)
         write_text(chain_file, json.dumps({"done": sorted(done)}) + "\n")
-    return write_summary(out, source, preset, list(overrides))
 
 
 def _claim_out(out: Path, resume: bool, overwrite: bool) -> None:

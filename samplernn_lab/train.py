@@ -16,11 +16,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -28,12 +26,15 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt_io
 from .audio import silence_code
 from .config import ModelConfig, TrainConfig
-from .dataset import batch_order, load_split, read_manifest, windows
-from .distributed import any_rank, barrier, pick_device, setup_distributed, teardown_distributed, wrap_distributed
+from .dataset import batch_order, windows
+from .distributed import any_rank, barrier, setup_distributed, teardown_distributed
 from .epoch_renders import epoch_render
-from .errors import LabError
-from .model import Hidden, SampleRNN, nll_bits
-from .rundir import MetricsWriter, RunDir, check_new_run, claim
+from .model import SampleRNN, nll_bits
+from .rundir import MetricsWriter, RunDir, claim
+from .train_start import new_state as new_state  # re-exported: the old import path
+from .train_start import resume_state as resume_state  # re-exported
+from .train_start import start
+from .train_state import Session, TrainResult, TrainState, _detach, _set_lr, _to
 
 __all__ = [
     "Session",
@@ -47,74 +48,6 @@ __all__ = [
     "train",
     "train_step",
 ]
-
-
-@dataclass
-class TrainResult:
-    """How a training ended: ``status`` is ``"finished"``, ``"budget"`` or ``"interrupted"``."""
-
-    run: Path
-    status: str
-    step: int
-    epoch: int
-    best_val_bits: float | None
-
-
-@dataclass
-class TrainState:
-    """Everything that changes while training (and what ``last.pt`` keeps of it)."""
-
-    model: SampleRNN
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    cfg: TrainConfig
-    net: torch.nn.Module | None = None  # the model, or its DistributedDataParallel wrapper
-    amp_dtype: torch.dtype | None = None  # autocast dtype on CUDA; None: full precision
-    epoch: int = 0  # epochs done; the position of the next step is (epoch, batch, window)
-    batch: int = 0
-    window: int = 0
-    step: int = 0
-    best_val: float | None = None
-    lr: float = 1e-3
-    hidden: Hidden | None = None  # carried from window to window of the same chunks
-    blowups: int = 0  # non-finite steps in a row
-    running: float | None = None  # smoothed training loss, for the progress bar
-
-
-@dataclass
-class Session:
-    """What stays fixed for one call of :func:`train`: where, on what, with which data; the log, the clock."""
-
-    run: RunDir
-    dataset: Path = field(default_factory=Path)
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    rank: int = 0
-    world: int = 1
-    run_config: dict = field(default_factory=dict)
-    sample_rate: int = 16000
-    train_codes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.long))
-    val_codes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.long))
-    log: MetricsWriter = field(default_factory=lambda: MetricsWriter(None))
-    clock: Callable[[], float] = time.perf_counter  # what max_minutes counts (TrainConfig.clock)
-    progress: bool = False
-    seconds_before: float = 0.0  # wall seconds of the runs this one resumes
-    started: float = 0.0  # clock reading at the start (the budget counts from here)
-    wall_started: float = 0.0  # time.perf_counter() at the start
-    last_save: float = 0.0  # time.perf_counter() at the last save of last.pt
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0 writes the run folder; the others only train."""
-        return self.rank == 0
-
-    def elapsed(self) -> float:
-        """Wall seconds trained, resumed runs included (logged as ``seconds`` whatever the clock)."""
-        return self.seconds_before + time.perf_counter() - self.wall_started
-
-    def say(self, message: str) -> None:
-        """A line above the progress bar, from rank 0."""
-        if self.is_main:
-            tqdm.write(message)
 
 
 def train(
@@ -399,107 +332,6 @@ def evaluate(model: SampleRNN, codes: torch.Tensor, seq_len: int, batch_size: in
 
 
 # ---------------------------------------------------------------------------------------------
-# starting: settings, data, model, the run folder
-
-
-def start(
-    dataset: Path,
-    run: RunDir,
-    model_config: ModelConfig | None,
-    cfg: TrainConfig,
-    *,
-    resume: bool,
-    device: str | None,
-    rank: int,
-    world: int,
-    progress: bool,
-) -> tuple[TrainState, Session]:
-    """Everything a run needs before it writes anything: settings (resumed or new), the dataset read,
-    the model built. Raises LabError for a folder that is not this run's to write, or a bad dataset."""
-    dev = pick_device(device)
-    saved = None
-    if resume:
-        if not run.last.exists():
-            raise LabError(f"{run.root}: nothing to resume (no checkpoints/last.pt)")
-        saved = ckpt_io.load(run.last)
-        model_config = ModelConfig(**saved["config"]["model"])
-        budgets = {k: getattr(cfg, k) for k in ("epochs", "max_steps", "max_minutes", "clock")}
-        cfg = TrainConfig(**{**saved["config"]["train"], **budgets})
-    else:
-        model_config = model_config or ModelConfig()
-        check_new_run(run)  # before anything is read: a refusal costs nothing
-    manifest = _check_dataset(dataset, model_config, cfg)
-    run_config = {
-        "model": asdict(model_config),
-        "train": asdict(cfg),
-        "data": manifest["settings"],
-        "dataset": str(dataset.resolve()),
-        "sample_rate": manifest["sample_rate"],
-        "quantization": {"method": model_config.quantization, "q_levels": model_config.q_levels},
-    }
-    q, method = model_config.q_levels, model_config.quantization
-    session = Session(
-        run,
-        dataset,
-        dev,
-        rank,
-        world,
-        run_config,
-        manifest["sample_rate"],
-        load_split(dataset, "train", q, method),
-        load_split(dataset, "val", q, method),
-        clock=time.process_time if cfg.clock == "process" else time.perf_counter,
-        progress=progress,
-    )
-    torch.manual_seed(cfg.seed)
-    state = new_state(SampleRNN(model_config).to(dev), cfg, dev)
-    if saved is not None:
-        session.seconds_before = resume_state(state, saved, dev)
-    state.net = wrap_distributed(state.model, dev, world)
-    session.started, session.wall_started = session.clock(), time.perf_counter()
-    session.last_save = session.wall_started
-    return state, session
-
-
-def new_state(model: SampleRNN, cfg: TrainConfig, dev: torch.device) -> TrainState:
-    """A fresh state: Adam, mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)."""
-    amp_dtype = None
-    if cfg.amp and dev.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    return TrainState(model, optimizer, scaler, cfg, amp_dtype=amp_dtype, lr=cfg.lr)
-
-
-def resume_state(state: TrainState, saved: dict[str, Any], dev: torch.device) -> float:
-    """Put a ``last.pt`` back into a fresh state; returns the seconds trained before."""
-    state.model.load_state_dict(saved["model"])
-    state.optimizer.load_state_dict(saved["optimizer"])
-    pos = saved["position"]
-    state.epoch, state.batch, state.window = pos["epoch"], pos["batch"], pos["window"]
-    state.step, state.best_val, state.lr = saved["step"], saved.get("best_val"), saved["lr"]
-    state.hidden = _to(saved.get("hidden"), dev)
-    _set_lr(state.optimizer, state.lr)
-    torch.set_rng_state(saved["rng"]["torch"])
-    return float(saved["seconds"])
-
-
-def _check_dataset(dataset: Path, cfg_model: ModelConfig, cfg: TrainConfig) -> dict:
-    manifest = read_manifest(dataset)
-    lb = cfg_model.lookback
-    if cfg.seq_len % lb:
-        raise LabError(f"seq_len {cfg.seq_len} must be a multiple of the top frame length {lb}")
-    if manifest["chunk_samples"] < cfg.seq_len:
-        raise LabError(
-            f"{dataset}: chunks of {manifest['chunk_samples']} samples are shorter than one "
-            f"window (seq_len {cfg.seq_len}); prepare longer chunks or lower seq_len"
-        )
-    if not any(c["split"] == "train" for c in manifest["chunks"]):
-        raise LabError(f"{dataset}: has no training chunks")
-    return manifest
-
-
-# ---------------------------------------------------------------------------------------------
 # small helpers
 
 
@@ -528,23 +360,6 @@ class _Stop:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-
-
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def _detach(hidden: Hidden | None) -> Hidden | None:
-    if hidden is None:
-        return None
-    return [tuple(x.detach() for x in h) if isinstance(h, tuple) else h.detach() for h in hidden]
-
-
-def _to(hidden: Hidden | None, device) -> Hidden | None:
-    if hidden is None:
-        return None
-    return [tuple(x.to(device) for x in h) if isinstance(h, tuple) else h.to(device) for h in hidden]
 
 
 def _loss_curve(run: RunDir) -> None:

@@ -56,59 +56,23 @@ def render(
     Returns the WAV paths. A failed write (a full disk) raises LabError naming the file and leaves the
     files of an earlier render of the same names whole (and no ``out_dir`` where there was none).
     """
-    import soundfile as sf
-
     if seconds < 0:
         raise LabError(f"--seconds must not be negative, got {seconds}")
     out_dir = Path(out_dir)
     made_out_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = model.config
     n = int(round(seconds * sample_rate))
-    curves = [as_curve(c) for c in temperature_curves] if temperature_curves else None
-    if curves:
-        per_curve = [c for c in curves for _ in range(batch_size)]
-        per_sample = np.stack([c.values(max(n, 1), sample_rate) for c in per_curve])
-        per_stream = [float(v.mean()) for v in per_sample]
-        names = [f"curve{k}" for k in range(len(curves)) for _ in range(batch_size)]
-    else:
-        per_curve, per_sample = [None] * (batch_size * len(temperatures)), None
-        per_stream = [float(t) for t in temperatures for _ in range(batch_size)]
-        names = [f"t{t:g}" for t in per_stream]
+    per_curve, per_sample, per_stream, names = _streams(n, sample_rate, batch_size, temperatures, temperature_curves)
     paths = [out_dir / f"{label}_{name}_s{seed}_{i % batch_size}.wav" for i, name in enumerate(names)]
     sampler = Sampler(
         model, len(per_stream), per_stream, seed, device, top_p=top_p, precision=precision, temperature_curve=per_sample
     )
-    watchdog = None
-    if rescue is not None:
-        if rescue.sample_rate != sample_rate:
-            raise LabError(f"rescue: source audio at {rescue.sample_rate} Hz for a render at {sample_rate} Hz")
-        watchdog = Watchdog(rescue, len(per_stream), cfg.q_levels, cfg.quantization, model.lookback)
+    watchdog = _watchdog(model, rescue, sample_rate, len(per_stream))
     if prime is not None:
         sampler.prime(prime_codes(model, prime))
     start = time.perf_counter()
-    # Each WAV is written under a temporary name and renamed when complete (files are closed first).
     try:
-        with ExitStack() as stack:
-            tmps = [stack.enter_context(atomic_path(p)) for p in paths]
-            files = []
-            for path, tmp in zip(paths, tmps):
-                with writing(path):
-                    files.append(
-                        sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, subtype="PCM_16", format="WAV")
-                    )
-                stack.callback(_close, files[-1], path)
-            for block in sampler.run(
-                n,
-                block=max(1, int(block_seconds * sample_rate)),
-                progress=progress,
-                sample_rate=sample_rate,
-                watchdog=watchdog,
-            ):
-                audio = audio_io.dequantize(block, cfg.q_levels, cfg.quantization).numpy()
-                for path, fh, row in zip(paths, files, audio):
-                    with writing(path):
-                        fh.write(row)
+        _write_streams(sampler, model.config, paths, n, sample_rate, block_seconds, progress, watchdog)
     except BaseException:
         if made_out_dir:
             _remove_if_empty(out_dir)
@@ -127,20 +91,73 @@ def render(
             "sample_rate": sample_rate,
             "streams_in_batch": len(per_stream),
             "prime": prime is not None,
-            "q_levels": cfg.q_levels,
-            "quantization": cfg.quantization,
+            "q_levels": model.config.q_levels,
+            "quantization": model.config.quantization,
             "samples_per_second": n * len(per_stream) / max(elapsed, 1e-9),
             "realtime_factor": n * len(per_stream) / max(elapsed, 1e-9) / sample_rate,
-            "rescue": None
-            if watchdog is None
-            else {
-                **watchdog.settings(),
-                "events": [e for e in watchdog.events[i] if e["seconds"] < seconds],
-            },  # a restart past the end is unheard
+            "rescue": _rescue_record(watchdog, i, seconds),
             **(info or {}),
         }
         write_text(path.with_suffix(".json"), json.dumps(side, indent=1, default=str) + "\n")
     return paths
+
+
+def _streams(n: int, sample_rate: int, batch_size: int, temperatures, temperature_curves):
+    """Each stream's curve (or None), the per-sample temperatures (or None), its temperature and its name."""
+    curves = [as_curve(c) for c in temperature_curves] if temperature_curves else None
+    if curves:
+        per_curve = [c for c in curves for _ in range(batch_size)]
+        per_sample = np.stack([c.values(max(n, 1), sample_rate) for c in per_curve])
+        per_stream = [float(v.mean()) for v in per_sample]
+        names = [f"curve{k}" for k in range(len(curves)) for _ in range(batch_size)]
+    else:
+        per_curve, per_sample = [None] * (batch_size * len(temperatures)), None
+        per_stream = [float(t) for t in temperatures for _ in range(batch_size)]
+        names = [f"t{t:g}" for t in per_stream]
+    return per_curve, per_sample, per_stream, names
+
+
+def _watchdog(model: SampleRNN, rescue: Rescue | None, sample_rate: int, streams: int) -> Watchdog | None:
+    """The trap watchdog for ``rescue``, or None without one."""
+    if rescue is None:
+        return None
+    if rescue.sample_rate != sample_rate:
+        raise LabError(f"rescue: source audio at {rescue.sample_rate} Hz for a render at {sample_rate} Hz")
+    cfg = model.config
+    return Watchdog(rescue, streams, cfg.q_levels, cfg.quantization, model.lookback)
+
+
+def _write_streams(sampler, cfg, paths, n, sample_rate, block_seconds, progress, watchdog) -> None:
+    """Run the sampler and stream its blocks to the WAV files, each under a temporary name until complete."""
+    import soundfile as sf
+
+    # Each WAV is written under a temporary name and renamed when complete (files are closed first).
+    with ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_path(p)) for p in paths]
+        files = []
+        for path, tmp in zip(paths, tmps):
+            with writing(path):
+                files.append(sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, subtype="PCM_16", format="WAV"))
+            stack.callback(_close, files[-1], path)
+        for block in sampler.run(
+            n,
+            block=max(1, int(block_seconds * sample_rate)),
+            progress=progress,
+            sample_rate=sample_rate,
+            watchdog=watchdog,
+        ):
+            audio = audio_io.dequantize(block, cfg.q_levels, cfg.quantization).numpy()
+            for path, fh, row in zip(paths, files, audio):
+                with writing(path):
+                    fh.write(row)
+
+
+def _rescue_record(watchdog: Watchdog | None, stream: int, seconds: float) -> dict | None:
+    """The sidecar's ``rescue`` entry of one stream: the watchdog's settings and its events, or None."""
+    if watchdog is None:
+        return None
+    # a restart past the end is unheard
+    return {**watchdog.settings(), "events": [e for e in watchdog.events[stream] if e["seconds"] < seconds]}
 
 
 def _close(fh, path: Path) -> None:
@@ -184,19 +201,7 @@ def render_checkpoint(
 
     model, info = load_model(run, which)
     sr = int(info["config"]["sample_rate"])
-    prime_audio = None
-    if prime is not None:
-        import soundfile as sf
-
-        try:
-            prime_sr = sf.info(str(prime)).samplerate
-        except Exception:
-            prime_sr = None
-        if prime_sr is not None and prime_sr != sr:
-            raise LabError(
-                f"{prime}: sampled at {prime_sr} Hz, but the model was trained at {sr} Hz (resample it first)"
-            )
-        prime_audio, _ = audio_io.load(prime, sr)
+    prime_audio = None if prime is None else _load_prime(prime, sr)
     dataset = Path(info["config"]["dataset"])
     if not dataset.exists():  # the run folder was moved: the lab chain keeps its dataset inside
         dataset = Path(run) / "dataset"
@@ -235,3 +240,17 @@ def render_checkpoint(
         precision=precision,
         temperature_curves=temperature_curves,
     )
+
+
+def _load_prime(prime: str | os.PathLike, sr: int) -> np.ndarray:
+    """A prime file's audio, refused unless it is at the model's sample rate ``sr``."""
+    import soundfile as sf
+
+    try:
+        prime_sr = sf.info(str(prime)).samplerate
+    except Exception:
+        prime_sr = None
+    if prime_sr is not None and prime_sr != sr:
+        raise LabError(f"{prime}: sampled at {prime_sr} Hz, but the model was trained at {sr} Hz (resample it first)")
+    prime_audio, _ = audio_io.load(prime, sr)
+    return prime_audio

@@ -1,0 +1,109 @@
+"""A batch's files read back: each run's state and summary, and ``status`` (``samplernn-lab batch OUT --status``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+from .errors import LabError
+from .files import write_text
+from .progress import MetricsTail
+
+
+def run_summary(run_dir: Path) -> dict:
+    """A finished run's ``summary.json``, with where the run is now."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["run"] = str(run_dir)  # where it is now (a folder may have been moved)
+    return summary
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file's content, or {} when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def pending_row(job: dict, out: Path, tails: dict | None = None) -> dict:
+    """A row for a run that has not finished: waiting, or running with its progress."""
+    state = read_json(out / "logs" / f"{job['name']}.json")
+    if state.get("state") == "running":
+        tail = (tails or {}).setdefault(job["name"], MetricsTail(job["run"])).read()
+        return {**job, "status": f"running ({tail.line()})"}
+    if state.get("state") == "failed":
+        return {**job, "status": "failed", "error": state.get("error", "")}
+    return {**job, "status": "waiting"}
+
+
+def status(out: str | os.PathLike) -> list[dict]:
+    """Every run of the batch in ``out`` as it stands: name, grid values, state (done, failed,
+    ``running (epoch, step, bits, minutes)``, ``stopped (...)`` for a run that stopped part-way, waiting),
+    category, epochs, best validation bits and error."""
+    out = Path(out).resolve()
+    spec = read_json(out / "batch.json")
+    if not spec:
+        raise LabError(f"{out}: no batch here (no batch.json)")
+    rows = []
+    for job in spec["jobs"]:
+        run_dir = Path(job["run"])
+        row = {"name": job["name"], **job.get("grid", {})}
+        if (run_dir / "summary.json").exists():
+            s = run_summary(run_dir)
+            rows.append(
+                {
+                    **row,
+                    "state": "done",
+                    "category": s.get("category") or "",
+                    "epochs": s.get("epochs", ""),
+                    "best_val_bits": s.get("best_val_bits"),
+                    "error": "",
+                }
+            )
+            continue
+        state = read_json(out / "logs" / f"{job['name']}.json")
+        tail = MetricsTail(run_dir).read()
+        if state.get("state") == "failed":
+            now = "failed"
+        elif state.get("state") == "running":
+            now = f"running ({tail.line()})"
+        else:
+            now = f"stopped ({tail.line()})" if tail.started else "waiting"
+        rows.append(
+            {
+                **row,
+                "state": now,
+                "category": "",
+                "epochs": tail.epoch if tail.started else "",
+                "best_val_bits": tail.val_bits,
+                "error": state.get("error", "") if now == "failed" else "",
+            }
+        )
+    return rows
+
+
+def format_status(rows: list[dict]) -> str:
+    """The status rows as a fixed-width table."""
+    if not rows:
+        return "no runs"
+    fields = [k for k in rows[0] if k != "error"] + (["error"] if any(r.get("error") for r in rows) else [])
+    cells = [
+        [
+            ("" if r.get(f) is None else f"{r[f]:.3f}" if isinstance(r.get(f), float) else str(r.get(f, "")))
+            for f in fields
+        ]
+        for r in rows
+    ]
+    widths = [max(len(f), *(len(c[i]) for c in cells)) for i, f in enumerate(fields)]
+    lines = ["  ".join(f.ljust(w) for f, w in zip(fields, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    counts = Counter(r["state"].split(" ")[0] for r in rows)
+    lines.append(", ".join(f"{v} {k}" for k, v in counts.items()))
+    return "\n".join(lines)

@@ -1,0 +1,116 @@
+"""Starting a training: settings (resumed or new), the dataset read and checked, the model built, the state."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import checkpoint as ckpt_io
+from .config import ModelConfig, TrainConfig
+from .dataset import load_split, read_manifest
+from .distributed import pick_device, wrap_distributed
+from .errors import LabError
+from .model import SampleRNN
+from .rundir import RunDir, check_new_run
+from .train_state import Session, TrainState, _set_lr, _to
+
+
+def start(
+    dataset: Path,
+    run: RunDir,
+    model_config: ModelConfig | None,
+    cfg: TrainConfig,
+    *,
+    resume: bool,
+    device: str | None,
+    rank: int,
+    world: int,
+    progress: bool,
+) -> tuple[TrainState, Session]:
+    """Everything a run needs before it writes anything: settings (resumed or new), the dataset read,
+    the model built. Raises LabError for a folder that is not this run's to write, or a bad dataset."""
+    dev = pick_device(device)
+    saved = None
+    if resume:
+        if not run.last.exists():
+            raise LabError(f"{run.root}: nothing to resume (no checkpoints/last.pt)")
+        saved = ckpt_io.load(run.last)
+        model_config = ModelConfig(**saved["config"]["model"])
+        budgets = {k: getattr(cfg, k) for k in ("epochs", "max_steps", "max_minutes", "clock")}
+        cfg = TrainConfig(**{**saved["config"]["train"], **budgets})
+    else:
+        model_config = model_config or ModelConfig()
+        check_new_run(run)  # before anything is read: a refusal costs nothing
+    manifest = _check_dataset(dataset, model_config, cfg)
+    run_config = {
+        "model": asdict(model_config),
+        "train": asdict(cfg),
+        "data": manifest["settings"],
+        "dataset": str(dataset.resolve()),
+        "sample_rate": manifest["sample_rate"],
+        "quantization": {"method": model_config.quantization, "q_levels": model_config.q_levels},
+    }
+    q, method = model_config.q_levels, model_config.quantization
+    session = Session(
+        run,
+        dataset,
+        dev,
+        rank,
+        world,
+        run_config,
+        manifest["sample_rate"],
+        load_split(dataset, "train", q, method),
+        load_split(dataset, "val", q, method),
+        clock=time.process_time if cfg.clock == "process" else time.perf_counter,
+        progress=progress,
+    )
+    torch.manual_seed(cfg.seed)
+    state = new_state(SampleRNN(model_config).to(dev), cfg, dev)
+    if saved is not None:
+        session.seconds_before = resume_state(state, saved, dev)
+    state.net = wrap_distributed(state.model, dev, world)
+    session.started, session.wall_started = session.clock(), time.perf_counter()
+    session.last_save = session.wall_started
+    return state, session
+
+
+def new_state(model: SampleRNN, cfg: TrainConfig, dev: torch.device) -> TrainState:
+    """A fresh state: Adam, mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)."""
+    amp_dtype = None
+    if cfg.amp and dev.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    return TrainState(model, optimizer, scaler, cfg, amp_dtype=amp_dtype, lr=cfg.lr)
+
+
+def resume_state(state: TrainState, saved: dict[str, Any], dev: torch.device) -> float:
+    """Put a ``last.pt`` back into a fresh state; returns the seconds trained before."""
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    pos = saved["position"]
+    state.epoch, state.batch, state.window = pos["epoch"], pos["batch"], pos["window"]
+    state.step, state.best_val, state.lr = saved["step"], saved.get("best_val"), saved["lr"]
+    state.hidden = _to(saved.get("hidden"), dev)
+    _set_lr(state.optimizer, state.lr)
+    torch.set_rng_state(saved["rng"]["torch"])
+    return float(saved["seconds"])
+
+
+def _check_dataset(dataset: Path, cfg_model: ModelConfig, cfg: TrainConfig) -> dict:
+    manifest = read_manifest(dataset)
+    lb = cfg_model.lookback
+    if cfg.seq_len % lb:
+        raise LabError(f"seq_len {cfg.seq_len} must be a multiple of the top frame length {lb}")
+    if manifest["chunk_samples"] < cfg.seq_len:
+        raise LabError(
+            f"{dataset}: chunks of {manifest['chunk_samples']} samples are shorter than one "
+            f"window (seq_len {cfg.seq_len}); prepare longer chunks or lower seq_len"
+        )
+    if not any(c["split"] == "train" for c in manifest["chunks"]):
+        raise LabError(f"{dataset}: has no training chunks")
+    return manifest
