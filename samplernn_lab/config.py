@@ -174,6 +174,9 @@ class TrainConfig(Checked):
     seq_len: int = _rule(1024, ge=1)
     batch_size: int = _rule(128, ge=1)
     lr: float = _rule(1e-3, gt=0)
+    # the learning rate at the end of the budget, as a share of lr: a cosine from lr down to lr * lr_final over
+    # whichever budget (epochs, steps, minutes) ends first; 1 = constant
+    lr_final: float = _rule(1.0, gt=0, le=1)
     grad_clip: float = _rule(1.0, gt=0)
     epochs: int | None = _rule(None, ge=1)
     max_steps: int | None = _rule(None, ge=0)

@@ -136,6 +136,9 @@ def run_epoch(state: TrainState, session: Session, stopper: _Stop) -> str | None
                 stop = stop_reason(state, session, stopper)
                 if stop:
                     return stop
+                if cfg.lr_final < 1:
+                    done = (state.batch * n_windows + wi) / max(1, len(batches) * n_windows)
+                    _set_lr(state.optimizer, state.lr * lr_factor(cfg, budget_spent(state, session, done)))
                 loss, grad_norm = train_step(state, window.to(session.device, non_blocking=True))
                 state.window = wi + 1
                 if state.window == n_windows:  # the batch is done: the next one starts from h0
@@ -230,6 +233,24 @@ def _restore(state: TrainState, last: Path) -> str:
         where = "no checkpoint yet, kept the current weights"
     _set_lr(state.optimizer, state.lr)
     return f"{where}, learning rate lowered to {state.lr:.3g}"
+
+
+def budget_spent(state: TrainState, session: Session, epoch_done: float) -> float:
+    """How much of the budget is spent, in [0, 1]: the most of epochs, steps and minutes (``epoch_done``: the
+    share of the current epoch trained)."""
+    cfg, shares = state.cfg, [0.0]
+    if cfg.epochs:
+        shares.append((state.epoch + epoch_done) / cfg.epochs)
+    if cfg.max_steps:
+        shares.append(state.step / cfg.max_steps)
+    if cfg.max_minutes:
+        shares.append((session.clock() - session.started) / (cfg.max_minutes * 60))
+    return min(1.0, max(shares))
+
+
+def lr_factor(cfg: TrainConfig, spent: float) -> float:
+    """The share of the learning rate at ``spent`` of the budget: a cosine from 1 down to ``cfg.lr_final``."""
+    return cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * spent))
 
 
 def stop_reason(state: TrainState, session: Session, stopper: _Stop) -> str | None:

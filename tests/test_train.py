@@ -303,3 +303,26 @@ dist.destroy_process_group()
     _, steps, _, diff = line.split()
     assert int(steps) == 6 and float(diff) == 0.0
     assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_learning_rate_follows_a_cosine_down_to_lr_final(dataset, tmp_path):
+    from samplernn_lab.train import lr_factor
+
+    c = cfg(lr_final=0.1)
+    assert [round(lr_factor(c, s), 6) for s in (0.0, 0.5, 1.0)] == [1.0, 0.55, 0.1]
+    assert lr_factor(cfg(), 0.7) == 1.0  # lr_final = 1: constant
+    # the optimiser's rate at the last of 20 steps is lr * factor(19 / 20); constant without the schedule
+    train(dataset, tmp_path / "cos", TINY, cfg(max_steps=20, lr_final=0.1), progress=False)
+    train(dataset, tmp_path / "flat", TINY, cfg(max_steps=20), progress=False)
+    cos = load(tmp_path / "cos/checkpoints/last.pt")
+    flat = load(tmp_path / "flat/checkpoints/last.pt")
+    assert cos["optimizer"]["param_groups"][0]["lr"] == pytest.approx(FAST.lr * lr_factor(c, 19 / 20))
+    assert flat["optimizer"]["param_groups"][0]["lr"] == FAST.lr
+    assert cos["lr"] == flat["lr"] == FAST.lr  # the base rate (what a blow-up halves) is kept as it was
+    # a resumed run follows the budget it resumes with: at its last step, the same rate
+    train(dataset, tmp_path / "half", TINY, cfg(max_steps=9, lr_final=0.1), progress=False)
+    train(dataset, tmp_path / "half", TINY, cfg(max_steps=20, lr_final=0.1), resume=True, progress=False)
+    half = load(tmp_path / "half/checkpoints/last.pt")
+    assert (
+        half["step"] == 20 and half["optimizer"]["param_groups"][0]["lr"] == cos["optimizer"]["param_groups"][0]["lr"]
+    )
