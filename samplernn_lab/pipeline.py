@@ -112,8 +112,9 @@ def run(
     its first checkpoint is started again). One that holds a run is refused unless ``resume`` or
     ``overwrite`` (which replaces it); a folder the lab did not make is refused whatever is asked.
 
-    Renders come from the ``auto`` checkpoint by default (the latest epoch whose per-epoch render was
-    diagnosed varied, else the last), primed with ``prime_seconds`` of training audio: with one
+    Renders come from the ``auto`` checkpoint by default (the epoch whose per-epoch render was closest to
+    the source, :func:`samplernn_lab.rundir.liveliest_epoch`, else the last), primed with
+    ``prime_seconds`` of training audio: with one
     source the lowest validation NLL is often an early epoch, and late epochs can lock into a tone.
     With ``rescue`` (the default here), a stream that falls silent or locks into a steady tone is
     re-primed from the training audio (:mod:`samplernn_lab.sampling.rescue`); the sidecars say where.

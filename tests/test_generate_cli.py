@@ -208,13 +208,25 @@ def test_auto_checkpoint_resembles_the_source_most_without_copying(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     for name in ("epoch-001", "epoch-002", "epoch-003", "epoch-004", "last"):
         (run / "checkpoints" / f"{name}.pt").write_bytes(b"x")
-    events = [(1, "varied", 0.9, 0.0), (2, "varied", 0.4, 0.0), (3, "varied", 0.2, 0.5), (4, "tone", 0.1, 0.0)]
-    rows = [
-        {"event": "render", "epoch": e, "category": c, "resemblance": r, "copy_share": cp} for e, c, r, cp in events
-    ]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    # epoch 3 copies half of its source and epoch 4 is a steady tone: epoch 2 is the closest of the rest
+    events = [(1, "varied", 0.9, 0.0), (2, "varied", 0.4, 0.0), (3, "varied", 0.2, 0.5), (4, "tone", 1.4, 0.0)]
+
+    def write(events):
+        rows = [
+            {"event": "render", "epoch": e, "category": c, "resemblance": r, "copy_share": cp} for e, c, r, cp in events
+        ]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write(events)
+    # epoch 3 copies half of its source and epoch 4 is a steady tone far from it: epoch 2 is the closest of the rest
     assert resolve(run, "auto").name == "epoch-002.pt"
+    # a render diagnosed a tone but closer to its source than noise (a bell's held partials) counts; silence never
+    (run / "checkpoints" / "epoch-005.pt").write_bytes(b"x")
+    (run / "checkpoints" / "epoch-006.pt").write_bytes(b"x")
+    write([*events, (5, "tone", 0.3, 0.0), (6, "silence", 0.05, 0.0)])
+    assert resolve(run, "auto").name == "epoch-005.pt"
+    # the demo's case: every other epoch noise further than coloured noise, the one below 1 a tone
+    write([(1, "noise", 1.7, 0.0), (2, "noise", 2.3, 0.0), (4, "tone", 0.75, 0.0)])
+    assert resolve(run, "auto").name == "epoch-004.pt"
 
 
 def test_generate_rescue_flag_fills_the_sidecar(run, tmp_path, capsys):
