@@ -11,6 +11,7 @@ import sys
 
 from .cli_pipeline import _add_pipeline, _batch, _demo, _run
 from .errors import LabError
+from .files import refuse_existing
 
 
 def _add_prepare(sub) -> None:
@@ -219,11 +220,14 @@ def _add_export(sub) -> None:
     )
     p.add_argument("--prime", help="start from this audio file instead (at the run's sample rate)")
     p.add_argument("--seed", type=int, default=0, help="the sampling noise's seed (an attribute in the host)")
+    p.add_argument("--overwrite", action="store_true", help="replace FILE.ts if it exists")
 
 
 def _export(a) -> None:
     from .live import export
 
+    if not a.overwrite:
+        refuse_existing([a.out])
     path = export(
         a.run,
         a.out,
@@ -321,11 +325,15 @@ def _add_figures(sub) -> None:
     p.add_argument("renders", nargs="+", metavar="RENDER")
     p.add_argument("--out", required=True, help="figure file (.png; a .pdf is written beside it)")
     p.add_argument("--low-hz", type=float, default=1000.0, help="top of the enlarged low range (default 1000)")
+    p.add_argument("--overwrite", action="store_true", help="replace the .png/.pdf if they exist")
 
 
 def _figures(a) -> None:
+    from .figure_parts import _out_paths
     from .figures import poster_figure_files
 
+    if not a.overwrite:
+        refuse_existing(_out_paths(a.out, ("png", "pdf")))
     for p in poster_figure_files(a.source, a.renders, a.out, low_hz=a.low_hz):
         print(p)
 

@@ -18,6 +18,14 @@ from pathlib import Path
 from .errors import LabError
 
 
+def refuse_existing(paths, setting: str = "--out") -> None:
+    """Refuse to write over files that are there already (the lab cannot tell whether it made them): one
+    LabError naming the first, the setting to change and ``--overwrite``."""
+    for p in paths:
+        if os.path.lexists(p):
+            raise LabError(f"{p}: exists; choose another {setting}, or pass --overwrite to replace it")
+
+
 def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -249,3 +249,26 @@ def test_rescue_is_on_in_the_chain_and_can_be_turned_off():
     assert parse(["run", "s.wav", "--out", "o", "--no-rescue"]).rescue is False
     assert parse(["batch", "s.wav", "--out", "o", "--no-rescue"]).rescue is False
     assert parse(["demo"]).rescue is True and parse(["demo", "--no-rescue"]).rescue is False
+
+
+def test_export_and_figures_refuse_to_overwrite_a_file(run, tmp_path, capsys):
+    """A file at --out may be the user's: refused with one line, exit 2, left as it was; --overwrite replaces."""
+    mine = tmp_path / "bells.ts"
+    mine.write_bytes(b"my patch notes")
+    code, _, err = cli(["export", run, "--out", mine, "--checkpoint", "last"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert str(mine) in err and "--overwrite" in err and mine.read_bytes() == b"my patch notes"
+    code, _, err = cli(["export", run, "--out", mine, "--checkpoint", "last", "--overwrite"], capsys)
+    assert code == 0, err
+    assert mine.read_bytes() != b"my patch notes" and torch.jit.load(str(mine)) is not None
+
+    sf.write(tmp_path / "src.wav", bell(16000, 1.0), 16000)
+    sf.write(tmp_path / "gen.wav", noise(16000, 0.5), 16000)
+    (tmp_path / "fig.pdf").write_bytes(b"my paper")
+    args = ["figures", tmp_path / "src.wav", tmp_path / "gen.wav", "--out", tmp_path / "fig.png"]
+    code, _, err = cli(args, capsys)
+    assert code == 2 and "fig.pdf: exists" in err
+    assert (tmp_path / "fig.pdf").read_bytes() == b"my paper" and not (tmp_path / "fig.png").exists()
+    code, _, err = cli([*args, "--overwrite"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "fig.pdf").read_bytes()[:4] == b"%PDF"
