@@ -5,23 +5,19 @@ import pytest
 import soundfile as sf
 import torch
 from scipy import stats
+from tiny_models import CFG, sharp_model
 
 from samplernn_lab import ModelConfig, SampleRNN, generate
 from samplernn_lab.audio import dequantize, quantize
 from samplernn_lab.sampling import Sampler, Tuning, render
 
-CFG = ModelConfig(frame_sizes=(4, 2), dim=32, n_rnn=1, embed_size=8, q_levels=32)
 # "onednn": the torch backend with the dense layers packed for oneDNN, as for big batches
 BACKENDS = ["numba", "torch", "onednn"]
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = SampleRNN(CFG).eval()
-    with torch.no_grad():  # sharper than at init, so sampling has structure to follow
-        m.mlp.output.parametrizations.weight.original0.mul_(3.0)
-    return m
+    return sharp_model()
 
 
 def make_sampler(model, backend, batch_size=1, temperature=1.0, seed=0):

@@ -5,23 +5,18 @@ import json
 import pytest
 import torch
 from scipy import stats
+from tiny_models import sharp_model
 
-from samplernn_lab import ModelConfig, SampleRNN
 from samplernn_lab.errors import LabError
 from samplernn_lab.sampling import Sampler, generate, render
 from samplernn_lab.sampling.kernels import nucleus
 
-CFG = ModelConfig(frame_sizes=(4, 2), dim=32, n_rnn=1, embed_size=8, q_levels=32)
 BACKENDS = ["numba", "torch"]
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = SampleRNN(CFG).eval()
-    with torch.no_grad():  # sharper than at init, so that nuclei hold a few codes, not all
-        m.mlp.output.parametrizations.weight.original0.mul_(3.0)
-    return m
+    return sharp_model()
 
 
 def sample(model, n, backend, batch_size=4, temperature=1.0, top_p=1.0, seed=0):
