@@ -8,25 +8,21 @@ import pytest
 import soundfile as sf
 import torch
 from scipy import stats
+from tiny_models import CFG, sharp_model
 
-from samplernn_lab import ModelConfig, SampleRNN, generate
+from samplernn_lab import generate
 from samplernn_lab.audio import quantize
 from samplernn_lab.cli import main
 from samplernn_lab.errors import LabError
 from samplernn_lab.sampling import Sampler, render
 from samplernn_lab.sampling.temperature import TemperatureCurve
 
-CFG = ModelConfig(frame_sizes=(4, 2), dim=32, n_rnn=1, embed_size=8, q_levels=32)
 BACKENDS = ["numba", "torch"]
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = SampleRNN(CFG).eval()
-    with torch.no_grad():  # sharper than at init, so greedy and sampled streams differ
-        m.mlp.output.parametrizations.weight.original0.mul_(3.0)
-    return m
+    return sharp_model()
 
 
 def test_breakpoints_are_interpolated_linearly_and_hold_at_the_ends():
@@ -35,6 +31,7 @@ def test_breakpoints_are_interpolated_linearly_and_hold_at_the_ends():
     v = c.values(301, 10)  # 10 samples a second: v[10 s] is v[100]
     assert v.dtype == np.float32 and v.shape == (301,)
     np.testing.assert_allclose(v[[0, 40, 80, 140, 200, 300]], [1.0, 0.9, 0.8, 0.95, 1.1, 1.1], atol=1e-6)
+    assert c.held_after(10) == 201  # from sample 201 on (20 s at 10 Hz) the last value holds
     late = TemperatureCurve.parse("2:0.5,4:1").values(60, 10)
     np.testing.assert_allclose(late[[0, 19, 20, 30, 40, 59]], [0.5, 0.5, 0.5, 0.75, 1.0, 1.0], atol=1e-6)
 

@@ -78,7 +78,8 @@ class NumbaBackend:
         self.out_w = np.ascontiguousarray(f.out.w.T.numpy())
         self.out_b = f.out.b.numpy()
         # the temperature of each sample of a top-tier frame: (B, lookback)
-        self.temps = np.repeat(temps.reshape(batch_size, -1)[:, :1].numpy().astype(np.float32), f.lookback, 1)
+        self.temps = np.empty((batch_size, f.lookback), np.float32)
+        self.temps[:] = temps.reshape(len(temps), -1)[:, :1].numpy()
         self.free = np.full((batch_size, f.frame_size), -1, np.int64)
         self.rng = np.random.default_rng(seed)
 
@@ -127,12 +128,12 @@ class TorchBackend:
         self.top_p = float(top_p)
         # temps (B,) or (B, N) per sample (a curve): greedy steps are possible if any is 0. Both tensors below
         # hold a top-tier frame, (B, lookback), static for a captured CUDA graph.
-        temps = temps.reshape(batch_size, -1)
+        temps = temps.reshape(len(temps), -1)  # (B or 1, N)
         self.greedy = (
             torch.zeros(batch_size, f.lookback, dtype=torch.bool, device=device) if bool((temps <= 0).any()) else None
         )
         self.inv_t = torch.ones(batch_size, f.lookback, device=device)
-        self.set_temperatures(temps[:, :1].expand(-1, f.lookback))
+        self.set_temperatures(temps[:, :1].expand(batch_size, f.lookback))
         self.rng = torch.Generator(device=device).manual_seed(int(seed))
         self.uniforms = torch.zeros(batch_size, f.lookback, device=device)  # one per sample of a top-tier frame
 

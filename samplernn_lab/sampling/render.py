@@ -107,8 +107,12 @@ def _streams(n: int, sample_rate: int, batch_size: int, temperatures, temperatur
     curves = [as_curve(c) for c in temperature_curves] if temperature_curves else None
     if curves:
         per_curve = [c for c in curves for _ in range(batch_size)]
-        per_sample = np.stack([c.values(max(n, 1), sample_rate) for c in per_curve])
-        per_stream = [float(v.mean()) for v in per_sample]
+        # arrays up to where each curve holds its last value (the sampler holds it on), not the whole render
+        span = min(max(n, 1), max(c.held_after(sample_rate) for c in curves))
+        rows = {id(c): c.values(span, sample_rate) for c in curves}
+        per_sample = rows[id(curves[0])] if len(curves) == 1 else np.stack([rows[id(c)] for c in per_curve])
+        means = {id(c): float(c.values(max(n, 1), sample_rate).mean()) for c in curves}
+        per_stream = [means[id(c)] for c in per_curve]
         names = [f"curve{k}" for k in range(len(curves)) for _ in range(batch_size)]
     else:
         per_curve, per_sample = [None] * (batch_size * len(temperatures)), None

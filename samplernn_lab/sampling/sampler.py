@@ -126,7 +126,7 @@ class Sampler:
         if self.curve is not None:
             lb = self.f.lookback
             at = (torch.arange(self.t, self.t + lb) - self.t0).clamp_(0, self.curve.shape[1] - 1)
-            self.kernel.set_temperatures(self.curve[:, at])
+            self.kernel.set_temperatures(self.curve[:, at].expand(self.b, -1))
         self.kernel.draw()
 
     @torch.no_grad()
@@ -392,11 +392,11 @@ def _temperatures(temperature: float | Sequence[float], batch_size: int) -> torc
 
 
 def _curve(curve: np.ndarray | torch.Tensor, batch_size: int) -> torch.Tensor:
-    """A per-sample temperature array, checked: (B, N) float32 on CPU."""
+    """A per-sample temperature array, checked: (B, N), or (1, N) when shared, float32 on CPU."""
     c = torch.as_tensor(np.asarray(curve, dtype=np.float32))
     if c.dim() == 1:
-        c = c.unsqueeze(0).expand(batch_size, -1)
-    if c.dim() != 2 or c.shape[0] != batch_size or c.shape[1] == 0:
+        c = c.unsqueeze(0)  # shared: expanded per top-tier frame, never stored B times
+    if c.dim() != 2 or c.shape[0] not in (1, batch_size) or c.shape[1] == 0:
         raise LabError(f"temperature curve of shape {tuple(c.shape)}: want (N,) or ({batch_size}, N), N >= 1")
     if bool((c < 0).any()) or not bool(torch.isfinite(c).all()):
         raise LabError("temperature curve: temperatures must be finite and >= 0")

@@ -53,6 +53,10 @@ class TemperatureCurve:
     def __str__(self) -> str:
         return ",".join(f"{s:g}:{t:g}" for s, t in self.points)
 
+    def held_after(self, sample_rate: int) -> int:
+        """The sample from which the curve holds its last value: what a per-sample array needs to hold."""
+        return int(math.ceil(self.points[-1][0] * sample_rate)) + 1
+
     def values(self, n_samples: int, sample_rate: int) -> np.ndarray:
         """The temperature of each of ``n_samples`` samples at ``sample_rate`` Hz: float32 array (n_samples,)."""
         if n_samples < 0 or sample_rate <= 0:
