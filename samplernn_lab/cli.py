@@ -329,11 +329,11 @@ def _add_figures(sub) -> None:
 
 
 def _figures(a) -> None:
-    from .figure_parts import _out_paths
+    from .figure_parts import figure_paths
     from .figures import poster_figure_files
 
     if not a.overwrite:
-        refuse_existing(_out_paths(a.out, ("png", "pdf")))
+        refuse_existing(figure_paths(a.out))
     for p in poster_figure_files(a.source, a.renders, a.out, low_hz=a.low_hz):
         print(p)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -144,11 +144,12 @@ def _draw_waveform(ax, audio: np.ndarray, sr: int, colour: str = "#2b5c8a") -> N
 # saving
 
 
-def _out_paths(out: str | os.PathLike, suffixes: Sequence[str]) -> list[Path]:
-    """``out`` with each suffix; a given .png/.pdf suffix is replaced, any other name is kept whole."""
+def figure_paths(out: str | os.PathLike) -> list[Path]:
+    """The ``[.png, .pdf]`` files a figure at ``out`` is saved to: a given .png/.pdf suffix is replaced, any
+    other name is kept whole."""
     p = Path(out)
     base = p.with_suffix("") if p.suffix.lower() in (".png", ".pdf") else p
-    return [base.with_name(f"{base.name}.{s}") for s in suffixes]
+    return [base.with_name(f"{base.name}.{s}") for s in ("png", "pdf")]
 
 
 def _save(fig: Figure, path: Path, dpi: int) -> Path:

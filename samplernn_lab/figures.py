@@ -36,8 +36,8 @@ from .figure_parts import (  # noqa: F401  (the panels, their constants and savi
     _log_spectrogram,
     _low_spectrogram,
     _mono,
-    _out_paths,
     _save,
+    figure_paths,
 )
 from .spectral import spectrogram_db  # noqa: F401  (the notebooks and tests import it from here)
 
@@ -134,7 +134,7 @@ def poster_figure(
     44.1 kHz. All spectrograms share one colour scale (dBFS, 90 dB range) and one colour bar.
     """
     fig = make_poster_figure(sounds, low_hz=low_hz)
-    return [_save(fig, p, dpi) for p in _out_paths(out, ("png", "pdf"))]
+    return [_save(fig, p, dpi) for p in figure_paths(out)]
 
 
 def _as_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
@@ -259,7 +259,7 @@ def epoch_grid(run_dir: str | os.PathLike, out: str | os.PathLike, dpi: int = 20
         The run folder is missing or holds no renders.
     """
     fig = make_epoch_grid(run_dir)
-    return [_save(fig, p, dpi) for p in _out_paths(out, ("png", "pdf"))]
+    return [_save(fig, p, dpi) for p in figure_paths(out)]
 
 
 # ------------------------------------------------------------------------------------------------------
