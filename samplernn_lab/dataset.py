@@ -359,11 +359,19 @@ def load_split(folder: str | os.PathLike, split: str, q_levels: int, quantizatio
 def batch_order(n_chunks: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
     """The epoch's batches of chunk indices: a permutation seeded by (seed, epoch), cut into batches.
 
-    The last batch may be smaller. Deterministic, so a resumed run finds its place again.
+    Every batch holds ``min(batch_size, n_chunks)`` distinct chunks: a short last batch is topped up
+    from the start of the permutation. A batch trains for as many steps as a chunk has windows, so a
+    short last batch (3 of 19 chunks in the sketch's demo) left each epoch's weights fitted to those few
+    chunks, loud or quiet: the epoch-to-epoch swings between noise and near-source renders
+    (benchmarks/RESULTS.md, "Why the sketch swung"). Deterministic, so a resumed run finds its place again.
     """
     g = torch.Generator().manual_seed(seed * 100003 + epoch)
     perm = torch.randperm(n_chunks, generator=g)
-    return [perm[i : i + batch_size] for i in range(0, n_chunks, batch_size)]
+    size = min(batch_size, n_chunks)
+    batches = [perm[i : i + size] for i in range(0, n_chunks, size)]
+    if batches and len(batches[-1]) < size:  # disjoint: the top-up is shorter than the first batch
+        batches[-1] = torch.cat([batches[-1], perm[: size - len(batches[-1])]])
+    return batches
 
 
 def windows(chunks: torch.Tensor, seq_len: int, lookback: int, silence: int) -> Iterator[tuple[int, torch.Tensor]]:

@@ -5,10 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from samplernn_lab.augment import augment, crossfade_join, rotate
 from samplernn_lab.cli import main
-from samplernn_lab.dataset import DataConfig, prepare, read_manifest, split_source, windows
+from samplernn_lab.dataset import DataConfig, batch_order, prepare, read_manifest, split_source, windows
 from samplernn_lab.errors import LabError
 from signals import bell, noise, tone
 
@@ -278,3 +279,16 @@ def test_written_files_get_a_plain_files_mode(bell_wav, tmp_path):
     for p in [out / "manifest.json", next((out / "chunks" / "train").glob("*.wav"))]:
         assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask, p
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+
+
+def test_batch_order_fills_every_batch_and_covers_every_chunk():
+    # 19 chunks at batch 16 used to end each epoch on 3 chunks trained alone for a whole batch's steps
+    for n, size in ((19, 16), (21, 16), (32, 16), (5, 16), (1, 1)):
+        batches = batch_order(n, size, seed=3, epoch=2)
+        assert all(len(b) == min(size, n) for b in batches)
+        assert all(len(set(b.tolist())) == len(b) for b in batches)  # no chunk twice in one batch
+        assert set(torch.cat(batches).tolist()) == set(range(n))
+        assert len(batches) == -(-n // size)
+    again = batch_order(19, 16, seed=3, epoch=2)
+    assert all(torch.equal(a, b) for a, b in zip(batch_order(19, 16, seed=3, epoch=2), again))
+    assert not torch.equal(batch_order(19, 16, seed=3, epoch=3)[0], again[0])
