@@ -30,7 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +41,7 @@ from samplernn_lab.audio import dequantize, load, quantize, save  # noqa: E402
 from samplernn_lab.dataset import excerpts, load_split, prepare, windows  # noqa: E402
 from samplernn_lab.model import SampleRNN, nll_bits  # noqa: E402
 from samplernn_lab.presets import get_preset  # noqa: E402
-from samplernn_lab.resemblance import SourceProfile, copy_share  # noqa: E402
+from samplernn_lab.resemblance import SourceProfile  # noqa: E402
 
 STREAMS, SECONDS, PRIME_SECONDS = 4, 6.0, 0.25
 REFERENCE_SEQ_LEN, REFERENCE_BATCH, REFERENCE_LR = 512, 16, 1e-3  # the textbook loop's own settings
@@ -109,7 +108,6 @@ def evaluate_renders(
     model: SampleRNN,
     dataset: Path,
     profile: SourceProfile,
-    source: np.ndarray,
     sr: int,
     temperature: float,
     seed: int,
@@ -125,9 +123,10 @@ def evaluate_renders(
     keep.mkdir(parents=True, exist_ok=True)
     for i, a in enumerate(audio):  # to listen to and to draw
         save(keep / f"stream-{i}.wav", a, sr)
+    found = [diagnose(a, sr, profile) for a in audio]  # with the source known, as triage judges a run's renders
     rows = [
-        {"resemblance": profile.resemblance(a), "copy": copy_share(a, source, sr), "category": diagnose(a, sr).category}
-        for a in audio
+        {"resemblance": d.features["resemblance"], "copy": d.features["copy_share"], "category": d.category}
+        for d in found
     ]
     res = [r["resemblance"] for r in rows]
     return {
@@ -160,7 +159,6 @@ def one_training(job: dict) -> list[dict]:
                 model,
                 dataset,
                 profile,
-                source,
                 sr,
                 job["temperature"],
                 job["seed"],

@@ -311,9 +311,12 @@ def liveliest_epoch(run: RunDir) -> str | None:
 
     Renders judged against their source (``resemblance`` in the event): the epoch whose render is closest
     to the source (lowest resemblance), among those not diagnosed silence, copying at most ``AUTO_MAX_COPY``
-    of it, and not a steady tone further from the source than ``AUTO_TONE_RESEMBLANCE``. (Measured on the
-    demo: its one render closer than noise, 0.75, was diagnosed a tone; passing over it left a hiss at 1.7.)
-    Older runs without the measure: the latest epoch diagnosed varied.
+    of it, and not a steady tone further from the source than ``AUTO_TONE_RESEMBLANCE``. A render that moves
+    (``varied``) closer than that beats any tone: steady partials over hiss score well on the measure
+    (0.65 on the demo) yet are a failure a listener hears, where struck attacks at 0.82 are the bells. A
+    tone closer than noise is picked only when nothing varied is (the demo before the batch fix: its one
+    render below 1, 0.75, was a tone; passing over it left a hiss at 1.7). Older runs without the measure:
+    the latest epoch diagnosed varied.
     """
     events = [e for e in render_events(run) if run.epoch_checkpoint(int(e["epoch"])).exists()]
     judged = [
@@ -325,7 +328,8 @@ def liveliest_epoch(run: RunDir) -> str | None:
         and e.get("copy_share", 0.0) <= AUTO_MAX_COPY
     ]
     if judged:
-        best = min(judged, key=lambda e: (e["resemblance"], -int(e["epoch"])))
+        moving = [e for e in judged if e.get("category") == "varied" and e["resemblance"] < AUTO_TONE_RESEMBLANCE]
+        best = min(moving or judged, key=lambda e: (e["resemblance"], -int(e["epoch"])))
         return epoch_name(int(best["epoch"]))
     varied = [int(e["epoch"]) for e in events if e.get("category") == "varied"]
     return epoch_name(max(varied)) if varied else None

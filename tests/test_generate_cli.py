@@ -219,14 +219,18 @@ def test_auto_checkpoint_resembles_the_source_most_without_copying(tmp_path):
     write(events)
     # epoch 3 copies half of its source and epoch 4 is a steady tone far from it: epoch 2 is the closest of the rest
     assert resolve(run, "auto").name == "epoch-002.pt"
-    # a render diagnosed a tone but closer to its source than noise (a bell's held partials) counts; silence never
+    # a tone closer to its source than noise (a bell's held partials) loses to a varied render that is too;
+    # silence never counts
     (run / "checkpoints" / "epoch-005.pt").write_bytes(b"x")
     (run / "checkpoints" / "epoch-006.pt").write_bytes(b"x")
     write([*events, (5, "tone", 0.3, 0.0), (6, "silence", 0.05, 0.0)])
-    assert resolve(run, "auto").name == "epoch-005.pt"
-    # the demo's case: every other epoch noise further than coloured noise, the one below 1 a tone
-    write([(1, "noise", 1.7, 0.0), (2, "noise", 2.3, 0.0), (4, "tone", 0.75, 0.0)])
+    assert resolve(run, "auto").name == "epoch-002.pt"
+    # ... but counts when nothing varied is closer than noise (the demo before the batch fix)
+    write([(1, "noise", 1.7, 0.0), (2, "noise", 2.3, 0.0), (4, "tone", 0.75, 0.0), (5, "varied", 1.2, 0.0)])
     assert resolve(run, "auto").name == "epoch-004.pt"
+    # the demo after it: strikes at 0.82 over steady partials at 0.65
+    write([(2, "varied", 0.82, 0.0), (3, "tone", 0.80, 0.0), (5, "tone", 0.65, 0.0), (4, "noise", 1.16, 0.0)])
+    assert resolve(run, "auto").name == "epoch-002.pt"
 
 
 def test_generate_rescue_flag_fills_the_sidecar(run, tmp_path, capsys):
