@@ -123,7 +123,8 @@ def _add_generate(sub) -> None:
     p.add_argument(
         "--checkpoint",
         default="best",
-        help="best, last, auto (the epoch whose render was closest to the source), epoch-NNN or a path (default best)",
+        help="best, last, auto (the epoch whose render was closest to the source, moving preferred to a tone), "
+        "epoch-NNN or a path (default best)",
     )
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--batch", type=int, default=1, help="streams per temperature")

@@ -365,6 +365,8 @@ def batch_order(n_chunks: int, batch_size: int, seed: int, epoch: int) -> list[t
     chunks, loud or quiet: the epoch-to-epoch swings between noise and near-source renders
     (benchmarks/RESULTS.md, "Why the sketch swung"). Deterministic, so a resumed run finds its place again.
     """
+    if n_chunks == 0:
+        return []
     g = torch.Generator().manual_seed(seed * 100003 + epoch)
     perm = torch.randperm(n_chunks, generator=g)
     size = min(batch_size, n_chunks)

@@ -113,7 +113,8 @@ def run(
     ``overwrite`` (which replaces it); a folder the lab did not make is refused whatever is asked.
 
     Renders come from the ``auto`` checkpoint by default (the epoch whose per-epoch render was closest to
-    the source, :func:`samplernn_lab.rundir.liveliest_epoch`, else the last), primed with
+    the source, one that moves preferred to a steady tone, :func:`samplernn_lab.rundir.liveliest_epoch`, else
+    the last), primed with
     ``prime_seconds`` of training audio: with one
     source the lowest validation NLL is often an early epoch, and late epochs can lock into a tone.
     With ``rescue`` (the default here), a stream that falls silent or locks into a steady tone is
@@ -316,7 +317,7 @@ DEMO_MAX_MINUTES = 15.0  # a cap for a slow machine, not the budget
 
 def demo(out: str | os.PathLike = "runs/demo", max_minutes: float | None = None, rescue: bool = True) -> dict:
     """The chain on the bundled glass-bells example with the sketch preset: ``DEMO_EPOCHS`` epochs (about
-    four minutes in all on a quiet 2-core CPU), stopped early at ``max_minutes`` (default
+    five minutes in all on a quiet 2-core CPU), stopped early at ``max_minutes`` (default
     ``DEMO_MAX_MINUTES``); prints where to look."""
     source = ROOT / "media" / DEMO_SOURCE
     if not source.exists():

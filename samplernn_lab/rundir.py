@@ -265,7 +265,8 @@ def read_metrics(path: str | os.PathLike, missing_ok: bool = False) -> list[dict
 def resolve(run_or_path: str | os.PathLike, which: str = "best") -> Path:
     """A checkpoint path from a run folder and ``best``/``last``/``auto``/``epoch-NNN``, or a path as is.
 
-    ``auto`` is the epoch whose per-epoch render resembles the source most without copying it (see
+    ``auto`` is the epoch whose per-epoch render resembles the source most without copying it, a render
+    that moves preferred to a steady tone (see
     :func:`liveliest_epoch`), else ``last``: the lab's triage choosing what to listen to first.
     """
     p = Path(run_or_path)

@@ -2,7 +2,7 @@
 
 Read it top to bottom in :func:`train`. One optimiser step per window of ``seq_len`` samples
 (:func:`train_step`); the hidden state is carried from window to window of the same chunks and reset to
-the learned h0 at each batch's start (every batch is a fresh set of chunks). Everything random derives
+the learned h0 at each batch's start (every batch is a new set of chunks). Everything random derives
 from the seed and the epoch, so a checkpoint's data position is enough to resume exactly.
 
 What changes while training is one :class:`TrainState`; what stays fixed for the call (folder, device,
@@ -130,6 +130,8 @@ def run_epoch(state: TrainState, session: Session, stopper: _Stop) -> str | None
     try:
         while state.batch < len(batches):
             chunks = session.train_codes[batches[state.batch]]
+            if state.hidden is not None and _batch_of(state.hidden) != chunks.shape[0]:
+                state.hidden = None  # a checkpoint from before full batches, saved in a short last batch
             for wi, window in windows(chunks, cfg.seq_len, state.model.lookback, silence):
                 if wi < state.window:
                     continue
@@ -164,6 +166,12 @@ def run_epoch(state: TrainState, session: Session, stopper: _Stop) -> str | None
     finally:
         bar.close()
     return None
+
+
+def _batch_of(hidden) -> int:
+    """The batch size a carried hidden state was made for (GRU tensors or LSTM (h, c) pairs, batch dim 1)."""
+    first = hidden[0][0] if isinstance(hidden[0], tuple) else hidden[0]
+    return int(first.shape[1])
 
 
 def train_step(state: TrainState, window: torch.Tensor) -> tuple[float, float]:

@@ -289,6 +289,7 @@ def test_batch_order_fills_every_batch_and_covers_every_chunk():
         assert all(len(set(b.tolist())) == len(b) for b in batches)  # no chunk twice in one batch
         assert set(torch.cat(batches).tolist()) == set(range(n))
         assert len(batches) == -(-n // size)
+    assert batch_order(0, 16, seed=3, epoch=2) == []
     again = batch_order(19, 16, seed=3, epoch=2)
     assert all(torch.equal(a, b) for a, b in zip(batch_order(19, 16, seed=3, epoch=2), again))
     assert not torch.equal(batch_order(19, 16, seed=3, epoch=3)[0], again[0])

@@ -228,6 +228,9 @@ def test_auto_checkpoint_resembles_the_source_most_without_copying(tmp_path):
     # ... but counts when nothing varied is closer than noise (the demo before the batch fix)
     write([(1, "noise", 1.7, 0.0), (2, "noise", 2.3, 0.0), (4, "tone", 0.75, 0.0), (5, "varied", 1.2, 0.0)])
     assert resolve(run, "auto").name == "epoch-004.pt"
+    # silence never counts, however close (nothing varied below 1 here)
+    write([(1, "noise", 1.7, 0.0), (4, "tone", 0.75, 0.0), (6, "silence", 0.05, 0.0)])
+    assert resolve(run, "auto").name == "epoch-004.pt"
     # the demo after it: strikes at 0.82 over steady partials at 0.65
     write([(2, "varied", 0.82, 0.0), (3, "tone", 0.80, 0.0), (5, "tone", 0.65, 0.0), (4, "noise", 1.16, 0.0)])
     assert resolve(run, "auto").name == "epoch-002.pt"

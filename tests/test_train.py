@@ -100,6 +100,20 @@ def test_resumed_run_equals_uninterrupted(dataset, tmp_path):
     assert not all(torch.equal(a["model"][k], d["model"][k]) for k in a["model"])
 
 
+def test_resume_drops_a_carried_state_made_for_another_batch_size(dataset, tmp_path):
+    # a last.pt saved inside a short last batch (before every batch was full) carries a smaller hidden state
+    from samplernn_lab.checkpoint import save
+
+    train(dataset, tmp_path / "b", TINY, cfg(max_steps=17), progress=False)
+    path = tmp_path / "b/checkpoints/last.pt"
+    saved = load(path)
+    assert saved["position"]["window"] > 0 and saved["hidden"][0].shape[1] == FAST.batch_size
+    saved["hidden"] = [h[:, :3].contiguous() for h in saved["hidden"]]
+    save(saved, path)
+    resumed = train(dataset, tmp_path / "b", TINY, cfg(max_steps=20), resume=True, progress=False)
+    assert resumed.step == 20
+
+
 def blow_up(model) -> None:
     with torch.no_grad():
         for p in model.parameters():
