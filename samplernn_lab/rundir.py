@@ -329,8 +329,12 @@ def liveliest_epoch(run: RunDir) -> str | None:
         and e.get("copy_share", 0.0) <= AUTO_MAX_COPY
     ]
     if judged:
-        moving = [e for e in judged if e.get("category") == "varied" and e["resemblance"] < AUTO_TONE_RESEMBLANCE]
-        best = min(moving or judged, key=lambda e: (e["resemblance"], -int(e["epoch"])))
+
+        def rank(e: dict) -> tuple:  # a moving render closer than noise first, then the closest, then the latest
+            moving = e.get("category") == "varied" and e["resemblance"] < AUTO_TONE_RESEMBLANCE
+            return (not moving, e["resemblance"], -int(e["epoch"]))
+
+        best = min(judged, key=rank)
         return epoch_name(int(best["epoch"]))
     varied = [int(e["epoch"]) for e in events if e.get("category") == "varied"]
     return epoch_name(max(varied)) if varied else None

@@ -111,7 +111,9 @@ def _streams(n: int, sample_rate: int, batch_size: int, temperatures, temperatur
         span = min(max(n, 1), max(c.held_after(sample_rate) for c in curves))
         rows = {id(c): c.values(span, sample_rate) for c in curves}
         per_sample = rows[id(curves[0])] if len(curves) == 1 else np.stack([rows[id(c)] for c in per_curve])
-        means = {id(c): float(c.values(max(n, 1), sample_rate).mean()) for c in curves}
+        # the mean over the render from the same arrays: past ``span`` each curve holds its last value
+        total = max(n, 1)
+        means = {i: (float(v.sum(dtype=np.float64)) + (total - len(v)) * float(v[-1])) / total for i, v in rows.items()}
         per_stream = [means[id(c)] for c in per_curve]
         names = [f"curve{k}" for k in range(len(curves)) for _ in range(batch_size)]
     else:
