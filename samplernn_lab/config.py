@@ -182,7 +182,7 @@ class TrainConfig(Checked):
     max_steps: int | None = _rule(None, ge=0)
     max_minutes: float | None = _rule(None, ge=0)
     seed: int = _rule(0, ge=0)
-    amp: bool = True  # mixed precision on CUDA
+    amp: bool = True  # mixed precision: on CUDA, and bf16 on CPUs with AVX-512 BF16 or AMX
     render_seconds: float = _rule(2.0, ge=0)  # per-epoch render; 0 = none
     render_temperature: float = _rule(1.0, ge=0)
     render_prime_seconds: float = _rule(0.25, ge=0)  # start epoch renders from training audio, not silence

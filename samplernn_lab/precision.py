@@ -60,7 +60,7 @@ class LowPrecisionDense:
     without the speed-up.
     """
 
-    def __init__(self, w: torch.Tensor, b: torch.Tensor | None, precision: str):
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None, precision: str, rows: int | None = None):
         check_precision(precision)
         w = w.detach().float()
         if precision == "int8" and w.shape[1] < INT8_MIN_IN:
@@ -69,6 +69,10 @@ class LowPrecisionDense:
         if precision == "bf16":
             self.wb = w.to(torch.bfloat16).contiguous()
             self.w = self.wb.float()
+            if rows is not None and w.device.type == "cpu":
+                from .sampling.folding import pack
+
+                self.packed = pack(self.wb, rows)
         elif precision == "int8":
             self.q, scales = int8_rows(w)
             self.s = scales.to(torch.bfloat16)
@@ -77,7 +81,10 @@ class LowPrecisionDense:
             self.w = w.contiguous()
 
     def __call__(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
-        if self.precision == "bf16":
+        if self.packed is not None:  # bf16 on oneDNN: several times F.linear's speed with AVX-512 BF16 or AMX
+            y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.packed, None, "none", [], "").float()
+            y = y if self.b is None else y.add_(self.b)
+        elif self.precision == "bf16":
             y = torch.nn.functional.linear(x.to(torch.bfloat16), self.wb).float()
             y = y if self.b is None else y.add_(self.b)
         elif self.precision == "int8":

@@ -182,7 +182,8 @@ def train_step(state: TrainState, window: torch.Tensor) -> tuple[float, float]:
     :func:`blowup_guard`'s call.
     """
     model, opt, scaler = state.model, state.optimizer, state.scaler
-    with torch.autocast("cuda", dtype=state.amp_dtype) if state.amp_dtype is not None else nullcontext():
+    amp = state.amp_dtype is not None
+    with torch.autocast(window.device.type, dtype=state.amp_dtype) if amp else nullcontext():
         logits, new_hidden = (model if state.net is None else state.net)(window, state.hidden)
         loss = nll_bits(logits, window[:, model.lookback :])
     opt.zero_grad(set_to_none=True)

@@ -78,11 +78,21 @@ def start(
     return state, session
 
 
+def cpu_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX): there bf16 autocast pays."""
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(check()) for check in checks if check is not None)
+
+
 def new_state(model: SampleRNN, cfg: TrainConfig, dev: torch.device) -> TrainState:
-    """A fresh state: Adam, mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)."""
+    """A fresh state: Adam; mixed precision with ``cfg.amp`` on CUDA (bf16 where supported, else fp16 with loss
+    scaling) and on CPUs with native bf16 (:func:`cpu_bf16`: a sketch step 1.5x faster, benchmarks/RESULTS.md)."""
     amp_dtype = None
     if cfg.amp and dev.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    elif cfg.amp and dev.type == "cpu" and cpu_bf16():
+        amp_dtype = torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     return TrainState(model, optimizer, scaler, cfg, amp_dtype=amp_dtype, lr=cfg.lr)

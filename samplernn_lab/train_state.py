@@ -37,7 +37,7 @@ class TrainState:
     scaler: torch.amp.GradScaler
     cfg: TrainConfig
     net: torch.nn.Module | None = None  # the model, or its DistributedDataParallel wrapper
-    amp_dtype: torch.dtype | None = None  # autocast dtype on CUDA; None: full precision
+    amp_dtype: torch.dtype | None = None  # autocast dtype (CUDA, or bf16 on a CPU with native bf16); None: float32
     epoch: int = 0  # epochs done; the position of the next step is (epoch, batch, window)
     batch: int = 0
     window: int = 0

@@ -45,9 +45,9 @@ def codes(model):
     return generate(model, 600, batch_size=2, temperature=1.0, seed=1)
 
 
-def kl(model, codes, precision):
+def kl(model, codes, precision, rows=None):
     p32 = folded_log_probs(fold(model), codes)
-    low = folded_log_probs(fold(model, precision=precision), codes)
+    low = folded_log_probs(fold(model, rows=rows, precision=precision), codes)
     return float((p32.exp() * (p32 - low)).sum(-1).mean())
 
 
@@ -56,9 +56,21 @@ def test_folded_log_probs_are_the_models(model, codes):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
-def test_low_precision_within_kl_bound(model, codes, precision):
-    d = kl(model, codes, precision)
+@pytest.mark.parametrize("rows", [None, 2])  # 2: the sampler's layers, bf16 packed for oneDNN where it can
+def test_low_precision_within_kl_bound(model, codes, precision, rows):
+    d = kl(model, codes, precision, rows)
     assert 0 < d < KL_BOUND[precision], d
+
+
+def test_bf16_layers_run_on_onednn_where_it_is_there(model):
+    from samplernn_lab.sampling.folding import pack
+
+    f = fold(model, rows=2, precision="bf16")
+    layers = [f.out, *f.hidden] + [d for t in f.tiers for d in (t.up, *t.ih, *t.hh)]
+    can = pack(torch.zeros(8, 8, dtype=torch.bfloat16), 2) is not None
+    assert all((layer.packed is not None) == can for layer in layers)
+    x = torch.randn(3, f.out.w.shape[1])
+    torch.testing.assert_close(f.out(x), x @ f.out.w.T + f.out.b, rtol=2e-2, atol=2e-2)
 
 
 def test_kl_measure_detects_a_wrong_scale(model, codes):

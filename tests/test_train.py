@@ -340,3 +340,23 @@ def test_learning_rate_follows_a_cosine_down_to_lr_final(dataset, tmp_path):
     assert (
         half["step"] == 20 and half["optimizer"]["param_groups"][0]["lr"] == cos["optimizer"]["param_groups"][0]["lr"]
     )
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_autocast_only_where_the_cpu_has_native_bf16(monkeypatch, native):
+    from samplernn_lab import train_start
+    from samplernn_lab.model import SampleRNN
+    from samplernn_lab.train import train_step
+
+    monkeypatch.setattr(train_start, "cpu_bf16", lambda: native)
+    window = torch.randint(0, TINY.q_levels, (4, TINY.lookback + 256), generator=torch.Generator().manual_seed(0))
+    losses = {}
+    for amp in (True, False):
+        torch.manual_seed(0)
+        state = train_start.new_state(SampleRNN(TINY), cfg(amp=amp), torch.device("cpu"))
+        assert state.amp_dtype == (torch.bfloat16 if amp and native else None)
+        losses[amp], grad_norm = train_step(state, window)
+        assert state.step == 1 and np.isfinite(losses[amp]) and np.isfinite(grad_norm)
+    # bf16 products change the loss slightly (the autocast is real), and only slightly
+    assert (losses[True] != losses[False]) == native
+    assert abs(losses[True] - losses[False]) < 0.05

@@ -23,12 +23,15 @@ PACK_MIN_WORK = 2**20
 
 
 def pack(w: torch.Tensor, rows: int) -> torch.Tensor | None:
-    """``w`` (out, in) reordered for oneDNN's matmul at ``rows`` rows, or None where that is unavailable."""
+    """``w`` (out, in), float32 or bfloat16, reordered for oneDNN's matmul at ``rows`` rows, or None where that
+    is unavailable (no oneDNN, the op changed, or its result differs from ``F.linear``'s)."""
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
-        probe = torch.randn(2, w.shape[1], generator=torch.Generator().manual_seed(0))
-        y = torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
-        ok = torch.allclose(y, F.linear(probe, w), rtol=1e-4, atol=1e-4 * float(w.abs().max()) * w.shape[1])
+        probe = torch.randn(2, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.dtype)
+        y = torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "").float()
+        ref = F.linear(probe.float(), w.float())
+        rtol = 1e-4 if w.dtype == torch.float32 else 2e-2  # bfloat16 out: 8 bits of mantissa
+        ok = torch.allclose(y, ref, rtol=rtol, atol=rtol * float(w.abs().max()) * w.shape[1])
     except (RuntimeError, AttributeError, NotImplementedError):  # no oneDNN here, or the op changed
         return None
     return packed if ok else None
@@ -113,7 +116,7 @@ def fold(
 
     def dense(w: torch.Tensor, b: torch.Tensor | None) -> Dense | LowPrecisionDense:
         if precision != "fp32":
-            return LowPrecisionDense(t(w), None if b is None else t(b), precision)
+            return LowPrecisionDense(t(w), None if b is None else t(b), precision, rows)
         return Dense(t(w), None if b is None else t(b), rows, pack_min_work)
 
     tiers = []
