@@ -16,6 +16,7 @@ import json
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from samplernn_lab.dataset import DataConfig, batch_order, load_split, prepare, 
 from samplernn_lab.model import SampleRNN, nll_bits  # noqa: E402
 from samplernn_lab.presets import get_preset  # noqa: E402
 from samplernn_lab.train import train  # noqa: E402
+from samplernn_lab.train_start import autocast_dtype  # noqa: E402
 
 
 def make_dataset(root: Path, data: DataConfig) -> Path:
@@ -46,14 +48,16 @@ def reference_loop(model: SampleRNN, codes: torch.Tensor, cfg, steps: int, devic
     """Seconds for ``steps`` plain TBPTT steps (after one warm-up step)."""
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     silence = silence_code(model.config.q_levels)
+    amp = autocast_dtype(cfg, device)  # the lab's precision, so the ratio is what its loop costs
     done, start = -1, None
     while True:
         for idx in batch_order(codes.shape[0], cfg.batch_size, 0, 0):
             hidden = None
             for _, window in windows(codes[idx], cfg.seq_len, model.lookback, silence):
                 window = window.to(device)
-                logits, hidden = model(window, hidden)
-                loss = nll_bits(logits, window[:, model.lookback :])
+                with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+                    logits, hidden = model(window, hidden)
+                    loss = nll_bits(logits, window[:, model.lookback :])
                 opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

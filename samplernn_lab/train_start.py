@@ -85,14 +85,20 @@ def cpu_bf16() -> bool:
     return any(bool(check()) for check in checks if check is not None)
 
 
-def new_state(model: SampleRNN, cfg: TrainConfig, dev: torch.device) -> TrainState:
-    """A fresh state: Adam; mixed precision with ``cfg.amp`` on CUDA (bf16 where supported, else fp16 with loss
-    scaling) and on CPUs with native bf16 (:func:`cpu_bf16`: a sketch step 1.5x faster, benchmarks/RESULTS.md)."""
-    amp_dtype = None
+def autocast_dtype(cfg: TrainConfig, dev: torch.device) -> torch.dtype | None:
+    """The autocast dtype of training with ``cfg.amp`` on ``dev``, None for float32: on CUDA bf16 where supported,
+    else fp16 (with loss scaling); on CPUs with native bf16 (:func:`cpu_bf16`) bf16, a sketch step 1.5x faster
+    (benchmarks/RESULTS.md); on other CPUs none, where bf16 would be emulated and many times slower."""
     if cfg.amp and dev.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    elif cfg.amp and dev.type == "cpu" and cpu_bf16():
-        amp_dtype = torch.bfloat16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if cfg.amp and dev.type == "cpu" and cpu_bf16():
+        return torch.bfloat16
+    return None
+
+
+def new_state(model: SampleRNN, cfg: TrainConfig, dev: torch.device) -> TrainState:
+    """A fresh state: Adam, and mixed precision where :func:`autocast_dtype` says it pays."""
+    amp_dtype = autocast_dtype(cfg, dev)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     return TrainState(model, optimizer, scaler, cfg, amp_dtype=amp_dtype, lr=cfg.lr)

@@ -93,7 +93,8 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def _detach(hidden: Hidden | None) -> Hidden | None:
     if hidden is None:
         return None
-    return [tuple(x.detach() for x in h) if isinstance(h, tuple) else h.detach() for h in hidden]
+    # float32 whatever autocast made of it (an LSTM's state comes out bf16 on CPU): carried, saved and resumed alike
+    return [tuple(x.detach().float() for x in h) if isinstance(h, tuple) else h.detach().float() for h in hidden]
 
 
 def _to(hidden: Hidden | None, device) -> Hidden | None:

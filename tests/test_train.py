@@ -360,3 +360,24 @@ def test_cpu_autocast_only_where_the_cpu_has_native_bf16(monkeypatch, native):
     # bf16 products change the loss slightly (the autocast is real), and only slightly
     assert (losses[True] != losses[False]) == native
     assert abs(losses[True] - losses[False]) < 0.05
+
+
+def test_state_carried_from_bf16_autocast_is_float32_and_goes_on_in_float32(monkeypatch):
+    """An LSTM's state comes out of CPU autocast in bf16; carried (and saved in last.pt) it must be float32, or
+    a run resumed without autocast (another machine, --set amp=false) fails in the LSTM."""
+    from dataclasses import replace
+
+    from samplernn_lab import train_start
+    from samplernn_lab.model import SampleRNN
+    from samplernn_lab.train import train_step
+
+    monkeypatch.setattr(train_start, "cpu_bf16", lambda: True)
+    lstm = replace(TINY, rnn_type="lstm")
+    window = torch.randint(0, lstm.q_levels, (4, lstm.lookback + 256), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    state = train_start.new_state(SampleRNN(lstm), cfg(), torch.device("cpu"))
+    train_step(state, window)
+    assert all(x.dtype == torch.float32 for h in state.hidden for x in h)
+    state.amp_dtype = None  # resumed where autocast does not run
+    loss, _ = train_step(state, window)
+    assert np.isfinite(loss) and state.step == 2
