@@ -113,6 +113,8 @@ class DataConfig(Checked):
 
     sample_rate: int = _rule(44100, ge=1000, le=384000)
     copies: int = _rule(8, ge=1)
+    # more copies of a source while its training split makes fewer chunks than this (0: just `copies`)
+    min_chunks: int = _rule(0, ge=0)
     chunk_seconds: float = _rule(8.0, gt=0)
     val_fraction: float = _rule(0.1, ge=0, lt=0.5)
     test_fraction: float = _rule(0.1, ge=0, lt=0.5)

@@ -201,15 +201,17 @@ def _plan_source(
             continue
         if n_split < 2 * fade + 2:
             raise LabError(f"{src.path}: too short for a {split} split ({n_split} samples)")
-        # Held-out stretches (and short sources) get extra copies until they fill a chunk.
+        # Held-out stretches (and short sources) get extra copies until they fill a chunk; the training split
+        # until it fills `min_chunks` chunks.
+        train = split == "train"
         stream, pieces = augment(
             src.audio,
             ranges[split],
-            cfg.copies if split == "train" else 1,
+            cfg.copies if train else 1,
             rng,
             fade,
             cfg.gain_jitter_db,
-            min_length=chunk,
+            min_length=chunk * max(1, cfg.min_chunks if train else 1),
         )
         for ci in range(len(stream) // chunk):
             s, e = ci * chunk, (ci + 1) * chunk

@@ -83,6 +83,17 @@ def test_chunk_counts_lengths_and_rate(bell_wav, tmp_path):
         assert {"copy", "offset", "copies", "offsets", "segments"} <= set(c)
 
 
+def test_min_chunks_adds_training_copies_only(bell_wav, tmp_path):
+    from dataclasses import replace
+
+    plain = read_manifest(prepare([bell_wav], tmp_path / "a", CFG, progress=False))["counts"]
+    assert plain["train"] < 20  # the rule has something to do
+    more = read_manifest(prepare([bell_wav], tmp_path / "b", replace(CFG, min_chunks=20), progress=False))["counts"]
+    assert more["train"] >= 20 and more["val"] == plain["val"] and more["test"] == plain["test"]
+    few = read_manifest(prepare([bell_wav], tmp_path / "c", replace(CFG, min_chunks=2), progress=False))["counts"]
+    assert few == plain  # already enough: `copies` decides
+
+
 def test_held_out_audio_never_reaches_training(tmp_path, make_wav):
     # A ramp makes every source sample identifiable by its value.
     n = 16000 * 2
