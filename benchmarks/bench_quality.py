@@ -18,6 +18,7 @@ and the categories.
 
     python benchmarks/bench_quality.py                       # bundled media, 3 and 10 minutes
     python benchmarks/bench_quality.py more.wav --minutes 3  # plus other recordings
+    python benchmarks/bench_quality.py --rescue              # renders with the chain's trap watchdog
 """
 
 from __future__ import annotations
@@ -114,11 +115,21 @@ def evaluate_renders(
     sampling: dict,
     keep: Path,
 ) -> dict:
-    from samplernn_lab.sample import generate
+    from samplernn_lab.sampling import Sampler
+    from samplernn_lab.sampling.rescue import Rescue, Watchdog, training_audio
 
+    sampling = dict(sampling)
+    rescue = sampling.pop("rescue", False)
     prime = excerpts(dataset, PRIME_SECONDS, STREAMS, seed)
-    prime_codes = quantize(torch.from_numpy(prime), model.config.q_levels, model.config.quantization)
-    codes = generate(model, int(SECONDS * sr), STREAMS, temperature, seed=seed, prime=prime_codes, **sampling)
+    cfg = model.config
+    sampler = Sampler(model, STREAMS, temperature, seed, **sampling)
+    sampler.prime(quantize(torch.from_numpy(prime), cfg.q_levels, cfg.quantization))
+    # --rescue: the chain's trap watchdog (silence, tones, noise re-primed from the training audio)
+    watch = None
+    if rescue:
+        source = training_audio(dataset)
+        watch = Watchdog(Rescue(source, sr, seed=seed), STREAMS, cfg.q_levels, cfg.quantization, model.lookback)
+    codes = torch.cat(list(sampler.run(int(SECONDS * sr), watchdog=watch)), 1)
     audio = dequantize(codes, model.config.q_levels, model.config.quantization).numpy()
     keep.mkdir(parents=True, exist_ok=True)
     for i, a in enumerate(audio):  # to listen to and to draw
@@ -135,6 +146,7 @@ def evaluate_renders(
         "res_max": max(res),
         "copy": max(r["copy"] for r in rows),
         "categories": [r["category"] for r in rows],
+        "rescues": None if watch is None else sum(len(e) for e in watch.events),
     }
 
 
@@ -185,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", nargs="+", action="extend", default=[], help="sketch overrides for the lab loop")
     p.add_argument("--temperature", type=float, default=None, help="render temperature (default: the chain's)")
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--rescue", action="store_true", help="render with the chain's trap watchdog (re-primes counted)")
     p.add_argument("--loops", nargs="+", default=["lab", "reference"], choices=["lab", "reference"])
     p.add_argument("--jobs", type=int, default=2, help="trainings side by side (one CPU thread each)")
     p.add_argument("--out", default="runs/bench_quality")
@@ -215,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
                     "temperature": CHAIN_TEMPERATURE if a.temperature is None else a.temperature,
                     "top_p": a.top_p,
                     "seed": a.seed,
-                    "sampling": {} if a.top_p is None else {"top_p": a.top_p},
+                    "sampling": ({} if a.top_p is None else {"top_p": a.top_p}) | {"rescue": a.rescue},
                 }
             )
     with mp.get_context("spawn").Pool(a.jobs) as pool:
@@ -246,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
                 else f"{r['val_bits'] - ref['val_bits']:+.3f}",
                 "resemblance": f"{r['resemblance']:.2f} ({r['res_min']:.2f}-{r['res_max']:.2f})",
                 "copy": f"{r['copy']:.0%}",
-                "categories": " ".join(sorted(r["categories"])),
+                "categories": " ".join(sorted(r["categories"]))
+                + (f" ({r['rescues']} re-primed)" if r.get("rescues") is not None else ""),
             }
         )
     for loop in a.loops:
@@ -264,7 +278,9 @@ def main(argv: list[str] | None = None) -> None:
     headers = ["source", "min", "loop", "val bits", "best val", "vs ref", "resemblance", "copy", "categories"]
     note = (
         f"; sketch {' '.join(a.set) or '(as shipped)'}; budgets in CPU minutes of one thread; "
-        f"T={jobs[0]['temperature'] if jobs else '-'}" + (f", top-p {a.top_p}" if a.top_p else "")
+        f"T={jobs[0]['temperature'] if jobs else '-'}"
+        + (f", top-p {a.top_p}" if a.top_p else "")
+        + (", renders with the chain's watchdog (--rescue)" if a.rescue else "")
     )
     report(headers, [[r.get(h, "") for h in headers] for r in table], "cpu", note)
 

@@ -70,6 +70,19 @@ def test_silence_and_tone_are_trapped_after_three_seconds():
     assert [e["reason"] for e in ev] == ["tone"] and ev[0]["seconds"] >= ev[0]["since"] + 3.0 >= 5.0
 
 
+def test_a_stream_turned_to_noise_is_trapped_unless_noise_is_off():
+    src = bell_peal(SR, 6.0)
+    stream = np.concatenate([bell_peal(SR, 2.0, seed=1), noise(SR, 4.0, amp=0.3)])
+    ev = watch(stream, src).events[0]
+    # looked at every second: caught once the noise fills enough of the last 3 s to read further than the limit
+    assert [e["reason"] for e in ev] == ["noise"] and 2.0 < ev[0]["seconds"] <= 5.1
+    w = Watchdog(Rescue(src, SR, noise=False), 1, 256, "linear", 64)
+    w.observe(quantize(stream, 256)[None])
+    assert w.check() == [] and w.noise_limit is None and w.settings()["noise_seconds"] is None
+    # another peal of the same bells, never noise
+    assert watch(bell_peal(SR, 8.0, seed=7), src).events == [[]]
+
+
 def test_a_source_with_long_pauses_makes_pauses_no_trap():
     src = np.concatenate([bell(SR, 1.0), np.zeros(4 * SR, np.float32), bell(SR, 1.0, seed=2)])
     w = watch(np.concatenate([bell(SR, 1.0), np.zeros(5 * SR, np.float32)]), src)
@@ -119,7 +132,7 @@ def stand_in(monkeypatch):
 
 
 def test_rescue_reprimes_a_stream_driven_into_silence_and_leaves_the_healthy_one(stand_in, tmp_path):
-    source = bell(SR, 3.0, seed=5)
+    source = bell_peal(SR, 30.0)[: 6 * SR]  # what the stand-in plays: its healthy stream is the source itself
     paths = render(
         stand_in,
         tmp_path,

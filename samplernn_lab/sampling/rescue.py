@@ -1,4 +1,4 @@
-"""The trap watchdog: streams that fall silent or lock into a steady tone are re-primed from the source.
+"""The trap watchdog: streams that fall silent, hold one tone or turn to noise are re-primed from the source.
 
 Long-time SampleRNN users listen for "traps" before long renders: a stream that has gone quiet, or that
 holds one pitch, rarely leaves it by itself. With ``rescue`` on, every ``check_seconds`` of output (at a
@@ -9,12 +9,17 @@ top-tier frame boundary) the watchdog looks at the last seconds of each stream:
 * **tone**: one pitch holds the sound for ``tone_seconds``: the strongest few spectral peaks carry at least
   ``TONE_MIN_DOMINANCE`` of the energy, the strongest one stays within a semitone in at least
   ``TONE_MIN_PITCH_STABILITY`` of the frames, the level spreads less than ``TONE_MAX_LEVEL_SPREAD_DB`` and it
-  is re-attacked at most ``TONE_MAX_ONSET_RATE`` times a second.
+  is re-attacked at most ``TONE_MAX_ONSET_RATE`` times a second;
+* **noise**: the last ``trap_seconds`` are further from the source (:mod:`samplernn_lab.resemblance`) than
+  ``NOISE_FLOOR`` (1.2), than the source's own noise of that length (its phases randomised) and than 1.5
+  times its own farthest stretch of that length: the study's "noise" failure, a hiss band where the source
+  has its sounds and silences, which a stream rarely leaves by itself either.
 
 The thresholds are the diagnosis's (:mod:`samplernn_lab.analysis`), on a cheaper analysis (non-overlapping
 46 ms frames, no median filter, attacks from frame levels): about a millisecond per stream and check.
 Both durations are ``trap_seconds`` (3 s) or longer where the source itself is silent, or holds a tone, for
-longer: 1.5 times its longest such stretch, so a source's own pauses and drones are never "traps".
+longer: 1.5 times its longest such stretch, so a source's own pauses and drones are never "traps". The
+noise check costs a few milliseconds per stream and check (a log-mel analysis of 3 s).
 
 A trapped stream restarts as a fresh stream would: from the initial state, primed with ``prime_seconds``
 of the source's training audio (a random, not silent, place), teacher-forced and not written to the file,
@@ -49,11 +54,15 @@ from ..analysis import (
     TONE_MIN_PITCH_STABILITY,
 )
 from ..errors import LabError
+from ..resemblance import SourceProfile, phase_randomised
 from ..spectral import window_length
 
 TRAP_SECONDS = 3.0  # silent, or on one tone, at least this long: a trap ...
 SOURCE_MARGIN = 1.5  # ... and longer than the source's own longest such stretch times this
 CHECK_SECONDS = 1.0  # look this often (seconds of output)
+# noise: clearly further than the source's coloured noise (3 s of it read 1.0-1.06 on six sounds; the streams that
+# turned to hiss in the 3-minute bench read 1.5-2.0, healthy ones 0.4-0.8 over 6 s)
+NOISE_FLOOR = 1.2
 PRIME_SECONDS = 0.25  # re-prime with this much of the source
 # a frame this much louder (dB) than the one before is an attack; ONSET_DELTA_DB is on librosa's flux scale,
 # frame levels jump more: 3x it
@@ -109,6 +118,23 @@ def is_steady_tone(audio: np.ndarray, sr: int) -> bool:
     return float(np.mean(near)) >= TONE_MIN_PITCH_STABILITY
 
 
+def noise_limit(profile: SourceProfile, seconds: float, windows: int = 12) -> float:
+    """The resemblance above which ``seconds`` of a stream are noise for this source: the larger of the
+    median over stretches of that length of the source's phase-randomised noise, 1.5 times the farthest
+    such stretch of the source itself, and ``NOISE_FLOOR``."""
+    n = int(seconds * profile.sr)
+
+    def stretches(y: np.ndarray) -> list[np.ndarray]:
+        if len(y) <= n:
+            return [y]
+        starts = np.linspace(0, len(y) - n, min(windows, 1 + (len(y) - n) // (n // 2 or 1))).astype(int)
+        return [y[a : a + n] for a in starts]
+
+    own = max(profile.resemblance(y) for y in stretches(profile.audio))
+    noise = float(np.median([profile.resemblance(y) for y in stretches(phase_randomised(profile.audio, 1))]))
+    return max(NOISE_FLOOR, noise, SOURCE_MARGIN * own)
+
+
 def longest_run(audio: np.ndarray, sr: int, test, hop_seconds: float = 0.5, span_seconds: float = 1.5) -> float:
     """Seconds of the longest stretch of ``audio`` where ``test(window, sr)`` holds on every window of
     ``span_seconds`` (hop ``hop_seconds``); 0 where it never does."""
@@ -130,10 +156,12 @@ class Rescue:
     Parameters
     ----------
     source : the source's training audio, float (n,) in [-1, 1] at the model's rate: what trapped streams
-        are re-primed from, and what tells how long the source itself stays silent or on one tone.
+        are re-primed from, and what tells how long the source itself stays silent or on one tone, and how
+        far its own stretches are from it.
     sample_rate : the model's rate in Hz.
     trap_seconds : a stream silent, or on one steady tone, at least this long (and longer than the source's
-        own such stretches times 1.5) is re-primed.
+        own such stretches times 1.5), or this long further from the source than its noise, is re-primed.
+    noise : whether to re-prime streams that turn to noise (silence and tones always are).
     check_seconds : how often to look, in seconds of output.
     prime_seconds : how much source audio a re-primed stream continues (rounded up to whole top-tier frames).
     seed : picks the places in the source.
@@ -145,6 +173,7 @@ class Rescue:
     check_seconds: float = CHECK_SECONDS
     prime_seconds: float = PRIME_SECONDS
     seed: int = 0
+    noise: bool = True
 
     def __post_init__(self):
         self.source = np.asarray(self.source, np.float32).reshape(-1)
@@ -189,9 +218,12 @@ class Watchdog:
 
     Attributes
     ----------
-    events : per stream, a list of ``{"seconds": s, "reason": "silence"|"tone", "since": s0}``: the stream was
-        re-primed ``s`` seconds into its output (the file), having been silent or on one tone from ``s0`` on.
-    silence_seconds, tone_seconds : the durations that make a trap for this source.
+    events : per stream, a list of ``{"seconds": s, "reason": "silence"|"tone"|"noise", "since": s0}``: the
+        stream was re-primed ``s`` seconds into its output (the file), having been silent, on one tone or
+        noise from ``s0`` on.
+    silence_seconds, tone_seconds, noise_seconds : the durations that make a trap for this source.
+    noise_limit : the resemblance above which ``noise_seconds`` of a stream are noise (:func:`noise_limit`);
+        None when ``rescue.noise`` is off.
     """
 
     def __init__(self, rescue: Rescue, n_streams: int, q_levels: int, quantization: str, lookback: int):
@@ -200,7 +232,12 @@ class Watchdog:
         sr = rescue.sample_rate
         self.silence_seconds = max(rescue.trap_seconds, SOURCE_MARGIN * longest_run(rescue.source, sr, is_silent))
         self.tone_seconds = max(rescue.trap_seconds, SOURCE_MARGIN * longest_run(rescue.source, sr, is_steady_tone))
-        self.window = int(math.ceil(max(self.silence_seconds, self.tone_seconds) * sr))
+        self.noise_seconds = rescue.trap_seconds
+        # the source as the model's codes render it: a linear grid's step is part of every stream's sound
+        heard = audio_io.dequantize(audio_io.quantize(rescue.source, q_levels, quantization), q_levels, quantization)
+        self.profile = SourceProfile(heard.numpy(), sr) if rescue.noise else None
+        self.noise_limit = noise_limit(self.profile, self.noise_seconds) if self.profile is not None else None
+        self.window = int(math.ceil(max(self.silence_seconds, self.tone_seconds, self.noise_seconds) * sr))
         self.check_every = max(1, int(rescue.check_seconds * sr))
         self.prime_len = max(lookback, int(math.ceil(rescue.prime_seconds * sr / lookback)) * lookback)
         self.buf = np.zeros((n_streams, self.window), np.float32)  # the last `window` samples of each stream
@@ -216,6 +253,8 @@ class Watchdog:
         return {
             "silence_seconds": round(self.silence_seconds, 3),
             "tone_seconds": round(self.tone_seconds, 3),
+            "noise_seconds": round(self.noise_seconds, 3) if self.profile is not None else None,
+            "noise_limit": round(self.noise_limit, 3) if self.noise_limit is not None else None,
             "check_seconds": self.r.check_seconds,
             "prime_seconds": self.prime_len / self.r.sample_rate,
         }
@@ -247,11 +286,15 @@ class Watchdog:
         sr, trapped = self.r.sample_rate, []
         for s in range(self.b):
             reason = None
-            n_sil, n_tone = int(self.silence_seconds * sr), int(self.tone_seconds * sr)
+            n_sil, n_tone, n_noise = (
+                int(x * sr) for x in (self.silence_seconds, self.tone_seconds, self.noise_seconds)
+            )
             if self.filled[s] >= n_sil and is_silent(self.buf[s, -n_sil:], sr):
                 reason, span = "silence", n_sil
             elif self.filled[s] >= n_tone and is_steady_tone(self.buf[s, -n_tone:], sr):
                 reason, span = "tone", n_tone
+            elif self._noisy(s, n_noise):
+                reason, span = "noise", n_noise
             if reason is not None:
                 trapped.append((s, reason))
                 self.events[s].append(
@@ -259,6 +302,15 @@ class Watchdog:
                 )
                 self.filled[s] = 0
         return trapped
+
+    def _noisy(self, stream: int, n: int) -> bool:
+        if self.profile is None or self.filled[stream] < n:
+            return False
+        # a stream falling silent or onto one tone reads far too: those rules name it, after their own time
+        tail = self.buf[stream, -int(1.5 * self.r.sample_rate) :]
+        if is_silent(tail, self.r.sample_rate) or is_steady_tone(tail, self.r.sample_rate):
+            return False
+        return self.profile.resemblance(self.buf[stream, -n:]) > self.noise_limit
 
     def excerpt(self, tries: int = 20) -> np.ndarray:
         """``prime_len`` samples of the source from a random place, not silent where the source allows."""
