@@ -253,7 +253,7 @@ class Watchdog:
         return {
             "silence_seconds": round(self.silence_seconds, 3),
             "tone_seconds": round(self.tone_seconds, 3),
-            "noise_seconds": round(self.noise_seconds, 3) if self.profile is not None else None,
+            "noise_seconds": round(self.noise_seconds, 3) if self.noise_limit is not None else None,
             "noise_limit": round(self.noise_limit, 3) if self.noise_limit is not None else None,
             "check_seconds": self.r.check_seconds,
             "prime_seconds": self.prime_len / self.r.sample_rate,
@@ -304,7 +304,7 @@ class Watchdog:
         return trapped
 
     def _noisy(self, stream: int, n: int) -> bool:
-        if self.profile is None or self.filled[stream] < n:
+        if self.noise_limit is None or self.filled[stream] < n:
             return False
         # a stream falling silent or onto one tone reads far too: those rules name it, after their own time
         tail = self.buf[stream, -int(1.5 * self.r.sample_rate) :]
