@@ -164,8 +164,8 @@ def _add_generate(sub) -> None:
     p.add_argument(
         "--rescue",
         action="store_true",
-        help="re-prime a stream from the training audio when it falls silent, locks into a steady tone or turns "
-        "to noise for a few seconds; where and why goes into the sidecar JSON (default off)",
+        help="re-prime a stream from the training audio when it falls silent or locks into a steady "
+        "tone for a few seconds; where and why goes into the sidecar JSON (default off)",
     )
 
 

@@ -117,7 +117,7 @@ def run(
     the last), primed with
     ``prime_seconds`` of training audio: with one
     source the lowest validation NLL is often an early epoch, and late epochs can lock into a tone.
-    With ``rescue`` (the default here), a stream that falls silent, locks into a steady tone or turns to noise is
+    With ``rescue`` (the default here), a stream that falls silent or locks into a steady tone is
     re-primed from the training audio (:mod:`samplernn_lab.sampling.rescue`); the sidecars say where.
     """
     from .presets import get_preset

@@ -42,9 +42,9 @@ def test_detectors_on_synthesised_sounds():
     assert not is_steady_tone(glide, SR)
 
 
-def watch(stream: np.ndarray, source: np.ndarray, sr: int = SR) -> Watchdog:
-    """A watchdog fed ``stream`` (float, one stream) in 512-sample pieces, checking when due."""
-    w = Watchdog(Rescue(source, sr), 1, 256, "linear", 64)
+def watch(stream: np.ndarray, source: np.ndarray, sr: int = SR, noise: bool = True) -> Watchdog:
+    """A watchdog (every rule on) fed ``stream`` (float, one stream) in 512-sample pieces, checking when due."""
+    w = Watchdog(Rescue(source, sr, noise=noise), 1, 256, "linear", 64)
     codes = quantize(stream, 256)[None]
     for i in range(0, codes.shape[1], 512):
         w.observe(codes[:, i : i + 512])
@@ -76,7 +76,7 @@ def test_a_stream_turned_to_noise_is_trapped_unless_noise_is_off():
     ev = watch(stream, src).events[0]
     # looked at every second: caught once the noise fills enough of the last 3 s to read further than the limit
     assert [e["reason"] for e in ev] == ["noise"] and 2.0 < ev[0]["seconds"] <= 5.1
-    w = Watchdog(Rescue(src, SR, noise=False), 1, 256, "linear", 64)
+    w = Watchdog(Rescue(src, SR), 1, 256, "linear", 64)  # the default: the noise rule off
     w.observe(quantize(stream, 256)[None])
     assert w.check() == [] and w.noise_limit is None and w.settings()["noise_seconds"] is None
     # another peal of the same bells, never noise

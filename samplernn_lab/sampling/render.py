@@ -49,7 +49,8 @@ def render(
     ``{label}_curve{k}_s{seed}_{stream}.wav``, the sidecar's ``temperature_curve`` holds the breakpoints and
     its ``temperature`` the curve's mean over the render.
     Codes are dequantised exactly (bin centres): no normalisation, no DC shift.
-    With ``rescue`` (:class:`.rescue.Rescue`), streams that fall silent, lock into a steady tone or turn to noise are
+    With ``rescue`` (:class:`.rescue.Rescue`), streams that fall silent or lock into a steady tone (or, with
+    ``Rescue(noise=True)``, turn to noise) are
     re-primed from its source audio; the sidecar's ``rescue`` lists where (``events``), else is null.
     ``top_p`` < 1 samples from each step's nucleus only, ``precision`` picks the weights' precision
     (:class:`.sampler.Sampler`); the sidecar records both.

@@ -1,4 +1,4 @@
-"""The trap watchdog: streams that fall silent, hold one tone or turn to noise are re-primed from the source.
+"""The trap watchdog: streams that fall silent or hold one tone (opt-in: turn to noise) are re-primed from the source.
 
 Long-time SampleRNN users listen for "traps" before long renders: a stream that has gone quiet, or that
 holds one pitch, rarely leaves it by itself. With ``rescue`` on, every ``check_seconds`` of output (at a
@@ -10,10 +10,10 @@ top-tier frame boundary) the watchdog looks at the last seconds of each stream:
   ``TONE_MIN_DOMINANCE`` of the energy, the strongest one stays within a semitone in at least
   ``TONE_MIN_PITCH_STABILITY`` of the frames, the level spreads less than ``TONE_MAX_LEVEL_SPREAD_DB`` and it
   is re-attacked at most ``TONE_MAX_ONSET_RATE`` times a second;
-* **noise**: the last ``trap_seconds`` are further from the source (:mod:`samplernn_lab.resemblance`) than
-  ``NOISE_FLOOR`` (1.2), than the source's own noise of that length (its phases randomised) and than 1.5
-  times its own farthest stretch of that length: the study's "noise" failure, a hiss band where the source
-  has its sounds and silences, which a stream rarely leaves by itself either.
+* **noise** (only with ``Rescue(noise=True)``): the last ``trap_seconds`` are further from the source
+  (:mod:`samplernn_lab.resemblance`) than ``NOISE_FLOOR`` (1.2), than the source's own noise of that length
+  (its phases randomised) and than 1.5 times its own farthest stretch of that length: the study's "noise"
+  failure, a hiss band where the source has its sounds and silences, which a stream rarely leaves by itself.
 
 The thresholds are the diagnosis's (:mod:`samplernn_lab.analysis`), on a cheaper analysis (non-overlapping
 46 ms frames, no median filter, attacks from frame levels): about a millisecond per stream and check.
@@ -126,7 +126,7 @@ def noise_limit(profile: SourceProfile, seconds: float, windows: int = 12) -> fl
 
     def stretches(y: np.ndarray) -> list[np.ndarray]:
         if len(y) <= n:
-            return [y]
+            return [np.resize(y, n)]  # a short source looped to the length streams are judged on
         starts = np.linspace(0, len(y) - n, min(windows, 1 + (len(y) - n) // (n // 2 or 1))).astype(int)
         return [y[a : a + n] for a in starts]
 
@@ -161,7 +161,9 @@ class Rescue:
     sample_rate : the model's rate in Hz.
     trap_seconds : a stream silent, or on one steady tone, at least this long (and longer than the source's
         own such stretches times 1.5), or this long further from the source than its noise, is re-primed.
-    noise : whether to re-prime streams that turn to noise (silence and tones always are).
+    noise : also re-prime streams that turn to noise (silence and tones always are). Off by default: on the
+        measured renders it changed nothing (benchmarks/RESULTS.md, "The noise trap") and it costs a log-mel
+        analysis per stream and check, more than the other two rules together.
     check_seconds : how often to look, in seconds of output.
     prime_seconds : how much source audio a re-primed stream continues (rounded up to whole top-tier frames).
     seed : picks the places in the source.
@@ -173,7 +175,7 @@ class Rescue:
     check_seconds: float = CHECK_SECONDS
     prime_seconds: float = PRIME_SECONDS
     seed: int = 0
-    noise: bool = True
+    noise: bool = False
 
     def __post_init__(self):
         self.source = np.asarray(self.source, np.float32).reshape(-1)
@@ -307,7 +309,7 @@ class Watchdog:
         if self.noise_limit is None or self.filled[stream] < n:
             return False
         # a stream falling silent or onto one tone reads far too: those rules name it, after their own time
-        tail = self.buf[stream, -int(1.5 * self.r.sample_rate) :]
+        tail = self.buf[stream, -min(n, int(1.5 * self.r.sample_rate)) :]
         if is_silent(tail, self.r.sample_rate) or is_steady_tone(tail, self.r.sample_rate):
             return False
         return self.profile.resemblance(self.buf[stream, -n:]) > self.noise_limit
