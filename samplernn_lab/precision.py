@@ -16,6 +16,7 @@ from the float32 model's per-sample distribution.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .errors import LabError
 
@@ -52,6 +53,21 @@ def int8_linear(x: torch.Tensor, q: torch.Tensor, scales_bf16: torch.Tensor, b: 
     return y if b is None else y + b
 
 
+def pack(w: torch.Tensor, rows: int) -> torch.Tensor | None:
+    """``w`` (out, in), float32 or bfloat16, reordered for oneDNN's matmul at ``rows`` rows, or None where that
+    is unavailable (no oneDNN, the op changed, or its result differs from ``F.linear``'s)."""
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+        probe = torch.randn(2, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.dtype)
+        y = torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "").float()
+        ref = F.linear(probe.float(), w.float())
+        rtol = 1e-4 if w.dtype == torch.float32 else 2e-2  # bfloat16 out: 8 bits of mantissa
+        ok = torch.allclose(y, ref, rtol=rtol, atol=rtol * float(w.abs().max()) * w.shape[1])
+    except (RuntimeError, AttributeError, NotImplementedError):  # no oneDNN here, or the op changed
+        return None
+    return packed if ok else None
+
+
 class LowPrecisionDense:
     """``x @ w.T + b`` (then ReLU if asked) with the weights stored in ``precision``; float32 in and out.
 
@@ -72,8 +88,6 @@ class LowPrecisionDense:
             # packed whatever the size: oneDNN's bf16 product is never slower than F.linear's generic bf16 one
             # (256 x 256 at one row: 20 against 22 us; 1024 x 8192: 334 against 1,631 us; benchmarks/RESULTS.md)
             if rows is not None and w.device.type == "cpu":
-                from .sampling.folding import pack
-
                 self.packed = pack(self.wb, rows)
         elif precision == "int8":
             self.q, scales = int8_rows(w)

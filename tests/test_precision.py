@@ -63,7 +63,7 @@ def test_low_precision_within_kl_bound(model, codes, precision, rows):
 
 
 def test_bf16_layers_run_on_onednn_where_it_is_there(model):
-    from samplernn_lab.sampling.folding import pack
+    from samplernn_lab.precision import pack
 
     f = fold(model, rows=2, precision="bf16")
     layers = [f.out, *f.hidden] + [d for t in f.tiers for d in (t.up, *t.ih, *t.hh)]

@@ -16,25 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from ..model import SampleRNN, rescale_codes
+from ..precision import pack
 
 # CPU layers run on oneDNN with pre-packed weights once rows x weights reaches this: below it the call costs
 # more than it saves. Measured on the CI kind of machine (benchmarks/RESULTS.md).
 PACK_MIN_WORK = 2**20
-
-
-def pack(w: torch.Tensor, rows: int) -> torch.Tensor | None:
-    """``w`` (out, in), float32 or bfloat16, reordered for oneDNN's matmul at ``rows`` rows, or None where that
-    is unavailable (no oneDNN, the op changed, or its result differs from ``F.linear``'s)."""
-    try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
-        probe = torch.randn(2, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.dtype)
-        y = torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "").float()
-        ref = F.linear(probe.float(), w.float())
-        rtol = 1e-4 if w.dtype == torch.float32 else 2e-2  # bfloat16 out: 8 bits of mantissa
-        ok = torch.allclose(y, ref, rtol=rtol, atol=rtol * float(w.abs().max()) * w.shape[1])
-    except (RuntimeError, AttributeError, NotImplementedError):  # no oneDNN here, or the op changed
-        return None
-    return packed if ok else None
 
 
 class Dense:
