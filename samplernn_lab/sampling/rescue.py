@@ -19,7 +19,8 @@ The thresholds are the diagnosis's (:mod:`samplernn_lab.analysis`), on a cheaper
 46 ms frames, no median filter, attacks from frame levels): about a millisecond per stream and check.
 Both durations are ``trap_seconds`` (3 s) or longer where the source itself is silent, or holds a tone, for
 longer: 1.5 times its longest such stretch, so a source's own pauses and drones are never "traps". The
-noise check costs a few milliseconds per stream and check (a log-mel analysis of 3 s).
+noise check costs a log-mel analysis of 3 s per stream and check: milliseconds with one BLAS thread, far
+more with many threads on a loaded machine.
 
 A trapped stream restarts as a fresh stream would: from the initial state, primed with ``prime_seconds``
 of the source's training audio (a random, not silent, place), teacher-forced and not written to the file,
@@ -235,10 +236,12 @@ class Watchdog:
         self.silence_seconds = max(rescue.trap_seconds, SOURCE_MARGIN * longest_run(rescue.source, sr, is_silent))
         self.tone_seconds = max(rescue.trap_seconds, SOURCE_MARGIN * longest_run(rescue.source, sr, is_steady_tone))
         self.noise_seconds = rescue.trap_seconds
-        # the source as the model's codes render it: a linear grid's step is part of every stream's sound
-        heard = audio_io.dequantize(audio_io.quantize(rescue.source, q_levels, quantization), q_levels, quantization)
-        self.profile = SourceProfile(heard.numpy(), sr) if rescue.noise else None
-        self.noise_limit = noise_limit(self.profile, self.noise_seconds) if self.profile is not None else None
+        self.profile, self.noise_limit = None, None
+        if rescue.noise:
+            # the source as the model's codes render it: a linear grid's step is part of every stream's sound
+            codes = audio_io.quantize(rescue.source, q_levels, quantization)
+            self.profile = SourceProfile(audio_io.dequantize(codes, q_levels, quantization).numpy(), sr)
+            self.noise_limit = noise_limit(self.profile, self.noise_seconds)
         self.window = int(math.ceil(max(self.silence_seconds, self.tone_seconds, self.noise_seconds) * sr))
         self.check_every = max(1, int(rescue.check_seconds * sr))
         self.prime_len = max(lookback, int(math.ceil(rescue.prime_seconds * sr / lookback)) * lookback)
