@@ -4,8 +4,8 @@ For each source: prepare at 16 kHz (the sketch's data settings), then train twic
 
 * **lab**: ``samplernn_lab.train`` with the sketch preset (its per-epoch renders, validation and
   checkpoints count against its budget), renders from the ``auto`` checkpoint as the chain does;
-* **reference**: a plain textbook loop: the same SampleRNN sizes without weight normalisation or a
-  learned h0, PyTorch's default initialisation, Adam at 1e-3, truncated BPTT over the same windows,
+* **reference**: a plain textbook loop: the same SampleRNN sizes without weight normalisation, a
+  learned h0 or dropout, PyTorch's default initialisation, Adam at 1e-3, truncated BPTT over the same windows,
   nothing else; renders from its final weights.
 
 Budgets are CPU minutes of one thread (``time.process_time``), so the two trainings, run side by side
@@ -54,7 +54,7 @@ def reference_loop(dataset: Path, out: Path, preset, budgets: list[float], on_bu
     from samplernn_lab.train import evaluate
 
     m = preset.model  # the lab's sizes and quantisation ("same size, same quantisation")
-    cfg = type(m)(**{**m.__dict__, "weight_norm": False, "learn_h0": False})
+    cfg = type(m)(**{**m.__dict__, "weight_norm": False, "learn_h0": False, "dropout": 0.0})
     torch.manual_seed(preset.train.seed)
     model = SampleRNN(cfg)
     for module in model.modules():  # PyTorch's default initialisation, not the lab's

@@ -147,6 +147,10 @@ class ModelConfig(Checked):
     mlp_hidden_layers: int = _rule(1, ge=0)
     learn_h0: bool = True
     weight_norm: bool = True
+    # dropout on the frame tiers' outputs and the sample MLP's activations, in training only (sampling and
+    # validation never drop). 0.2 stops the sketch learning a short source by heart (held-out NLL) but makes its
+    # renders noisier on some sources, so it is off (benchmarks/RESULTS.md, "Dropout")
+    dropout: float = _rule(0.0, ge=0, lt=1)
 
     @property
     def frame_lengths(self) -> tuple[int, ...]:

@@ -61,6 +61,7 @@ class FrameTier(nn.Module):
         self.expand = nn.Linear(frame_len, cfg.dim)
         self.rnn = rnn_cls(cfg.dim, cfg.dim, cfg.n_rnn, batch_first=True)
         self.upsample = nn.ConvTranspose1d(cfg.dim, cfg.dim, frame_size, stride=frame_size)
+        self.drop = nn.Dropout(cfg.dropout)
         n_states = 2 if self.is_lstm else 1
         self.h0 = nn.Parameter(torch.zeros(n_states, cfg.n_rnn, 1, cfg.dim), requires_grad=cfg.learn_h0)
 
@@ -92,7 +93,7 @@ class FrameTier(nn.Module):
         if hidden is None:
             hidden = self.initial_hidden(frames.shape[0])
         y, hidden = self.rnn(x, hidden)
-        out = self.upsample(y.transpose(1, 2)).transpose(1, 2)
+        out = self.upsample(self.drop(y).transpose(1, 2)).transpose(1, 2)
         return out, hidden
 
 
@@ -106,6 +107,7 @@ class SampleMLP(nn.Module):
         self.input = nn.Conv1d(cfg.embed_size, cfg.dim, frame_size, bias=False)
         self.hidden = nn.ModuleList(nn.Linear(cfg.dim, cfg.dim) for _ in range(cfg.mlp_hidden_layers))
         self.output = nn.Linear(cfg.dim, cfg.q_levels)
+        self.drop = nn.Dropout(cfg.dropout)
 
         nn.init.kaiming_uniform_(self.input.weight)
         for layer in self.hidden:
@@ -120,9 +122,9 @@ class SampleMLP(nn.Module):
     def forward(self, prev: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Map previous codes (B, T + frame_size - 1), cond (B, T, dim) -> logits (B, T, q_levels)."""
         e = self.embedding(prev).transpose(1, 2)
-        x = F.relu(self.input(e).transpose(1, 2) + cond)
+        x = self.drop(F.relu(self.input(e).transpose(1, 2) + cond))
         for layer in self.hidden:
-            x = F.relu(layer(x))
+            x = self.drop(F.relu(layer(x)))
         return self.output(x)
 
 

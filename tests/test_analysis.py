@@ -353,3 +353,27 @@ def test_diagnose_file_and_format_table(tmp_path):
 def test_diagnose_file_missing_names_the_file(tmp_path):
     with pytest.raises(LabError, match="nope.wav"):
         diagnose_file(tmp_path / "nope.wav")
+
+
+def hiss_bed(sr: int, dur: float = 6.0) -> np.ndarray:
+    """A quiet steady hiss carrying bell partials: what a model that never learned the strikes plays."""
+    t = _t(sr, dur)
+    partials = 0.02 * np.sin(2 * np.pi * 523 * t) + 0.01 * (np.sin(2 * np.pi * 784 * t) + np.sin(2 * np.pi * 1443 * t))
+    return (white(sr, dur, -34.0, seed=3) + partials).astype(np.float32)
+
+
+def test_a_hiss_bed_under_a_clean_source_is_noise():
+    sr = 16000
+    bed = hiss_bed(sr)
+    alone = diagnose(bed, sr)
+    assert alone.category == "varied"  # its partials keep it under the noise rule's flatness on its own
+    d = diagnose(bed, sr, bells(sr, 6.0))
+    assert d.features["resemblance"] < 1.0  # quiet and source-coloured: the measure alone would pass it
+    assert d.category == "noise" and "partials" in d.sentence
+    assert diagnose(bells(sr, 6.0, seed=2), sr, bells(sr, 6.0)).category == "varied"  # the source's own kind
+
+
+def test_a_noisy_source_raises_the_hiss_bar():
+    sr = 16000
+    d = diagnose(hiss_bed(sr), sr, noise_bursts(sr, 6.0))
+    assert "partials" not in d.sentence  # no noisier than such a source: not the hiss-bed failure

@@ -66,6 +66,32 @@ def test_h0_is_learned():
     assert all(t.h0.grad is not None and t.h0.grad.abs().sum() > 0 for t in model.tiers)
 
 
+def test_dropout_drops_only_while_training():
+    import dataclasses
+
+    torch.manual_seed(3)
+    model = SampleRNN(dataclasses.replace(TINY, dropout=0.5))
+    plain = SampleRNN(TINY)
+    plain.load_state_dict(model.state_dict())  # dropout adds no weights
+    codes = torch.randint(0, 32, (2, model.lookback + 32))
+    a, _ = model.train()(codes)
+    b, _ = model(codes)
+    assert not torch.allclose(a, b)  # two masks
+    assert torch.equal(model.eval()(codes)[0], plain.eval()(codes)[0])
+
+
+def test_sampling_never_drops():
+    import dataclasses
+
+    from samplernn_lab import generate
+
+    torch.manual_seed(4)
+    model = SampleRNN(dataclasses.replace(TINY, dropout=0.5)).train()  # as an epoch render finds it
+    plain = SampleRNN(TINY)
+    plain.load_state_dict(model.state_dict())
+    assert torch.equal(generate(model, 200, seed=2), generate(plain.eval(), 200, seed=2))
+
+
 def test_poster_size():
     from samplernn_lab.presets import get_preset
 
