@@ -183,7 +183,7 @@ class SampleRNN(nn.Module):
     def log_probs(self, codes: torch.Tensor) -> torch.Tensor:
         """Log-probabilities of ``codes`` given everything before them.
 
-        Starts, like generation, from h0 and a lookback of silence codes.
+        Starts, like generation, from h0 and a lookback of silence codes; never drops (eval mode for the call).
 
         Parameters
         ----------
@@ -208,7 +208,9 @@ class SampleRNN(nn.Module):
             ],
             dim=1,
         ).to(dev)
-        logits, _ = self(x)
+        was_training = self.training
+        logits, _ = self.eval()(x)
+        self.train(was_training)
         return F.log_softmax(logits[:, :t].float(), dim=-1).cpu()
 
 

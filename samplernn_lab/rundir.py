@@ -316,7 +316,9 @@ def liveliest_epoch(run: RunDir) -> str | None:
     (``varied``) closer than that beats any tone: steady partials over hiss score well on the measure
     (0.65 on the demo) yet are a failure a listener hears, where struck attacks at 0.82 are the bells. A
     tone closer than noise is picked only when nothing varied is (the demo before the batch fix: its one
-    render below 1, 0.75, was a tone; passing over it left a hiss at 1.7). Older runs without the measure:
+    render below 1, 0.75, was a tone; passing over it left a hiss at 1.7). A render diagnosed noise comes last
+    whatever its resemblance (a quiet hiss bed can score below 1, see ``analysis.HISS_MIN_NOISINESS``). Older
+    runs without the measure:
     the latest epoch diagnosed varied.
     """
     events = [e for e in render_events(run) if run.epoch_checkpoint(int(e["epoch"])).exists()]
@@ -330,9 +332,9 @@ def liveliest_epoch(run: RunDir) -> str | None:
     ]
     if judged:
 
-        def rank(e: dict) -> tuple:  # a moving render closer than noise first, then the closest, then the latest
+        def rank(e: dict) -> tuple:  # a moving render closer than noise, then tones, then noise; closest, latest
             moving = e.get("category") == "varied" and e["resemblance"] < AUTO_TONE_RESEMBLANCE
-            return (not moving, e["resemblance"], -int(e["epoch"]))
+            return (not moving, e.get("category") == "noise", e["resemblance"], -int(e["epoch"]))
 
         best = min(judged, key=rank)
         return epoch_name(int(best["epoch"]))

@@ -346,7 +346,8 @@ def evaluate(model: SampleRNN, codes: torch.Tensor, seq_len: int, batch_size: in
     """Mean NLL (bits per sample) over whole chunks, windowed with carried state like training."""
     if codes.shape[0] == 0:
         return None
-    model.eval()
+    was_training = model.training
+    model.eval()  # no dropout while measuring
     total, count = 0.0, 0
     silence = silence_code(model.config.q_levels)
     for i in range(0, codes.shape[0], batch_size):
@@ -357,7 +358,7 @@ def evaluate(model: SampleRNN, codes: torch.Tensor, seq_len: int, batch_size: in
             n = window.shape[0] * seq_len
             total += float(nll_bits(logits, window[:, model.lookback :])) * n
             count += n
-    model.train()
+    model.train(was_training)
     return total / count if count else None
 
 

@@ -234,6 +234,9 @@ def test_auto_checkpoint_resembles_the_source_most_without_copying(tmp_path):
     # the demo after it: strikes at 0.82 over steady partials at 0.65
     write([(2, "varied", 0.82, 0.0), (3, "tone", 0.80, 0.0), (5, "tone", 0.65, 0.0), (4, "noise", 1.16, 0.0)])
     assert resolve(run, "auto").name == "epoch-002.pt"
+    # a quiet hiss bed the measure flatters (noise at 0.62) comes after a tone closer than noise
+    write([(1, "noise", 0.62, 0.0), (3, "tone", 0.75, 0.0), (4, "noise", 1.3, 0.0)])
+    assert resolve(run, "auto").name == "epoch-003.pt"
 
 
 def test_generate_rescue_flag_fills_the_sidecar(run, tmp_path, capsys):

@@ -77,7 +77,15 @@ def test_dropout_drops_only_while_training():
     a, _ = model.train()(codes)
     b, _ = model(codes)
     assert not torch.allclose(a, b)  # two masks
+    tiers, mlp = [t.drop for t in model.tiers], [model.mlp.drop]
+    for on in (tiers, mlp):  # the frame tiers' outputs and the MLP's activations each drop on their own
+        for site in tiers + mlp:
+            site.p = 0.5 if site in on else 0.0
+        a, _ = model(codes)
+        assert not torch.allclose(a, model(codes)[0])
     assert torch.equal(model.eval()(codes)[0], plain.eval()(codes)[0])
+    lp = model.train().log_probs(codes)  # the teacher-forced distribution never drops either
+    assert torch.equal(lp, model.log_probs(codes)) and model.training
 
 
 def test_sampling_never_drops():
