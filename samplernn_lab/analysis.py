@@ -150,13 +150,14 @@ def categorize(f: dict[str, float]) -> str:
         and f["onset_rate"] <= TONE_MAX_ONSET_RATE
     ):
         return "tone"
-    if (
-        f["noisiness"] >= NOISE_MIN_NOISINESS
-        and f["level_spread_db"] <= NOISE_MAX_LEVEL_SPREAD_DB
-        and f["onset_rate"] <= NOISE_MAX_ONSET_RATE
-    ):
+    if f["noisiness"] >= NOISE_MIN_NOISINESS and _steady(f):
         return "noise"
     return "varied"
+
+
+def _steady(f: dict[str, float]) -> bool:
+    """Level and attacks as steady as hiss (the noise rule's limits)."""
+    return f["level_spread_db"] <= NOISE_MAX_LEVEL_SPREAD_DB and f["onset_rate"] <= NOISE_MAX_ONSET_RATE
 
 
 def _hz(f: float) -> str:
@@ -240,8 +241,7 @@ def _hiss_bed(f: dict[str, float], profile: SourceProfile) -> bool:
     """A steady render much noisier than its source (see ``HISS_MIN_NOISINESS``). The source is measured
     only for a render that is steady and noisy enough on its own (a long source costs ~0.5 s per minute)."""
     return (
-        f["level_spread_db"] <= NOISE_MAX_LEVEL_SPREAD_DB
-        and f["onset_rate"] <= NOISE_MAX_ONSET_RATE
+        _steady(f)
         and f["noisiness"] >= HISS_MIN_NOISINESS
         and f["noisiness"] >= HISS_SOURCE_FACTOR * _source_noisiness(profile)
     )

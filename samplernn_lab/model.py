@@ -25,6 +25,8 @@ Shapes: codes are ``torch.long`` (B, T) in [0, q_levels); log-probabilities (B, 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -208,10 +210,19 @@ class SampleRNN(nn.Module):
             ],
             dim=1,
         ).to(dev)
-        was_training = self.training
-        logits, _ = self.eval()(x)
-        self.train(was_training)
+        with eval_mode(self):
+            logits, _ = self(x)
         return F.log_softmax(logits[:, :t].float(), dim=-1).cpu()
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode (no dropout) for a block, then back in the mode it was in."""
+    was_training = model.training
+    try:
+        yield model.eval()
+    finally:
+        model.train(was_training)
 
 
 def nll_bits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from .config import ModelConfig, TrainConfig
 from .dataset import batch_order, windows
 from .distributed import any_rank, barrier, setup_distributed, teardown_distributed
 from .epoch_renders import epoch_render
-from .model import SampleRNN, nll_bits
+from .model import SampleRNN, eval_mode, nll_bits
 from .rundir import MetricsWriter, RunDir, claim
 from .train_start import new_state as new_state  # re-exported: the old import path
 from .train_start import resume_state as resume_state  # re-exported
@@ -346,19 +346,17 @@ def evaluate(model: SampleRNN, codes: torch.Tensor, seq_len: int, batch_size: in
     """Mean NLL (bits per sample) over whole chunks, windowed with carried state like training."""
     if codes.shape[0] == 0:
         return None
-    was_training = model.training
-    model.eval()  # no dropout while measuring
     total, count = 0.0, 0
     silence = silence_code(model.config.q_levels)
-    for i in range(0, codes.shape[0], batch_size):
-        hidden = None
-        for _, window in windows(codes[i : i + batch_size], seq_len, model.lookback, silence):
-            window = window.to(device)
-            logits, hidden = model(window, hidden)
-            n = window.shape[0] * seq_len
-            total += float(nll_bits(logits, window[:, model.lookback :])) * n
-            count += n
-    model.train(was_training)
+    with eval_mode(model):  # no dropout while measuring
+        for i in range(0, codes.shape[0], batch_size):
+            hidden = None
+            for _, window in windows(codes[i : i + batch_size], seq_len, model.lookback, silence):
+                window = window.to(device)
+                logits, hidden = model(window, hidden)
+                n = window.shape[0] * seq_len
+                total += float(nll_bits(logits, window[:, model.lookback :])) * n
+                count += n
     return total / count if count else None
 
 
