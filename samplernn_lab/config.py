@@ -184,6 +184,9 @@ class TrainConfig(Checked):
     # whichever budget (epochs, steps, minutes) ends first; 1 = constant
     lr_final: float = _rule(1.0, gt=0, le=1)
     grad_clip: float = _rule(1.0, gt=0)
+    # training inputs moved by up to +-input_noise quantisation levels, targets left clean, so the model learns
+    # to go on from samples that are a little off, as its own are when it renders; 0 = off
+    input_noise: int = _rule(0, ge=0)
     epochs: int | None = _rule(None, ge=1)
     max_steps: int | None = _rule(None, ge=0)
     max_minutes: float | None = _rule(None, ge=0)

@@ -174,6 +174,25 @@ def _batch_of(hidden) -> int:
     return int(first.shape[1])
 
 
+def jitter_codes(codes: torch.Tensor, levels: int, q_levels: int) -> torch.Tensor:
+    """``codes`` each moved by a whole number of levels drawn uniformly in ``[-levels, levels]``, kept in range.
+
+    Parameters
+    ----------
+    codes : (B, T) long in [0, q_levels).
+    levels : the largest move, >= 0; 0 returns ``codes`` itself. Drawn from torch's global generator (seeded).
+    q_levels : number of quantisation levels.
+
+    Returns
+    -------
+    (B, T) long in [0, q_levels).
+    """
+    if levels <= 0:
+        return codes
+    moves = torch.randint(-levels, levels + 1, codes.shape, device=codes.device)
+    return (codes + moves).clamp_(0, q_levels - 1)
+
+
 def train_step(state: TrainState, window: torch.Tensor) -> tuple[float, float]:
     """One optimiser step on one window of codes, ``(B, lookback + seq_len)`` long, on the model's device.
 
@@ -183,8 +202,9 @@ def train_step(state: TrainState, window: torch.Tensor) -> tuple[float, float]:
     """
     model, opt, scaler = state.model, state.optimizer, state.scaler
     amp = state.amp_dtype is not None
+    inputs = jitter_codes(window, state.cfg.input_noise, model.config.q_levels)
     with torch.autocast(window.device.type, dtype=state.amp_dtype) if amp else nullcontext():
-        logits, new_hidden = (model if state.net is None else state.net)(window, state.hidden)
+        logits, new_hidden = (model if state.net is None else state.net)(inputs, state.hidden)
         loss = nll_bits(logits, window[:, model.lookback :])
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()

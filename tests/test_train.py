@@ -381,3 +381,37 @@ def test_state_carried_from_bf16_autocast_is_float32_and_goes_on_in_float32(monk
     state.amp_dtype = None  # resumed where autocast does not run
     loss, _ = train_step(state, window)
     assert np.isfinite(loss) and state.step == 2
+
+
+@pytest.mark.parametrize("levels", [0, 3])
+def test_input_noise_moves_the_inputs_not_the_targets(levels):
+    """With ``input_noise`` the model reads codes moved by up to that many levels (kept in range) and is scored
+    on the clean window: it learns to go on from slightly wrong samples, as its own are when it renders."""
+    import copy
+
+    from samplernn_lab import train_start
+    from samplernn_lab.model import SampleRNN, nll_bits
+    from samplernn_lab.train import jitter_codes, train_step
+
+    q = TINY.q_levels
+    window = torch.randint(0, q, (4, TINY.lookback + 256), generator=torch.Generator().manual_seed(0))
+    window[0], window[1] = 0, q - 1  # at the ends of the range a move is clamped
+    torch.manual_seed(0)
+    state = train_start.new_state(SampleRNN(TINY), cfg(input_noise=levels, amp=False), torch.device("cpu"))
+    before = copy.deepcopy(state.model)
+    seen = []
+    state.model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    torch.manual_seed(1)
+    loss, _ = train_step(state, window)
+    torch.manual_seed(1)
+    expected_inputs = jitter_codes(window, levels, q)
+    with torch.no_grad():
+        expected = float(nll_bits(before(expected_inputs)[0], window[:, TINY.lookback :]))
+    assert torch.equal(seen[0], expected_inputs) and abs(loss - expected) < 1e-5
+    moved = seen[0] - window
+    if levels == 0:
+        assert not moved.any()
+    else:
+        assert int(moved.abs().max()) == levels and float((moved != 0).float().mean()) > 0.6
+        assert int(seen[0].min()) == 0 and int(seen[0].max()) == q - 1
+        assert (seen[0][0] <= levels).all() and (seen[0][1] >= q - 1 - levels).all()
