@@ -415,3 +415,15 @@ def test_input_noise_moves_the_inputs_not_the_targets(levels):
         assert int(moved.abs().max()) == levels and float((moved != 0).float().mean()) > 0.6
         assert int(seen[0].min()) == 0 and int(seen[0].max()) == q - 1
         assert (seen[0][0] <= levels).all() and (seen[0][1] >= q - 1 - levels).all()
+
+
+def test_input_noise_is_seeded_and_a_resumed_run_draws_the_same(dataset, tmp_path):
+    noisy = cfg(max_steps=30, input_noise=2)
+    straight = train(dataset, tmp_path / "a", TINY, noisy, progress=False)
+    train(dataset, tmp_path / "b", TINY, cfg(max_steps=11, input_noise=2), progress=False)
+    resumed = train(dataset, tmp_path / "b", TINY, noisy, resume=True, progress=False)
+    train(dataset, tmp_path / "c", TINY, cfg(max_steps=30), progress=False)
+    assert straight.step == resumed.step == 30
+    a, b, c = (load(tmp_path / f"{r}/checkpoints/last.pt")["model"] for r in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the noise drawn after a resume is the noise drawn straight on
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # and it is there: without it the weights differ
