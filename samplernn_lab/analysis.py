@@ -41,7 +41,6 @@ in :mod:`samplernn_lab.frame_features`; they stay importable from here.
 from __future__ import annotations
 
 import os
-import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -238,23 +237,11 @@ def diagnose(audio: np.ndarray, sr: int, source: np.ndarray | SourceProfile | No
 
 
 def _hiss_bed(f: dict[str, float], profile: SourceProfile) -> bool:
-    """A steady render much noisier than its source (see ``HISS_MIN_NOISINESS``). The source is measured
-    only for a render that is steady and noisy enough on its own (a long source costs ~0.5 s per minute)."""
+    """A steady render much noisier than its source (see ``HISS_MIN_NOISINESS``); the source's noisiness is
+    measured last, once per profile, and only for a render that is steady and noisy enough on its own."""
     return (
-        _steady(f)
-        and f["noisiness"] >= HISS_MIN_NOISINESS
-        and f["noisiness"] >= HISS_SOURCE_FACTOR * _source_noisiness(profile)
+        _steady(f) and f["noisiness"] >= HISS_MIN_NOISINESS and f["noisiness"] >= HISS_SOURCE_FACTOR * profile.noisiness
     )
-
-
-_SOURCE_NOISINESS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _source_noisiness(profile: SourceProfile) -> float:
-    """The source's own noisiness, measured once per profile (many renders are judged against one)."""
-    if profile not in _SOURCE_NOISINESS:
-        _SOURCE_NOISINESS[profile] = features(profile.audio, profile.sr)["noisiness"]
-    return _SOURCE_NOISINESS[profile]
 
 
 def _hiss_sentence(f: dict[str, float]) -> str:

@@ -30,10 +30,12 @@ Two measures, both arrays in, numbers out:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
+from .frame_features import features
 from .spectral import as_mono, pad_to_window
 
 # Levels below the source's loudest mel band minus this many dB are held at that floor: about the range
@@ -189,6 +191,12 @@ class SourceProfile:
         # A source that is itself stationary noise is as far from its noise as from itself: keep the scale
         # finite (such a source's renders then read near or above 1 whatever they are).
         self.noise_distance = max(_distance(noise, self.frames, self.silence), 1.0)
+
+    @functools.cached_property
+    def noisiness(self) -> float:
+        """The source's own noisiness (:func:`~samplernn_lab.frame_features.features`), measured when first asked:
+        the diagnosis asks only about a render that is steady and noisy (a long source costs ~0.5 s per minute)."""
+        return features(self.audio, self.sr)["noisiness"]
 
     def _frames(self, audio: np.ndarray) -> _Frames:
         return _Frames(log_mel_frames(audio, self.sr), self.floor_db, self.gate_db)
