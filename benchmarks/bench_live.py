@@ -8,7 +8,9 @@ time: above 1 it plays without drop-outs, and what is above 1 is room for the ho
 
     python benchmarks/bench_live.py [--presets sketch poster] [--precisions fp32 int8] [--threads 1 2]
                                     [--host-rate 48000] [--buffer 2048] [--seconds 6] [--repeats 3] [--batch 1]
-                                    [--profile]
+                                    [--profile] [--files FILE.ts ...]
+
+``--files`` measures files written by ``samplernn-lab export`` instead of the presets' sizes.
 
 Models have the presets' sizes and random weights (speed does not depend on training). Each figure is
 the median of ``--repeats`` measurements; the configurations are measured in turn within each repeat,
@@ -73,29 +75,38 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--profile", action="store_true", help="print where the time goes (torch.profiler) per config")
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="override preset fields")
+    ap.add_argument("--files", nargs="+", default=[], metavar="FILE.ts", help="exported files to measure instead")
     a = ap.parse_args()
     threads0 = torch.get_num_threads()
-    configs = [(p, prec, th) for p in a.presets for prec in a.precisions for th in a.threads]
-    modules = {(p, prec): load_exported(p, prec, a.host_rate, a.set) for p in a.presets for prec in a.precisions}
+    if a.files:
+        modules = {}
+        for f in a.files:
+            m = torch.jit.load(f)
+            m.set_sample_rate(a.host_rate)
+            modules[(f, m.precision)] = m
+    else:
+        modules = {(p, prec): load_exported(p, prec, a.host_rate, a.set) for p in a.presets for prec in a.precisions}
+    configs = [(p, prec, th) for (p, prec) in modules for th in a.threads]
     results: dict = {c: [] for c in configs}
     for _ in range(a.repeats):
         for c in configs:
             p, prec, th = c
-            # the poster is far from real time on a CPU: fewer seconds keep the run short
-            secs = a.seconds if p != "poster" else max(a.buffer / a.host_rate, a.seconds / 12)
+            # a wide model is far from real time on a CPU: fewer seconds keep the run short
+            wide = int(modules[(p, prec)].dim) > 512
+            secs = max(a.buffer / a.host_rate, a.seconds / 12) if wide else a.seconds
             results[c].append(rtf(modules[(p, prec)], secs, a.host_rate, a.buffer, a.batch, th))
             print(c, f"{results[c][-1]:.3f}", flush=True)
     rows = []
     for c in configs:
         p, prec, th = c
-        pre = get_preset(p, a.set)
+        m = modules[(p, prec)]
         med = statistics.median(results[c])
-        model_rate = pre.data.sample_rate
+        model_rate = int(m.model_rate)
         rows.append(
             [
                 p,
-                f"{pre.model.dim}/{pre.model.n_rnn}",
-                f"{model_rate // 1000} kHz",
+                f"{int(m.dim)}/{int(m.n_layers)}",
+                f"{model_rate / 1000:g} kHz",
                 prec,
                 th,
                 f"{med:.2f}x",
@@ -116,7 +127,7 @@ def main() -> None:
     torch.set_num_threads(threads0)
     report(
         [
-            "preset",
+            "preset or file",
             "dim/GRU layers",
             "model rate",
             "precision",

@@ -21,8 +21,15 @@ import torch.nn.functional as F
 from .errors import LabError
 
 PRECISIONS = ("fp32", "bf16", "int8")
-# torch._weight_int8pack_mm crashes (torch 2.13, CPU) on fewer than 8 inputs; such tiny layers stay float32
-INT8_MIN_IN = 8
+# torch._weight_int8pack_mm (torch 2.13, CPU) is right only when the number of inputs is a multiple of 16:
+# other counts give wrong products (24 inputs: off by 50% and more, or inf) and under 8 it crashes. Such layers
+# stay float32 (the presets' layers all have 256 or 1024 inputs).
+INT8_IN_MULTIPLE = 16
+
+
+def int8_fits(in_features: int) -> bool:
+    """Whether a layer with ``in_features`` inputs can take int8 weights (else it stays float32)."""
+    return in_features % INT8_IN_MULTIPLE == 0
 
 
 def check_precision(precision: str) -> str:
@@ -79,7 +86,7 @@ class LowPrecisionDense:
     def __init__(self, w: torch.Tensor, b: torch.Tensor | None, precision: str, rows: int | None = None):
         check_precision(precision)
         w = w.detach().float()
-        if precision == "int8" and w.shape[1] < INT8_MIN_IN:
+        if precision == "int8" and not int8_fits(w.shape[1]):
             precision = "fp32"
         self.precision, self.b, self.packed = precision, b, None
         if precision == "bf16":

@@ -122,3 +122,20 @@ def test_generate_cli_takes_precision_and_the_sidecar_records_it(model, tmp_path
     import json
 
     assert json.loads(path.with_suffix(".json").read_text())["precision"] == "int8"
+
+
+def test_int8_only_where_the_kernel_is_right():
+    """The int8 kernel (torch's) is right for a multiple of 16 inputs (other counts give wrong products): such layers
+    take int8, the others stay float32 and give F.linear's result."""
+    g = torch.Generator().manual_seed(0)
+    for k in (16, 48, 256):
+        w, x = torch.randn(64, k, generator=g), torch.randn(2, k, generator=g)
+        layer = LowPrecisionDense(w, None, "int8")
+        assert layer.precision == "int8"
+        ref = x @ layer.w.T  # the dequantised weights
+        assert float((layer(x) - ref).abs().max() / ref.abs().max()) < 0.03
+    for k in (8, 24, 40):
+        w, x = torch.randn(64, k, generator=g), torch.randn(2, k, generator=g)
+        layer = LowPrecisionDense(w, None, "int8")
+        assert layer.precision == "fp32"
+        torch.testing.assert_close(layer(x), x @ w.T)

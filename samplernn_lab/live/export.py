@@ -12,7 +12,7 @@ from .. import audio as audio_io
 from ..errors import LabError
 from ..files import atomic_path
 from ..model import SampleRNN
-from ..precision import INT8_MIN_IN, check_precision
+from ..precision import check_precision, int8_fits
 from .module import DENSE, Cell, DenseF32, LiveSampleRNN, Tier
 
 
@@ -42,17 +42,26 @@ def build(
         raise LabError(f"--sample-rate must be a positive number of Hz, got {host_rate}")
 
     def dense(w: torch.Tensor, b: torch.Tensor) -> torch.nn.Module:
-        small = precision == "int8" and w.shape[1] < INT8_MIN_IN
-        return DENSE["fp32" if small else precision](w, b)
+        unfit = precision == "int8" and not int8_fits(w.shape[1])
+        return DENSE["fp32" if unfit else precision](w, b)
 
     model = model.float().cpu()
     f = fold(model, "cpu")
     cfg = model.config
     tiers, h0 = [], []
-    for tier in f.tiers:
+    # A tier's input layer reads codes as numbers: the rescaling to [-2, 2] (rescale_codes, affine) goes into
+    # its weights and bias; below the top, that bias goes into the conditioning the tier above hands down.
+    scale, shift = 4.0 / cfg.q_levels, 2.0 / cfg.q_levels - 2.0
+    inp_w = [t.inp.w * scale for t in f.tiers]
+    inp_b = [t.inp.b + shift * t.inp.w.sum(1) for t in f.tiers]
+    for i, tier in enumerate(f.tiers):
         cells = [Cell(dense(ih.w, ih.b), dense(hh.w, hh.b), tier.lstm) for ih, hh in zip(tier.ih, tier.hh)]
+        up_b = tier.up.b.reshape(tier.frame_size, -1)
+        if i + 1 < len(f.tiers):
+            up_b = up_b + inp_b[i + 1]
+        bias = inp_b[i] if i == 0 else torch.zeros_like(inp_b[i])
         tiers.append(
-            Tier(tier.frame_len, tier.frame_size, DenseF32(tier.inp.w, tier.inp.b), cells, dense(tier.up.w, tier.up.b))
+            Tier(tier.frame_len, tier.frame_size, DenseF32(inp_w[i], bias), cells, dense(tier.up.w, up_b.reshape(-1)))
         )
         for k in range(cfg.n_rnn):  # h0 (states, layers, 1, dim): per layer h, then c (zeros for a GRU)
             h0.append(tier.h0[0, k])

@@ -50,6 +50,14 @@ class DenseF32(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addmm(self.b, x, self.wt)
 
+    def plus(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``x @ w.T + c``: ``c`` takes the bias's place (one op where ``forward(x) + c`` is two)."""
+        return torch.addmm(c, x, self.wt)
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(x @ w.T + b)``, for a layer whose output only feeds another layer."""
+        return torch.relu(torch.addmm(self.b, x, self.wt))
+
 
 class DenseBF16(nn.Module):
     """Weights in bfloat16; float32 in and out."""
@@ -58,9 +66,17 @@ class DenseBF16(nn.Module):
         super().__init__()
         self.register_buffer("w", w.detach().to(torch.bfloat16).contiguous())
         self.register_buffer("b", b.detach().float().contiguous())
+        self.register_buffer("b16", b.detach().to(torch.bfloat16).contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(torch.bfloat16), self.w).float() + self.b
+        return F.linear(x.to(torch.bfloat16), self.w) + self.b  # bf16 + float32 gives float32
+
+    def plus(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(torch.bfloat16), self.w) + c
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """In bfloat16 (bias too): the next layer reads bfloat16, so no casts between them."""
+        return torch.relu(F.linear(x.to(torch.bfloat16), self.w) + self.b16)
 
 
 class DenseInt8(nn.Module):
@@ -74,9 +90,17 @@ class DenseInt8(nn.Module):
         self.register_buffer("w", q)
         self.register_buffer("s", s.to(torch.bfloat16))
         self.register_buffer("b", b.detach().float().contiguous())
+        self.register_buffer("b16", b.detach().to(torch.bfloat16).contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch._weight_int8pack_mm(x.to(torch.bfloat16), self.w, self.s).float() + self.b
+        return torch._weight_int8pack_mm(x.to(torch.bfloat16), self.w, self.s) + self.b  # float32 out
+
+    def plus(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int8pack_mm(x.to(torch.bfloat16), self.w, self.s) + c
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """In bfloat16 (bias too): the next layer reads bfloat16, so no casts between them."""
+        return torch.relu(torch._weight_int8pack_mm(x.to(torch.bfloat16), self.w, self.s) + self.b16)
 
 
 DENSE = {"fp32": DenseF32, "bf16": DenseBF16, "int8": DenseInt8}
@@ -95,18 +119,17 @@ class Cell(nn.Module):
             i, f, gg, o = g.chunk(4, 1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
             return torch.sigmoid(o) * torch.tanh(c), c
-        xr, xz, xn = self.ih(x).chunk(3, 1)
-        hr, hz, hn = self.hh(h).chunk(3, 1)
-        r = torch.sigmoid(xr + hr)
-        z = torch.sigmoid(xz + hz)
-        n = torch.tanh(xn + r * hn)
-        return n + z * (h - n), c
+        gi, gh = self.ih(x), self.hh(h)
+        d = h.shape[1]
+        rz = torch.sigmoid(gi.narrow(1, 0, 2 * d) + gh.narrow(1, 0, 2 * d))  # reset and update gates at once
+        n = torch.tanh(torch.addcmul(gi.narrow(1, 2 * d, d), rz.narrow(1, 0, d), gh.narrow(1, 2 * d, d)))
+        return torch.lerp(n, h, rz.narrow(1, d, d)), c  # n + z * (h - n)
 
 
 class Tier(nn.Module):
     """One frame tier, stepped once per frame: frame (B, frame_len) -> conditioning (B, frame_size, dim)."""
 
-    def __init__(self, frame_len: int, frame_size: int, inp: nn.Module, cells: List[Cell], up: nn.Module):
+    def __init__(self, frame_len: int, frame_size: int, inp: DenseF32, cells: List[Cell], up: nn.Module):
         super().__init__()
         self.frame_len, self.frame_size = frame_len, frame_size
         self.inp, self.up = inp, up
@@ -116,9 +139,8 @@ class Tier(nn.Module):
         self, frame: torch.Tensor, cond: Optional[torch.Tensor], state: List[torch.Tensor]
     ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """``state``: per layer h and c (c unused by a GRU)."""
-        x = self.inp(frame)
-        if cond is not None:
-            x = x + cond
+        # below the top, the input layer's bias is in the tier above's upsampling bias (export.build folds it)
+        x = self.inp(frame) if cond is None else self.inp.plus(frame, cond)
         new: List[torch.Tensor] = []
         for k, cell in enumerate(self.cells):
             h, c = cell(x, state[2 * k], state[2 * k + 1])
@@ -170,8 +192,6 @@ class LiveSampleRNN(nn.Module):
         self.register_buffer("lut", lut.float().contiguous())
         self.register_buffer("lut_rev", lut.float().flip(0).transpose(0, 1).contiguous())
         self.register_buffer("levels", levels.float().contiguous())
-        codes = torch.arange(q)
-        self.register_buffer("rescale", (2.0 * codes.float() + 1.0) / q * 2.0 - 2.0)
         self.register_buffer("edges", (levels[1:] + levels[:-1]).float() / 2.0)  # bin edges, for `follow`
         self.out_rs = StreamResampler(model_rate, host_rate)
         self.in_rs = StreamResampler(host_rate, model_rate)
@@ -333,7 +353,7 @@ class LiveSampleRNN(nn.Module):
         codes = codes[:, codes.shape[1] - p :]
         for s in range(0, p, self.fs):
             frame = codes[:, s : s + self.fs]
-            self._frame(torch.zeros(1, 1), frame, torch.ones(1, dtype=torch.bool))
+            self._frame(torch.zeros(1, 1, 1), frame, torch.ones(1, dtype=torch.bool))
         self.primed_hist = self.hist.clone()
         self.primed_state = [s.clone() for s in self.state]
         self.primed_cond = [c.clone() for c in self.cond]
@@ -362,9 +382,9 @@ class LiveSampleRNN(nn.Module):
         self.noise_start = start
 
     def _frame(self, temp: torch.Tensor, forced: Optional[torch.Tensor], use: Optional[torch.Tensor]) -> torch.Tensor:
-        """One bottom frame: codes sampled at ``temp`` (B, 1), or ``forced`` (B, fs) where ``use`` (B,).
+        """One bottom frame: codes sampled at ``temp`` (B, 1, 1), or ``forced`` (B, fs) where ``use`` (B,).
 
-        Updates the state; returns the frame's audio (B, fs) at the model's rate.
+        Updates the state; returns the frame's codes (B, fs) (:meth:`_audio` makes them audio, a buffer at once).
         """
         fs, lb, t = self.fs, self.lookback, self.t
         cond: Optional[torch.Tensor] = None
@@ -375,7 +395,7 @@ class LiveSampleRNN(nn.Module):
             c = self.cond[i]
             st = self.state[2 * self.n_layers * i : 2 * self.n_layers * (i + 1)]
             if t % n == 0:
-                frame = self.rescale.index_select(0, self.hist[:, lb - n :].reshape(-1)).view(-1, n)
+                frame = self.hist[:, lb - n :].float()  # codes as numbers: the rescaling is in tier.inp
                 c, st = tier(frame, cond, st)
             new_cond.append(c)
             new_state.extend(st)
@@ -384,7 +404,7 @@ class LiveSampleRNN(nn.Module):
         self.cond = new_cond
         self.state = new_state
         bottom = self.cond[len(self.cond) - 1]  # (B, fs, dim)
-        acc = torch.cat([self.carry + bottom, torch.zeros_like(bottom)], 1)  # first layer, before the ReLU
+        acc = torch.constant_pad_nd(self.carry + bottom, [0, 0, 0, fs])  # first layer, before the ReLU
         sample = True
         codes = self.hist[:, :0]
         if forced is not None and use is not None:
@@ -397,13 +417,15 @@ class LiveSampleRNN(nn.Module):
             if self.noise_start < 0 or t < self.noise_start or t + fs > self.noise_start + self.noise_chunk:
                 self._draw_noise(t)
             rows = acc.unbind(1)  # views: the in-place additions below reach them
-            noise = self.noise.narrow(1, t - self.noise_start, fs).unbind(1)
+            # the output layer's bias plus the frame's Gumbel noise at the temperature, in one op per frame
+            shift = torch.addcmul(self.out.b, self.noise.narrow(1, t - self.noise_start, fs), temp)
+            shifts = shift.unbind(1)
             picked: List[torch.Tensor] = []
             for j in range(fs):
                 x = torch.relu(rows[j])
                 for layer in self.hidden:
-                    x = torch.relu(layer(x))
-                code = torch.argmax(torch.addcmul(self.out(x), noise[j], temp), dim=1)
+                    x = layer.hidden(x)
+                code = torch.argmax(self.out.plus(x, shifts[j]), dim=1)
                 if forced is not None and use is not None:
                     code = torch.where(use, forced[:, j], code)
                 acc.narrow(1, j + 1, fs).add_(self.lut_rev.index_select(0, code))
@@ -412,6 +434,11 @@ class LiveSampleRNN(nn.Module):
         self.carry = acc[:, fs:]
         self.hist = torch.cat([self.hist[:, fs:], codes], 1)
         self.t = t + fs
+        return codes
+
+    def _audio(self, frames: List[torch.Tensor]) -> torch.Tensor:
+        """Frames of codes (B, fs) each -> audio (B, fs * len) at the model's rate."""
+        codes = torch.cat(frames, 1)
         return self.levels.index_select(0, codes.reshape(-1)).view(codes.shape)
 
     # ----------------------------------------------------------------------------------------
@@ -422,15 +449,17 @@ class LiveSampleRNN(nn.Module):
         self._use_batch(x.shape[0])
         n = x.shape[2]
         temps = torch.cat([self.last_temp, x[:, 0].float()], 1) + self.temperature_offset_value
-        temps = temps.clamp(min=0.0)
+        temps = temps.clamp(min=0.0).unsqueeze(2)  # (B, 1 + N, 1): a frame's slice scales its noise as it is
         n0 = self.out_rs.n_out
         need = self.out_rs.last_needed(n)
         up, down = self.out_rs.up, self.out_rs.down
+        frames: List[torch.Tensor] = []
         while self.gen <= need:
             h = (self.gen * up) // down - n0 + 1  # the host sample at the frame's first model sample
-            audio = self._frame(temps[:, h : h + 1], None, None)
-            self.out_rs.push(audio)
+            frames.append(self._frame(temps[:, h : h + 1], None, None))
             self.gen += self.fs
+        if len(frames) > 0:
+            self.out_rs.push(self._audio(frames))  # one conversion and append per buffer, not per frame
         self.last_temp = x[:, 0, n - 1 : n].float()
         return self.out_rs.pull(n).unsqueeze(1)
 
@@ -446,8 +475,9 @@ class LiveSampleRNN(nn.Module):
             self.in_buf = torch.cat([self.in_buf, self.in_rs.pull(m)], 1)
         window = max(fs, int(self.gate_seconds * self.model_rate))
         threshold = 10.0 ** (self.gate_db_value / 20.0)
-        temp = torch.full((self.batch, 1), max(0.0, self.temperature_value))
+        temp = torch.full((self.batch, 1, 1), max(0.0, self.temperature_value))
         need = self.out_rs.last_needed(n)
+        frames: List[torch.Tensor] = []
         while self.gen <= need:
             # the input frame that ends one frame before this one: always converted by now
             end = self.gen - self.in_start
@@ -456,11 +486,12 @@ class LiveSampleRNN(nn.Module):
                 seg = self.in_buf[:, start:end]
                 peak = self.in_buf[:, max(0, end - window) : end].abs().amax(1)
                 forced = torch.bucketize(seg, self.edges, right=True)
-                audio = self._frame(temp, forced, peak > threshold)
+                frames.append(self._frame(temp, forced, peak > threshold))
             else:
-                audio = self._frame(temp, None, None)
-            self.out_rs.push(audio)
+                frames.append(self._frame(temp, None, None))
             self.gen += fs
+        if len(frames) > 0:
+            self.out_rs.push(self._audio(frames))
         drop = max(0, self.gen - fs - window - self.in_start)
         drop = min(drop, self.in_buf.shape[1])
         self.in_buf = self.in_buf[:, drop:]
