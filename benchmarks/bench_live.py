@@ -75,7 +75,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--profile", action="store_true", help="print where the time goes (torch.profiler) per config")
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="override preset fields")
-    ap.add_argument("--files", nargs="+", default=[], metavar="FILE.ts", help="exported files to measure instead")
+    ap.add_argument(
+        "--files",
+        nargs="+",
+        default=[],
+        metavar="FILE.ts",
+        help="exported files to measure instead of the presets (--presets, --precisions and --set then do not apply)",
+    )
     a = ap.parse_args()
     threads0 = torch.get_num_threads()
     if a.files:
@@ -105,7 +111,7 @@ def main() -> None:
         rows.append(
             [
                 p,
-                f"{int(m.dim)}/{int(m.n_layers)}",
+                f"{int(m.dim)}/{int(m.n_layers)}",  # an LSTM file's layers are counted here too
                 f"{model_rate / 1000:g} kHz",
                 prec,
                 th,
