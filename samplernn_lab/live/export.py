@@ -13,7 +13,8 @@ from ..errors import LabError
 from ..files import atomic_path
 from ..model import SampleRNN
 from ..precision import check_precision, int8_fits
-from .module import DENSE, Cell, DenseF32, LiveSampleRNN, Tier
+from .layers import DENSE, Cell, DenseF32, Tier
+from .module import LiveSampleRNN
 
 
 @torch.no_grad()
