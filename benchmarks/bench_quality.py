@@ -201,7 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--loops", nargs="+", default=["lab", "reference"], choices=["lab", "reference"])
     p.add_argument("--jobs", type=int, default=2, help="trainings side by side (one CPU thread each)")
     p.add_argument("--out", default="runs/bench_quality")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="the renders' seed (training and data: --set train.seed=N data.seed=N)"
+    )
     a = p.parse_args(argv)
 
     from samplernn_lab.pipeline import CHAIN_TEMPERATURE
