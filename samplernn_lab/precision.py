@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from .errors import LabError
 
 PRECISIONS = ("fp32", "bf16", "int8")
-# torch._weight_int8pack_mm (torch 2.13, CPU) is right only when the number of inputs is a multiple of 16:
-# other counts give wrong products (24 inputs: off by 50% and more, or inf) and under 8 it crashes. Such layers
-# stay float32 (the presets' layers all have 256 or 1024 inputs).
+# torch._weight_int8pack_mm (torch 2.13, CPU) is reliable only when the number of inputs is a multiple of 16:
+# for other counts it reads past the weights (wrong products, sometimes inf, depending on shape and run) and
+# under 8 it crashes. Such layers stay float32 (the presets' layers all have 256 or 1024 inputs).
 INT8_IN_MULTIPLE = 16
 
 

@@ -11,7 +11,7 @@ import torch
 from .. import audio as audio_io
 from ..errors import LabError
 from ..files import atomic_path
-from ..model import SampleRNN
+from ..model import SampleRNN, rescale_codes
 from ..precision import check_precision, int8_fits
 from .layers import DENSE, Cell, DenseF32, Tier
 from .module import LiveSampleRNN
@@ -52,7 +52,8 @@ def build(
     tiers, h0 = [], []
     # A tier's input layer reads codes as numbers: the rescaling to [-2, 2] (rescale_codes, affine) goes into
     # its weights and bias; below the top, that bias goes into the conditioning the tier above hands down.
-    scale, shift = 4.0 / cfg.q_levels, 2.0 / cfg.q_levels - 2.0
+    ends = rescale_codes(torch.tensor([0, 1]), cfg.q_levels)  # affine in the code: value = shift + scale * code
+    shift, scale = float(ends[0]), float(ends[1] - ends[0])
     inp_w = [t.inp.w * scale for t in f.tiers]
     inp_b = [t.inp.b + shift * t.inp.w.sum(1) for t in f.tiers]
     for i, tier in enumerate(f.tiers):
