@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import signal
 import statistics
 import sys
 import time
@@ -150,6 +151,18 @@ def evaluate_renders(
     }
 
 
+def die_with_parent() -> None:
+    """Pool initializer: on Linux, the worker is killed when the benchmark's process dies, even by kill -9
+    (otherwise it trains on, an orphan, for the rest of its budget). SIGKILL, not SIGTERM: training takes
+    SIGTERM as "stop after this step and save", and the worker would go on to its renders."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: a killed run's workers finish on their own
+        pass
+
+
 def one_training(job: dict) -> list[dict]:
     """One training (lab or reference) of one source with its evaluations, in its own process."""
     torch.set_num_threads(1)
@@ -233,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
                     "sampling": ({} if a.top_p is None else {"top_p": a.top_p}) | {"rescue": a.rescue},
                 }
             )
-    with mp.get_context("spawn").Pool(a.jobs) as pool:
+    # killing this process (any signal, kill -9 too) takes its workers along: their parent-death signal
+    with mp.get_context("spawn").Pool(a.jobs, initializer=die_with_parent) as pool:
         rows = [r for rs in pool.imap(one_training, jobs) for r in rs]
     (out / "results.jsonl").parent.mkdir(parents=True, exist_ok=True)
     with open(out / f"results-{time.strftime('%Y%m%d-%H%M%S')}.jsonl", "w") as f:
