@@ -81,7 +81,10 @@ DENSE = {"fp32": DenseF32, "bf16": DenseBF16, "int8": DenseInt8}
 
 
 class Cell(nn.Module):
-    """One GRU or LSTM layer, written out as ``torch.gru_cell`` / ``lstm_cell`` compute it."""
+    """One GRU or LSTM layer, written out as ``torch.gru_cell`` / ``lstm_cell`` compute it.
+
+    ``ih`` is the input product; a tier's first layer gets ``nn.Identity()``: its input arrives as gates.
+    """
 
     def __init__(self, ih: nn.Module, hh: nn.Module, lstm: bool):
         super().__init__()
@@ -101,19 +104,26 @@ class Cell(nn.Module):
 
 
 class Tier(nn.Module):
-    """One frame tier, stepped once per frame: frame (B, frame_len) -> conditioning (B, frame_size, dim)."""
+    """One frame tier, stepped once per frame: frame (B, frame_len) -> conditioning (B, frame_size, width).
+
+    ``inp`` maps the frame to the first layer's gates (the input layer and that layer's input product are one
+    matrix); ``cond`` from the tier above is already in gates. ``up`` hands down the tier below's first-layer
+    gates, or the MLP's conditioning at the bottom: ``width`` is its size per position.
+    """
 
     def __init__(self, frame_len: int, frame_size: int, inp: DenseF32, cells: List[Cell], up: nn.Module):
         super().__init__()
         self.frame_len, self.frame_size = frame_len, frame_size
         self.inp, self.up = inp, up
         self.cells = nn.ModuleList(cells)
+        self.width = int(up.b.shape[0]) // frame_size
 
     def forward(
         self, frame: torch.Tensor, cond: Optional[torch.Tensor], state: List[torch.Tensor]
     ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """``state``: per layer h and c (c unused by a GRU)."""
         # below the top, the input layer's bias is in the tier above's upsampling bias (export.build folds it)
+        # x: the first layer's input gates
         x = self.inp(frame) if cond is None else self.inp.plus(frame, cond)
         new: List[torch.Tensor] = []
         for k, cell in enumerate(self.cells):

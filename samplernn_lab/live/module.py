@@ -50,7 +50,7 @@ class LiveSampleRNN(nn.Module):
     """See the module docstring. Built by :func:`samplernn_lab.live.export.build`; scripted for nn~."""
 
     state: List[torch.Tensor]  # per tier, per layer: h, c
-    cond: List[torch.Tensor]  # per tier: (B, frame_size, dim), the conditioning of its current step
+    cond: List[torch.Tensor]  # per tier: (B, frame_size, width), the conditioning of its current step
 
     def __init__(
         self,
@@ -108,7 +108,7 @@ class LiveSampleRNN(nn.Module):
         # the primed start (batch 1): silence and h0 until prime_with() is called
         self.primed_hist = torch.full((1, self.lookback), q // 2, dtype=torch.long)
         self.primed_state: List[torch.Tensor] = [h.detach().float().reshape(1, dim).clone() for h in h0]
-        self.primed_cond: List[torch.Tensor] = [torch.zeros(1, t.frame_size, dim) for t in tiers]
+        self.primed_cond: List[torch.Tensor] = [torch.zeros(1, t.frame_size, t.width) for t in tiers]
         self.primed_carry = torch.zeros(1, fs, dim)
         self.primed_t = 0
         self.primed_tail = torch.zeros(1, 0)
