@@ -167,6 +167,16 @@ def test_consecutive_calls_equal_one_long_call(ts_file, sizes):
     assert float(whole.diff(dim=2).abs().max()) < 2.0
 
 
+def test_one_stream_plays_what_it_plays_in_a_batch(ts_file):
+    """nn~ plays one stream (its own loop) and mc.nn~ several (the batched loop): both sample alike."""
+    x = torch.linspace(0.2, 1.3, 2500).repeat(2, 1, 1)
+    x[1] *= 0.7
+    pair = play(fresh(ts_file), x, [512])
+    alone = play(fresh(ts_file), x[:1], [512])
+    torch.testing.assert_close(alone[0], pair[0], rtol=0, atol=0)
+    assert float(alone.std()) > 0.01  # it plays: not silence
+
+
 def test_greedy_export_equals_generate_before_rate_conversion(model, prime):
     live = script(build(model, SR, SR, prime=prime))  # host rate = model rate: no conversion
     audio = play(live, torch.zeros(1, 1, 1500), [256])  # temperature 0: greedy

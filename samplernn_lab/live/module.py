@@ -305,25 +305,44 @@ class LiveSampleRNN(nn.Module):
         if sample:
             if self.noise_start < 0 or t < self.noise_start or t + fs > self.noise_start + self.noise_chunk:
                 self._draw_noise(t)
-            rows = acc.unbind(1)  # views: the in-place additions below reach them
             # the output layer's bias plus the frame's Gumbel noise at the temperature, in one op per frame
             shift = torch.addcmul(self.out.b, self.noise.narrow(1, t - self.noise_start, fs), temp)
-            shifts = shift.unbind(1)
-            picked: List[torch.Tensor] = []
-            for j in range(fs):
-                x = torch.relu(rows[j])
-                for layer in self.hidden:
-                    x = layer.hidden(x)
-                code = torch.argmax(self.out.plus(x, shifts[j]), dim=1)
-                if forced is not None and use is not None:
-                    code = torch.where(use, forced[:, j], code)
-                acc.narrow(1, j + 1, fs).add_(self.lut_rev.index_select(0, code))
-                picked.append(code)
-            codes = torch.stack(picked, 1)
+            if self.batch == 1 and forced is None:
+                codes = self._sample_one(acc, shift)
+            else:
+                rows = acc.unbind(1)  # views: the in-place additions below reach them
+                shifts = shift.unbind(1)
+                picked: List[torch.Tensor] = []
+                for j in range(fs):
+                    x = torch.relu(rows[j])
+                    for layer in self.hidden:
+                        x = layer.hidden(x)
+                    code = torch.argmax(self.out.plus(x, shifts[j]), dim=1)
+                    if forced is not None and use is not None:
+                        code = torch.where(use, forced[:, j], code)
+                    acc.narrow(1, j + 1, fs).add_(self.lut_rev.index_select(0, code))
+                    picked.append(code)
+                codes = torch.stack(picked, 1)
         self.carry = acc[:, fs:]
         self.hist = torch.cat([self.hist[:, fs:], codes], 1)
         self.t = t + fs
         return codes
+
+    def _sample_one(self, acc: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """The frame's sampling loop for one stream, nn~'s usual case: what the batched loop computes, with each
+        code a number and each lookup-table row selected by it (a view) instead of gathered. Per sample that
+        is a third fewer ops outside the products. ``acc`` (1, 2 fs, dim) as in :meth:`_frame` (its first fs
+        rows are used up here), ``shift`` (1, fs, q); returns codes (1, fs)."""
+        a, s = acc[0], shift[0]
+        picked: List[int] = []
+        for j in range(self.fs):
+            x = a[j : j + 1].relu_()  # row j is complete: every earlier code has added its share
+            for layer in self.hidden:
+                x = layer.hidden(x)
+            code = int(torch.argmax(self.out.plus(x, s[j : j + 1])))
+            a.narrow(0, j + 1, self.fs).add_(self.lut_rev[code])
+            picked.append(code)
+        return torch.tensor(picked, dtype=torch.long).unsqueeze(0)
 
     def _audio(self, frames: List[torch.Tensor]) -> torch.Tensor:
         """Frames of codes (B, fs) each -> audio (B, fs * len) at the model's rate."""
