@@ -30,7 +30,7 @@ class DenseF32(nn.Module):
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """``relu(x @ w.T + b)``, for a layer whose output only feeds another layer."""
-        return torch.relu(torch.addmm(self.b, x, self.wt))
+        return torch.addmm(self.b, x, self.wt).relu_()  # in place: the product is new
 
 
 class DenseBF16(nn.Module):
@@ -50,7 +50,7 @@ class DenseBF16(nn.Module):
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """In bfloat16 (bias too): the next layer reads bfloat16, so no casts between them."""
-        return torch.relu(F.linear(x.to(torch.bfloat16), self.w) + self.b16)
+        return (F.linear(x.to(torch.bfloat16), self.w) + self.b16).relu_()
 
 
 class DenseInt8(nn.Module):
@@ -74,7 +74,7 @@ class DenseInt8(nn.Module):
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """In bfloat16 (bias too): the next layer reads bfloat16, so no casts between them."""
-        return torch.relu(torch._weight_int8pack_mm(x.to(torch.bfloat16), self.w, self.s) + self.b16)
+        return (torch._weight_int8pack_mm(x.to(torch.bfloat16), self.w, self.s) + self.b16).relu_()
 
 
 DENSE = {"fp32": DenseF32, "bf16": DenseBF16, "int8": DenseInt8}
