@@ -55,7 +55,7 @@ def build(
     # product: the input layer maps the frame straight to that layer's gates. Below the top, the tier's input is
     # its frame plus the tier above's upsampled conditioning, so the tier above upsamples straight to these
     # gates too. Each tier's input product is gone: at the sketch's size 7% fewer multiply-adds per model
-    # sample and one product fewer per frame, 1.12x the speed (benchmarks/RESULTS.md, "Live").
+    # sample and one product fewer per frame (benchmarks/RESULTS.md, "Live").
     ends = rescale_codes(torch.tensor([0, 1]), cfg.q_levels)  # affine in the code: value = shift + scale * code
     shift, scale = float(ends[0]), float(ends[1] - ends[0])
     inp_w = [t.inp.w.double() * scale for t in f.tiers]  # float64 while folding, float32 when stored
