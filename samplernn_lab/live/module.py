@@ -104,6 +104,7 @@ class LiveSampleRNN(nn.Module):
         self.temperature_value = 1.0
         self.seed_value = 0
         self.gate_db_value = -45.0
+        self.one_stream_loop = True  # batch 1 samples in _sample_one (False: in the batched loop; for tests)
 
         # the primed start (batch 1): silence and h0 until prime_with() is called
         self.primed_hist = torch.full((1, self.lookback), q // 2, dtype=torch.long)
@@ -307,7 +308,8 @@ class LiveSampleRNN(nn.Module):
                 self._draw_noise(t)
             # the output layer's bias plus the frame's Gumbel noise at the temperature, in one op per frame
             shift = torch.addcmul(self.out.b, self.noise.narrow(1, t - self.noise_start, fs), temp)
-            if self.batch == 1 and forced is None:
+            free = forced is None or use is None or not bool(use.any())  # nothing of this frame is forced
+            if self.batch == 1 and free and self.one_stream_loop:
                 codes = self._sample_one(acc, shift)
             else:
                 rows = acc.unbind(1)  # views: the in-place additions below reach them
