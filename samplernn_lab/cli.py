@@ -240,6 +240,8 @@ def _export(a) -> None:
         seed=a.seed,
     )
     print(f"{path}: load it with [nn~ {path.name} forward] (temperature in, audio out) or [nn~ {path.name} follow]")
+    if a.precision == "fp32":  # measured: int8 plays ~1.1-1.2x faster (benchmarks/RESULTS.md, "Live")
+        print("  more headroom for a host on a small CPU: --precision int8 (needs nn~ with libtorch 2.3 or later)")
 
 
 def _add_diagnose(sub) -> None:

@@ -103,7 +103,8 @@ print(json.dumps(res))
 def test_export_cli_file_loads_alone_and_follows_nn_tilde_conventions(run, tmp_path, capsys):
     out = tmp_path / "bells.ts"
     assert main(["export", str(run), "--out", str(out), "--sample-rate", "48000", "--checkpoint", "last"]) == 0
-    assert "nn~ bells.ts forward" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "nn~ bells.ts forward" in said and "--precision int8" in said  # the faster choice, for fp32 files
     proc = subprocess.run(
         [sys.executable, "-c", LOADER, str(out)], capture_output=True, text=True, cwd=tmp_path, timeout=120
     )
