@@ -134,6 +134,15 @@ def test_setters_return_zero_and_getters_read_back(ts_file):
     assert m.set_temperature(-1.0) != 0 and m.get_temperature() == [pytest.approx(0.7)]
 
 
+def test_a_non_cpu_input_gets_one_clear_error(ts_file):
+    # nn~'s GPU switch moves the module and its inputs; the carried state stays on the CPU (meta stands in)
+    m = fresh(ts_file)
+    for method in (m.forward, m.follow):
+        with pytest.raises(torch.jit.Error, match="runs on the CPU only"):
+            method(torch.ones(1, 1, 64, device="meta"))
+    assert m(torch.ones(1, 1, 64)).shape == (1, 1, 64)  # still plays on the CPU afterwards
+
+
 def test_file_uses_only_long_standing_ops(ts_file):
     with zipfile.ZipFile(ts_file) as z:
         version = int(z.read(next(n for n in z.namelist() if n.endswith("/version"))))

@@ -227,6 +227,11 @@ class LiveSampleRNN(nn.Module):
         self.in_buf = torch.zeros(b, 0)
         self.in_start = 0
 
+    def _check_cpu(self, x: torch.Tensor) -> None:
+        # the carried state lives on the CPU; a host's GPU switch would otherwise fail deep inside a call
+        if x.device.type != "cpu":
+            raise RuntimeError("this SampleRNN module runs on the CPU only: turn the host's GPU option off")
+
     def _use_batch(self, b: int) -> None:
         if b != self.batch:
             self.batch = b
@@ -356,6 +361,7 @@ class LiveSampleRNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Temperature signal (B, 1, N) -> audio (B, 1, N) at the host rate."""
+        self._check_cpu(x)
         self._use_batch(x.shape[0])
         n = x.shape[2]
         temps = torch.cat([self.last_temp, x[:, 0].float()], 1) + self.temperature_offset_value
@@ -376,6 +382,7 @@ class LiveSampleRNN(nn.Module):
     @torch.jit.export
     def follow(self, x: torch.Tensor) -> torch.Tensor:
         """Host audio (B, 1, N) -> audio (B, 1, N): the input while it is loud, the model continuing it after."""
+        self._check_cpu(x)
         self._use_batch(x.shape[0])
         n = x.shape[2]
         fs = self.fs
