@@ -214,12 +214,13 @@ def poster() -> Preset:
     """The study's SampleRNN.
 
     Frame sizes (8, 2), 1024 units, 2 GRU layers, 256-way embedding and quantisation, sequence length
-    1024, batch 128, 44.1 kHz, learned h0.
+    1024, batch 128, 44.1 kHz, learned h0; a short source copied until it fills a batch of 128 chunks.
     """
     return Preset(
         ModelConfig(frame_sizes=(8, 2), dim=1024, n_rnn=2, rnn_type="gru", embed_size=256, q_levels=256, learn_h0=True),
         TrainConfig(seq_len=1024, batch_size=128, epochs=6, render_seconds=5.0),
-        DataConfig(sample_rate=44100, chunk_seconds=8.0),
+        # min_chunks: a batch of 128 needs 128 training chunks; 8 copies of a 6 s source make 5, a batch of 5
+        DataConfig(sample_rate=44100, chunk_seconds=8.0, min_chunks=128),
     )
 
 

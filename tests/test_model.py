@@ -107,3 +107,5 @@ def test_poster_size():
     assert p.model.frame_sizes == (8, 2) and p.model.dim == 1024 and p.model.n_rnn == 2
     assert p.model.embed_size == 256 and p.model.q_levels == 256 and p.model.learn_h0
     assert p.train.seq_len == 1024 and p.train.batch_size == 128 and p.data.sample_rate == 44100
+    # a short source is copied until its training chunks fill the study's batch (a 6 s one made 5 of 8 copies)
+    assert p.data.min_chunks >= p.train.batch_size
