@@ -193,6 +193,9 @@ class TrainConfig(Checked):
     seed: int = _rule(0, ge=0)
     amp: bool = True  # mixed precision: on CUDA, and bf16 on CPUs with AVX-512 BF16 or AMX
     render_seconds: float = _rule(2.0, ge=0)  # per-epoch render; 0 = none
+    # streams of the per-epoch render, each primed from another place; the epoch is judged by the median one
+    # (one 4 s render called an epoch 0.15 whose 6 s renders were 1.9, loud noise: benchmarks/RESULTS.md)
+    render_streams: int = _rule(4, ge=1)
     render_temperature: float = _rule(1.0, ge=0)
     render_prime_seconds: float = _rule(0.25, ge=0)  # start epoch renders from training audio, not silence
     checkpoint_minutes: float = _rule(10.0, gt=0)  # also save last.pt this often within an epoch

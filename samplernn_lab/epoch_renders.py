@@ -1,7 +1,10 @@
-"""The short render after each epoch, and its event in ``metrics.jsonl``: what the triage listens to.
+"""The short renders after each epoch, and their event in ``metrics.jsonl``: what the triage listens to.
 
-Each render is diagnosed against the source of the dataset (category, resemblance, the share copied); the
-``auto`` checkpoint is chosen from these events (:func:`samplernn_lab.rundir.liveliest_epoch`).
+An epoch renders ``render_streams`` streams, each primed from another place in the training audio. Each is
+diagnosed against the source of the dataset (category, resemblance, the share copied) and the epoch's one
+event carries the median stream's diagnosis (the most copied share of any): a model that swings into loud
+noise from some starts and not others is judged by a typical start, not a lucky one. The ``auto``
+checkpoint is chosen from these events (:func:`samplernn_lab.rundir.liveliest_epoch`).
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ def epoch_render(
     step: int,
     device: torch.device,
 ) -> list[dict[str, Any]]:
-    """Render ``cfg.render_seconds`` after epoch ``epoch`` into ``RUN/renders/epoch-NNN/``; one event per
-    file (:func:`render_event`). Primed with the source's training audio unless ``render_prime_seconds`` is
-    0. The model is put back in training mode."""
+    """Render ``cfg.render_streams`` streams of ``cfg.render_seconds`` after epoch ``epoch`` into
+    ``RUN/renders/epoch-NNN/``; returns the epoch's event (:func:`render_event`), or nothing without renders.
+    Each stream is primed with the source's training audio from another place unless ``render_prime_seconds``
+    is 0. The model is put back in training mode."""
     if cfg.render_seconds <= 0:
         return []
     from .dataset import excerpts
@@ -36,12 +40,13 @@ def epoch_render(
 
     prime = None
     if cfg.render_prime_seconds > 0:
-        prime = excerpts(dataset, cfg.render_prime_seconds, 1, cfg.seed + epoch)
+        prime = excerpts(dataset, cfg.render_prime_seconds, cfg.render_streams, cfg.seed + epoch)
     paths = render(
         model,
         run.epoch_renders(epoch),
         cfg.render_seconds,
         sample_rate,
+        batch_size=cfg.render_streams,
         temperatures=[cfg.render_temperature],
         seed=cfg.seed + epoch,
         label=epoch_name(epoch),
@@ -51,24 +56,40 @@ def epoch_render(
         progress=False,
     )
     model.train()
-    return [render_event(path, run, dataset, sample_rate, epoch, step) for path in paths]
+    return [render_event(paths, run, dataset, sample_rate, epoch, step)]
 
 
-def render_event(path: Path, run: RunDir, dataset: Path, sample_rate: int, epoch: int, step: int) -> dict[str, Any]:
-    """The metrics event of one per-epoch render: its diagnosis (add further measures of it here)."""
+def render_event(
+    paths: list[Path], run: RunDir, dataset: Path, sample_rate: int, epoch: int, step: int
+) -> dict[str, Any]:
+    """The metrics event of an epoch's renders: the median stream's diagnosis (``path``, ``category``,
+    ``sentence``, ``resemblance``: of the stream ranked ``(n - 1) // 2`` from the closest, so a real render
+    and the lower median of an even count), the largest ``copy_share`` of any stream, and ``streams``, each
+    stream's own (add further measures here)."""
     from .analysis import diagnose
     from .audio import load
 
-    d = diagnose(load(path)[0], sample_rate, _source_profile(dataset, sample_rate))
+    profile = _source_profile(dataset, sample_rate)
+    streams = []
+    for path in paths:
+        d = diagnose(load(path)[0], sample_rate, profile)
+        streams.append(
+            {
+                "path": str(path.relative_to(run.root)),
+                "category": d.category,
+                "sentence": d.sentence,
+                "resemblance": round(d.features["resemblance"], 4),
+                "copy_share": round(d.features["copy_share"], 4),
+            }
+        )
+    median = sorted(streams, key=lambda s: s["resemblance"])[(len(streams) - 1) // 2]
     return {
         "event": "render",
         "epoch": epoch,
         "step": step,
-        "path": str(path.relative_to(run.root)),
-        "category": d.category,
-        "sentence": d.sentence,
-        "resemblance": round(d.features["resemblance"], 4),
-        "copy_share": round(d.features["copy_share"], 4),
+        **{k: median[k] for k in ("path", "category", "sentence", "resemblance")},
+        "copy_share": max(s["copy_share"] for s in streams),
+        "streams": [{k: v for k, v in s.items() if k != "sentence"} for s in streams],
     }
 
 

@@ -197,9 +197,12 @@ def make_epoch_grid(run_dir: str | os.PathLike) -> Figure:
     judged = {int(e["epoch"]): e for e in render_events(Path(run_dir)) if "resemblance" in e}
     panels = []
     for epoch, wav in epoch_renders(run_dir):
+        event = judged.get(epoch, {})  # judged against the source while training
+        judged_wav = (Path(run_dir) / str(event.get("path", ""))).resolve()
+        if judged_wav.is_file() and (Path(run_dir).resolve() / "renders") in judged_wav.parents:
+            wav = judged_wav  # the median of the epoch's streams, as judged
         audio, sr = load(wav)
         d = diagnose(audio, sr)
-        event = judged.get(epoch, {})  # judged against the source while training
         panels.append(
             {
                 "epoch": epoch,
@@ -232,7 +235,7 @@ def make_epoch_grid(run_dir: str | os.PathLike) -> Figure:
         ax.set_ylabel("frequency (Hz)")
     for ax in axes.ravel()[n:]:
         ax.set_axis_off()
-    fig.suptitle(f"{Path(run_dir).resolve().name}: one render per epoch", fontsize=12)
+    fig.suptitle(f"{Path(run_dir).resolve().name}: a render per epoch (the median of its streams)", fontsize=12)
     cbar = fig.colorbar(mesh, ax=axes.ravel().tolist(), fraction=0.03, pad=0.01)
     cbar.set_label("level (dBFS)")
     return fig
@@ -243,8 +246,8 @@ def epoch_grid(run_dir: str | os.PathLike, out: str | os.PathLike, dpi: int = 20
 
     Parameters
     ----------
-    run_dir : run folder holding ``renders/epoch-NNN/*.wav`` (the first WAV, by name, of each epoch is
-        shown).
+    run_dir : run folder holding ``renders/epoch-NNN/*.wav``: of each epoch the stream its render event
+        judged the median (``path``), else the first WAV by name, is shown.
     out : output path, with or without a ``.png`` / ``.pdf`` suffix; both files are written.
     dpi : PNG resolution.
 

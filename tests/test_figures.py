@@ -175,6 +175,19 @@ def test_epoch_grid(tmp_path):
     assert_pdf(paths[1])
 
 
+def test_epoch_grid_shows_the_stream_the_event_judged(tmp_path):
+    run = make_run(tmp_path)
+    save(tmp_path / "outside.wav", tone(16000, 1.0, 3520.0), 16000)
+    event = {"event": "render", "epoch": 1, "category": "silence", "resemblance": 3.0, "copy_share": 0.0}
+    (run / "metrics.jsonl").write_text(json.dumps({**event, "path": "renders/epoch-001/b.wav"}) + "\n")
+    title = next(ax.get_title() for ax in make_epoch_grid(run).axes if ax.get_title())
+    assert title.startswith("epoch 1 \u00b7 silence \u00b7 no signal")  # b.wav, not the first by name
+    # a path outside the run's renders is not followed: the first WAV by name is shown
+    (run / "metrics.jsonl").write_text(json.dumps({**event, "path": "../outside.wav"}) + "\n")
+    title = next(ax.get_title() for ax in make_epoch_grid(run).axes if ax.get_title())
+    assert "dBFS" in title and "no signal" not in title
+
+
 def test_epoch_grid_without_renders_names_the_run(tmp_path):
     run = tmp_path / "empty-run"
     (run / "renders" / "epoch-001").mkdir(parents=True)

@@ -63,7 +63,7 @@ def test_loss_falls_far_below_histogram_entropy(dataset, tmp_path):
 
 def test_run_folder_layout(dataset, tmp_path):
     run = tmp_path / "run"
-    train(dataset, run, TINY, cfg(epochs=2, render_seconds=0.1), progress=False)
+    train(dataset, run, TINY, cfg(epochs=2, render_seconds=0.1, render_streams=3), progress=False)
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["dim"] == 32 and config["train"]["seq_len"] == 256 and config["sample_rate"] == 16000
     assert config["quantization"] == {"method": "linear", "q_levels": 64}
@@ -77,6 +77,14 @@ def test_run_folder_layout(dataset, tmp_path):
     assert len(renders) == 2 and all(r["category"] in ("silence", "tone", "noise", "varied") for r in renders)
     # judged against the source while training: the resemblance measure and the copied share
     assert all(r["resemblance"] >= 0 and 0 <= r["copy_share"] <= 1 for r in renders)
+    # three streams an epoch, one event: the median stream's diagnosis, the most copied share of any
+    for r in renders:
+        assert len(list((run / "renders" / f"epoch-{r['epoch']:03d}").glob("*.wav"))) == 3
+        streams = sorted(r["streams"], key=lambda s: s["resemblance"])
+        assert len(streams) == 3 and len({s["path"] for s in streams}) == 3
+        keys = ("path", "resemblance", "category")
+        assert tuple(r[k] for k in keys) == tuple(streams[1][k] for k in keys)
+        assert r["copy_share"] == max(s["copy_share"] for s in streams)
     model, info = load_model(run, "best")
     assert info["epoch"] in (1, 2)
 
