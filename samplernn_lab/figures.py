@@ -199,8 +199,10 @@ def make_epoch_grid(run_dir: str | os.PathLike) -> Figure:
     for epoch, wav in epoch_renders(run_dir):
         event = judged.get(epoch, {})  # judged against the source while training
         judged_wav = (Path(run_dir) / str(event.get("path", ""))).resolve()
-        if judged_wav.is_file() and (Path(run_dir).resolve() / "renders") in judged_wav.parents:
+        if judged_wav.is_file() and (Path(run_dir) / "renders").resolve() in judged_wav.parents:
             wav = judged_wav  # the median of the epoch's streams, as judged
+        elif event.get("path") is not None:
+            event = {}  # the event judged another file: its figures are not this one's
         audio, sr = load(wav)
         d = diagnose(audio, sr)
         panels.append(
@@ -228,6 +230,7 @@ def make_epoch_grid(run_dir: str | os.PathLike) -> Figure:
         level = "no signal" if p["rms"] <= -120 else f"{p['rms']:.0f} dBFS"
         title = f"epoch {p['epoch']} \u00b7 {p['category']} \u00b7 {level}"
         if p["resemblance"] is not None:  # 0 = like the source, 1 = like noise of its colour
+            # copied: the most of any of the epoch's streams (what auto passes over), not only this one's
             title += f"\nresemblance {p['resemblance']:.2f}" + (f" \u00b7 {p['copy']:.0%} copied" if p["copy"] else "")
         ax.set_title(title, fontsize=10, color=FAILURE_COLOUR if failed else "black")
         ax.set_xlabel("time (s)")

@@ -347,7 +347,7 @@ def demo(out: str | os.PathLike = "runs/demo", max_minutes: float | None = None,
     )
     print(f"\nThe demo is done. Look in {out}/:")
     print(f"  renders/listen/*.wav   what the model invents ({', '.join(r['category'] for r in summary['renders'])})")
-    print("  renders/epoch-NNN/     a short render after every epoch")
+    print("  renders/epoch-NNN/     short renders after every epoch (4 streams)")
     print("  figures/               the poster's figure (source vs renders) and the epoch grid")
     print("  notebooks/*.html       the executed notebooks; open the .ipynb in JupyterLab (make lab)")
     if summary["best_val_bits"] is not None:

@@ -9,7 +9,7 @@
     RUN/checkpoints/last.pt      everything a resume needs
     RUN/checkpoints/best.pt      weights at the best validation NLL
     RUN/checkpoints/epoch-NNN.pt weights after epoch NNN
-    RUN/renders/epoch-NNN/*.wav  a short render after each epoch
+    RUN/renders/epoch-NNN/*.wav  short renders after each epoch (render_streams)
     RUN/loss.png                 the loss curve
 
 Imports nothing of the lab but :mod:`errors` and :mod:`files`.
@@ -65,7 +65,7 @@ class RunDir:
         return self.checkpoints / f"{epoch_name(epoch)}.pt"
 
     def epoch_renders(self, epoch: int) -> Path:
-        """``RUN/renders/epoch-NNN/``, the folder of one epoch's render."""
+        """``RUN/renders/epoch-NNN/``, the folder of one epoch's renders."""
         return self.root / RENDERS / epoch_name(epoch)
 
     def read_config(self) -> dict:

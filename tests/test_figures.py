@@ -182,10 +182,10 @@ def test_epoch_grid_shows_the_stream_the_event_judged(tmp_path):
     (run / "metrics.jsonl").write_text(json.dumps({**event, "path": "renders/epoch-001/b.wav"}) + "\n")
     title = next(ax.get_title() for ax in make_epoch_grid(run).axes if ax.get_title())
     assert title.startswith("epoch 1 \u00b7 silence \u00b7 no signal")  # b.wav, not the first by name
-    # a path outside the run's renders is not followed: the first WAV by name is shown
+    # a path outside the run's renders is not followed: the first WAV by name is shown, with its own diagnosis
     (run / "metrics.jsonl").write_text(json.dumps({**event, "path": "../outside.wav"}) + "\n")
     title = next(ax.get_title() for ax in make_epoch_grid(run).axes if ax.get_title())
-    assert "dBFS" in title and "no signal" not in title
+    assert title.startswith("epoch 1 \u00b7 tone") and "dBFS" in title and "resemblance" not in title
 
 
 def test_epoch_grid_without_renders_names_the_run(tmp_path):
