@@ -1,0 +1,108 @@
+"""Does ``auto`` pick a good epoch? Every epoch of finished runs rendered again, and the pick scored.
+
+For each run folder (one ``bench_quality.py`` lab run, or any run with ``checkpoints/epoch-NNN.pt``), every
+epoch checkpoint renders two independent sets of 4 streams x 6 s, primed as the chain primes (0.25 s of a
+different training chunk per stream): one set to choose with, one to score with. The lab's rule
+(:func:`samplernn_lab.rundir.liveliest_epoch`: varied below coloured noise first, no silence, no far tone,
+noise last) is applied to events made three ways: the run's own per-epoch events (what ``auto`` picked),
+and from the choosing set's first 4 s: the median of its 4 streams, the median of its first 2. Each pick is
+scored by the scoring set's median resemblance (0 = like another stretch of the source, 1 = like its
+coloured noise); the best epoch by that score and the median epoch are shown for scale.
+
+    python benchmarks/bench_auto.py RUN DATASET SOURCE [RUN DATASET SOURCE ...]
+
+About 40 s per epoch on two CPU cores (a 10-minute sketch run has about 20 epochs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import report  # noqa: E402
+from samplernn_lab.analysis import diagnose  # noqa: E402
+from samplernn_lab.audio import dequantize, load, quantize  # noqa: E402
+from samplernn_lab.checkpoint import load_model  # noqa: E402
+from samplernn_lab.dataset import excerpts  # noqa: E402
+from samplernn_lab.resemblance import SourceProfile  # noqa: E402
+from samplernn_lab.rundir import AUTO_TONE_RESEMBLANCE, RunDir, liveliest_epoch  # noqa: E402
+from samplernn_lab.sampling import Sampler  # noqa: E402
+
+STREAMS, SECONDS, JUDGE_SECONDS, PRIME_SECONDS = 4, 6.0, 4.0, 0.25
+CHOOSE_SEED, SCORE_SEED = 100, 200
+
+
+def streams(model, dataset: Path, profile: SourceProfile, sr: int, seed: int) -> list[dict]:
+    """4 streams x 6 s from one checkpoint: each stream's resemblance and category over 6 s and its first 4 s."""
+    cfg = model.config
+    sampler = Sampler(model, STREAMS, 1.0, seed)
+    prime = excerpts(dataset, PRIME_SECONDS, STREAMS, seed)
+    sampler.prime(quantize(torch.from_numpy(prime), cfg.q_levels, cfg.quantization))
+    codes = torch.cat(list(sampler.run(int(SECONDS * sr))), 1)
+    rows = []
+    for audio in dequantize(codes, cfg.q_levels, cfg.quantization).numpy():
+        whole, first = diagnose(audio, sr, profile), diagnose(audio[: int(JUDGE_SECONDS * sr)], sr, profile)
+        rows.append(
+            {
+                "resemblance": whole.features["resemblance"],
+                "judged": first.features["resemblance"],
+                "category": first.category,
+            }
+        )
+    return rows
+
+
+def median_event(epoch: int, rows: list[dict]) -> tuple[int, float, str]:
+    """One event from several streams, as ``epoch_renders.render_event`` makes it: the median stream's."""
+    mid = sorted(rows, key=lambda r: r["judged"])[(len(rows) - 1) // 2]
+    return epoch, mid["judged"], mid["category"]
+
+
+def pick(events: list[tuple[int, float, str]]) -> int:
+    """``liveliest_epoch``'s rule on (epoch, resemblance, category): varied first, then others, noise last."""
+    fit = [e for e in events if e[2] != "silence" and not (e[2] == "tone" and e[1] >= AUTO_TONE_RESEMBLANCE)]
+    varied = [e for e in fit if e[2] == "varied"]
+    rest = varied or [e for e in fit if e[2] != "noise"] or fit or events
+    return min(rest, key=lambda e: e[1])[0]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("triples", nargs="+", metavar="RUN DATASET SOURCE")
+    a = p.parse_args()
+    if len(a.triples) % 3:
+        p.error("give RUN DATASET SOURCE in threes")
+    torch.set_num_threads(1)
+    table = []
+    for run_dir, dataset, source in zip(*[iter(a.triples)] * 3):
+        run, dataset = RunDir(run_dir), Path(dataset)
+        epochs = sorted(int(c.stem.split("-")[1]) for c in run.checkpoints.glob("epoch-*.pt"))
+        sr = run.read_config()["sample_rate"]
+        profile = SourceProfile(load(source, sr)[0], sr)
+        choose, score = {}, {}
+        for epoch in epochs:
+            model, _ = load_model(run.root, f"epoch-{epoch:03d}")
+            choose[epoch] = streams(model, dataset, profile, sr, CHOOSE_SEED)
+            score[epoch] = statistics.median(r["resemblance"] for r in streams(model, dataset, profile, sr, SCORE_SEED))
+            print(f"{run.root.name} epoch {epoch}: {score[epoch]:.2f}", flush=True)
+        now = liveliest_epoch(run)
+        picks = {
+            "auto (run's events)": int(now.split("-")[1]) if now else None,
+            "median of 4": pick([median_event(e, rows) for e, rows in choose.items()]),
+            "median of 2": pick([median_event(e, rows[:2]) for e, rows in choose.items()]),
+        }
+        best, typical = min(score, key=score.get), statistics.median(score.values())
+        cells = [f"{e}: {score[e]:.2f}" if e in score else "-" for e in picks.values()]
+        table.append([run.root.name, len(epochs), *cells, f"{best}: {score[best]:.2f}", f"{typical:.2f}"])
+    report(["run", "epochs", *picks, "best epoch", "median epoch"], table, "cpu", "; epoch: score of the pick")
+
+
+if __name__ == "__main__":
+    main()
