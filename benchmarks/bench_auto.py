@@ -32,7 +32,7 @@ from samplernn_lab.audio import dequantize, load, quantize  # noqa: E402
 from samplernn_lab.checkpoint import load_model  # noqa: E402
 from samplernn_lab.dataset import excerpts  # noqa: E402
 from samplernn_lab.resemblance import SourceProfile  # noqa: E402
-from samplernn_lab.rundir import AUTO_TONE_RESEMBLANCE, RunDir, liveliest_epoch  # noqa: E402
+from samplernn_lab.rundir import RunDir, liveliest_epoch, pick_epoch  # noqa: E402
 from samplernn_lab.sampling import Sampler  # noqa: E402
 
 STREAMS, SECONDS, JUDGE_SECONDS, PRIME_SECONDS = 4, 6.0, 4.0, 0.25
@@ -59,18 +59,16 @@ def streams(model, dataset: Path, profile: SourceProfile, sr: int, seed: int) ->
     return rows
 
 
-def median_event(epoch: int, rows: list[dict]) -> tuple[int, float, str]:
-    """One event from several streams, as ``epoch_renders.render_event`` makes it: the median stream's."""
+def median_event(epoch: int, rows: list[dict]) -> dict:
+    """One render event from several streams, as ``epoch_renders.render_event`` makes it: the median stream's."""
     mid = sorted(rows, key=lambda r: r["judged"])[(len(rows) - 1) // 2]
-    return epoch, mid["judged"], mid["category"]
+    return {"epoch": epoch, "resemblance": mid["judged"], "category": mid["category"], "copy_share": 0.0}
 
 
-def pick(events: list[tuple[int, float, str]]) -> int:
-    """``liveliest_epoch``'s rule on (epoch, resemblance, category): varied first, then others, noise last."""
-    fit = [e for e in events if e[2] != "silence" and not (e[2] == "tone" and e[1] >= AUTO_TONE_RESEMBLANCE)]
-    varied = [e for e in fit if e[2] == "varied"]
-    rest = varied or [e for e in fit if e[2] != "noise"] or fit or events
-    return min(rest, key=lambda e: e[1])[0]
+def pick(events: list[dict]) -> int | None:
+    """The epoch ``auto``'s rule picks from these events (:func:`samplernn_lab.rundir.pick_epoch`)."""
+    name = pick_epoch(events)
+    return int(name.split("-")[1]) if name else None
 
 
 def main() -> None:

@@ -321,7 +321,12 @@ def liveliest_epoch(run: RunDir) -> str | None:
     runs without the measure:
     the latest epoch diagnosed varied.
     """
-    events = [e for e in render_events(run) if run.epoch_checkpoint(int(e["epoch"])).exists()]
+    return pick_epoch([e for e in render_events(run) if run.epoch_checkpoint(int(e["epoch"])).exists()])
+
+
+def pick_epoch(events: list[dict]) -> str | None:
+    """:func:`liveliest_epoch`'s rule on render events (``epoch``, ``category``, ``resemblance``,
+    ``copy_share``), whatever made them; None when none fits."""
     judged = [
         e
         for e in events
