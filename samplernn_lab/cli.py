@@ -122,9 +122,9 @@ def _add_generate(sub) -> None:
     p.add_argument("run", metavar="RUN", help="run folder (or a checkpoint file)")
     p.add_argument(
         "--checkpoint",
-        default="best",
-        help="best, last, auto (the epoch whose render was closest to the source, moving preferred to a tone), "
-        "epoch-NNN or a path (default best)",
+        default="auto",
+        help="auto (the epoch whose renders were closest to the source, moving preferred to a tone: what the "
+        "chain and notebook 3 render), best (lowest validation NLL), last, epoch-NNN or a path (default auto)",
     )
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--batch", type=int, default=1, help="streams per temperature")
@@ -199,7 +199,11 @@ def _generate(a) -> None:
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="a run's checkpoint as a TorchScript file for nn~ (Max/MSP, PureData)")
     p.add_argument("run", metavar="RUN", help="run folder (or a checkpoint file)")
-    p.add_argument("--checkpoint", default="best", help="best, last, auto, epoch-NNN or a path (default best)")
+    p.add_argument(
+        "--checkpoint",
+        default="auto",
+        help="auto (what the chain renders), best, last, epoch-NNN or a path (default auto)",
+    )
     p.add_argument("--out", required=True, help="file to write (FILE.ts)")
     p.add_argument(
         "--sample-rate",
@@ -226,20 +230,23 @@ def _add_export(sub) -> None:
 
 def _export(a) -> None:
     from .live import export
+    from .rundir import resolve
 
     if not a.overwrite:
         refuse_existing([a.out])
+    checkpoint = resolve(a.run, a.checkpoint)  # named in the message: auto's pick is not obvious
     path = export(
         a.run,
         a.out,
-        which=a.checkpoint,
+        which=str(checkpoint),
         host_rate=a.sample_rate,
         precision=a.precision,
         prime_seconds=a.prime_seconds,
         prime=a.prime,
         seed=a.seed,
     )
-    print(f"{path}: load it with [nn~ {path.name} forward] (temperature in, audio out) or [nn~ {path.name} follow]")
+    print(f"{path}: {checkpoint.name} of {a.run}")
+    print(f"  load it with [nn~ {path.name} forward] (temperature in, audio out) or [nn~ {path.name} follow]")
     if a.precision == "fp32":  # measured: int8 plays ~1.1-1.2x faster (benchmarks/RESULTS.md, "Live")
         print("  more headroom for a host on a small CPU: --precision int8 (needs nn~ with libtorch 2.3 or later)")
 

@@ -1,6 +1,7 @@
 """`samplernn-lab generate`, `diagnose` and `figures` from the command line, and their bad input."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -283,3 +284,19 @@ def test_export_and_figures_refuse_to_overwrite_a_file(run, tmp_path, capsys):
     code, _, err = cli([*args, "--overwrite"], capsys)
     assert code == 0, err
     assert (tmp_path / "fig.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_generate_and_export_default_to_auto(run, tmp_path, capsys):
+    # the CLI renders what the chain and notebook 3 render: the epoch auto judged, not the lowest-NLL one
+    own = tmp_path / "run"
+    shutil.copytree(run, own)
+    (own / "checkpoints" / "epoch-007.pt").write_bytes((own / "checkpoints" / "last.pt").read_bytes())
+    event = {"event": "render", "epoch": 7, "category": "varied", "resemblance": 0.5, "copy_share": 0.0}
+    with open(own / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(event) + "\n")
+    code, out, err = cli(["generate", own, "--seconds", "0.02", "--temperature", "0", "--out", tmp_path / "r"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "r" / "epoch-007_t0_s0_0.json").read_text())["checkpoint"].endswith("epoch-007.pt")
+    code, out, err = cli(["export", own, "--out", tmp_path / "m.ts", "--prime-seconds", "0"], capsys)
+    assert code == 0, err
+    assert "epoch-007" in out
