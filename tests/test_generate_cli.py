@@ -45,6 +45,8 @@ def test_generate_writes_named_wavs_with_sidecars(run, tmp_path, capsys):
         [
             "generate",
             run,
+            "--checkpoint",
+            "best",
             "--seconds",
             "0.1",
             "--batch",

@@ -163,7 +163,7 @@ def test_generate_cli_takes_curves_and_refuses_bad_ones(model, tmp_path, capsys)
     run = tmp_path / "run"
     train(ds, run, CFG, TrainConfig(seq_len=64, batch_size=2, epochs=1, render_seconds=0), progress=False)
     out = tmp_path / "r"
-    args = ["generate", str(run), "--seconds", "0.05", "--out", str(out)]
+    args = ["generate", str(run), "--checkpoint", "best", "--seconds", "0.05", "--out", str(out)]
     assert main([*args, "--temperature-curve", "0:1,0.02:0.5", "0:0"]) == 0
     assert sorted(p.name for p in out.glob("*.wav")) == ["best_curve0_s0_0.wav", "best_curve1_s0_0.wav"]
     assert json.loads((out / "best_curve0_s0_0.json").read_text())["temperature_curve"]["spec"] == "0:1,0.02:0.5"
