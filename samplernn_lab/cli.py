@@ -12,6 +12,7 @@ import sys
 from .cli_pipeline import _add_pipeline, _batch, _demo, _run
 from .errors import LabError
 from .files import refuse_existing
+from .rundir import LISTEN
 
 
 def _add_prepare(sub) -> None:
@@ -122,7 +123,7 @@ def _add_generate(sub) -> None:
     p.add_argument("run", metavar="RUN", help="run folder (or a checkpoint file)")
     p.add_argument(
         "--checkpoint",
-        default="auto",
+        default=LISTEN,
         help="auto (the epoch whose renders were closest to the source, moving preferred to a tone: what the "
         "chain and notebook 3 render), best (lowest validation NLL), last, epoch-NNN or a path (default auto)",
     )
@@ -201,7 +202,7 @@ def _add_export(sub) -> None:
     p.add_argument("run", metavar="RUN", help="run folder (or a checkpoint file)")
     p.add_argument(
         "--checkpoint",
-        default="auto",
+        default=LISTEN,
         help="auto (what the chain renders), best, last, epoch-NNN or a path (default auto)",
     )
     p.add_argument("--out", required=True, help="file to write (FILE.ts)")

@@ -120,16 +120,17 @@ def listen_controls(
     import ipywidgets as w
     from IPython.display import display
 
-    from .rundir import RunDir
+    from .rundir import LISTEN, RunDir
     from .sampling import render_checkpoint
 
     run = Path(run)
     out = Path(out) if out is not None else run / "renders" / "listen"
     names = sorted(p.stem for p in RunDir(run).checkpoints.glob("*.pt"))
+    names = [LISTEN, *names] if names else []  # `auto` is a choice among the files, not a file
     wide = {"description_width": "initial"}
     choose = w.Dropdown(
         options=names,
-        value="best" if "best" in names else (names[-1] if names else None),
+        value=names[0] if names else None,
         description="checkpoint",
         style=wide,
     )

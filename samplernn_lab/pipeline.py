@@ -29,7 +29,17 @@ from tqdm.auto import tqdm
 from .errors import LabError
 from .files import write_text
 from .progress import Watcher
-from .rundir import MARKER, RunDir, holds_run, is_empty, marker_kind, read_metrics, replace_lab_folder, write_marker
+from .rundir import (
+    LISTEN,
+    MARKER,
+    RunDir,
+    holds_run,
+    is_empty,
+    marker_kind,
+    read_metrics,
+    replace_lab_folder,
+    write_marker,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("01_prepare_dataset", "02_train", "03_listen", "04_poster_figures")
@@ -93,7 +103,7 @@ def run(
     seed: int = 0,
     overrides: Sequence[str] = (),
     batch_size: int = 1,
-    checkpoint: str = "auto",
+    checkpoint: str = LISTEN,
     prime_seconds: float = 0.25,
     progress: bool = True,
     resume: bool = False,

@@ -302,3 +302,26 @@ def test_generate_and_export_default_to_auto(run, tmp_path, capsys):
     code, out, err = cli(["export", own, "--out", tmp_path / "m.ts", "--prime-seconds", "0"], capsys)
     assert code == 0, err
     assert "epoch-007" in out
+
+
+def test_python_api_defaults_to_the_same_checkpoint_as_the_cli(run, tmp_path, monkeypatch):
+    # one default for every door: render_checkpoint and live.export take `auto` unless told, as the CLI does
+    import samplernn_lab.checkpoint as checkpoint
+    from samplernn_lab.live import export
+    from samplernn_lab.sampling import render_checkpoint
+
+    own = tmp_path / "run"
+    shutil.copytree(run, own)
+    (own / "checkpoints" / "epoch-007.pt").write_bytes((own / "checkpoints" / "last.pt").read_bytes())
+    event = {"event": "render", "epoch": 7, "category": "varied", "resemblance": 0.5, "copy_share": 0.0}
+    with open(own / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(event) + "\n")
+    paths = render_checkpoint(own, tmp_path / "r", 0.02, temperatures=[0.0], progress=False)
+    assert [p.name for p in paths] == ["epoch-007_t0_s0_0.wav"]
+    loaded = []
+    load_model = checkpoint.load_model
+    monkeypatch.setattr(
+        checkpoint, "load_model", lambda r, w: loaded.append(checkpoint.resolve(r, w)) or load_model(r, w)
+    )
+    export(own, tmp_path / "m.ts", prime_seconds=0)
+    assert [p.name for p in loaded] == ["epoch-007.pt"]

@@ -155,7 +155,8 @@ def test_listen_controls_render_on_click(one_run, tmp_path):
 
     box = listen_controls(one_run, tmp_path / "listen", temperatures=[0.9], seconds=0.2, batch=2, seed=5)
     choose = box.children[0].children[0]
-    assert {"best", "last", "epoch-001"} <= set(choose.options)
+    assert {"auto", "best", "last", "epoch-001"} <= set(choose.options)
+    assert choose.value == "auto"  # what the chain and the CLI render unless told
     choose.value = "epoch-001"
     button = box.children[2]
     button.click()

@@ -13,6 +13,7 @@ from ..errors import LabError
 from ..files import atomic_path
 from ..model import SampleRNN, rescale_codes
 from ..precision import check_precision, int8_fits
+from ..rundir import LISTEN
 from .layers import DENSE, Cell, DenseF32, Tier
 from .module import LiveSampleRNN
 
@@ -107,7 +108,7 @@ def script(live: LiveSampleRNN) -> torch.jit.ScriptModule:
 def export(
     run: str | os.PathLike,
     out: str | os.PathLike,
-    which: str = "best",
+    which: str = LISTEN,
     host_rate: int = 48000,
     precision: str = "fp32",
     prime_seconds: float = 0.25,

@@ -16,6 +16,7 @@ from .. import audio as audio_io
 from ..errors import LabError
 from ..files import atomic_path, write_text, writing
 from ..model import SampleRNN
+from ..rundir import LISTEN
 from .rescue import Rescue, Watchdog, training_audio
 from .sampler import Sampler, prime_codes
 from .temperature import TemperatureCurve, as_curve
@@ -183,7 +184,7 @@ def render_checkpoint(
     run: str | os.PathLike,
     out_dir: str | os.PathLike,
     seconds: float,
-    which: str = "best",
+    which: str = LISTEN,
     *,
     batch_size: int = 1,
     temperatures: Sequence[float] = (1.0,),
