@@ -8,20 +8,28 @@ What is copied is a *stretch*: one or more ranges of the source taken in a circu
 training stretch is the source minus its held-out part, so it may wrap around the end). The stream
 is described by *pieces*, runs of consecutive source samples placed in the stream, which is what
 lets the dataset manifest say where every chunk came from.
+
+A copy may also be played a little faster or slower (``pitch_jitter_cents``: pitch and duration together,
+as a tape's varispeed), so a short source's copies are not all the same sound: a piece then covers
+``length * rate`` source samples.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
+from scipy.signal import resample_poly
 
 
 @dataclass(frozen=True)
 class Piece:
-    """Source samples ``[source_start, source_start + length)`` placed at ``stream_start``.
+    """Source samples from ``source_start`` placed at ``stream_start``, ``length`` samples of the stream.
 
-    Neighbouring pieces overlap by the crossfade length. All values are in samples.
+    ``rate`` is source samples per stream sample (1: as recorded; 1.06: a semitone up and 6% shorter), so the
+    piece covers source samples ``[source_start, source_start + round(length * rate))``. Neighbouring pieces
+    overlap by the crossfade length. Positions and lengths are in samples.
     """
 
     copy: int
@@ -30,6 +38,7 @@ class Piece:
     stream_start: int
     length: int
     gain: float
+    rate: float = 1.0
 
 
 def crossfade_join(segments: list[np.ndarray], fade: int) -> np.ndarray:
@@ -90,6 +99,7 @@ def augment(
     fade: int,
     gain_jitter_db: float = 0.0,
     min_length: int = 0,
+    pitch_jitter_cents: float = 0.0,
 ) -> tuple[np.ndarray, list[Piece]]:
     """Copies of a stretch of ``audio``, each circularly offset, joined with crossfades.
 
@@ -104,6 +114,8 @@ def augment(
         louder than full scale (a source already at full scale is only ever attenuated).
     min_length : the joined stream is at least this many samples long (held-out stretches and
         short sources get extra copies to fill a chunk).
+    pitch_jitter_cents : each copy is resampled to play up to this many cents higher or lower (uniform; pitch
+        and duration change together). 0 = unchanged, and no random number is drawn for it.
 
     Returns
     -------
@@ -125,13 +137,34 @@ def augment(
         offset = int(rng.integers(0, total))
         gain = float(10.0 ** (rng.uniform(-gain_jitter_db, gain_jitter_db) / 20.0)) if gain_jitter_db > 0 else 1.0
         gain = min(gain, max(max_gain, 1.0))
+        rate = varispeed(rng.uniform(-pitch_jitter_cents, pitch_jitter_cents)) if pitch_jitter_cents > 0 else 1.0
         for start, stop in rotate(ranges, offset):
-            n = stop - start
+            seg = resample(audio[start:stop], rate) * np.float32(gain)
+            if rate != 1.0:  # a band-limited copy can ring a little past the source's peak
+                seg = np.clip(seg, -1.0, 1.0)
+            n = len(seg)
             pos = length - overlap(length, n, fade) if segments else 0
-            segments.append(audio[start:stop] * np.float32(gain))
-            pieces.append(Piece(k, offset, start, pos, n, gain))
+            segments.append(seg)
+            pieces.append(Piece(k, offset, start, pos, n, gain, rate))
             length = pos + n
         k += 1
     stream = crossfade_join(segments, fade)
     assert len(stream) == length
     return stream, pieces
+
+
+def varispeed(cents: float) -> float:
+    """The playback rate (source samples per output sample) that moves pitch by ``cents``, as a ratio of small
+    integers (so resampling stays a short polyphase filter): within 0.1 cent of ``2 ** (cents / 1200)``."""
+    return float(Fraction(2.0 ** (cents / 1200.0)).limit_denominator(1000))
+
+
+def resample(x: np.ndarray, rate: float) -> np.ndarray:
+    """``x`` played at ``rate`` times its speed: float32, shape (ceil(len(x) / rate),); ``x`` itself when 1.
+
+    Band-limited (polyphase, Kaiser window), so a copy played faster folds nothing above Nyquist back down.
+    """
+    if rate == 1.0:
+        return x
+    r = Fraction(rate).limit_denominator(1000)
+    return resample_poly(x, r.denominator, r.numerator).astype(np.float32)

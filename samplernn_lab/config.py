@@ -119,6 +119,8 @@ class DataConfig(Checked):
     val_fraction: float = _rule(0.1, ge=0, lt=0.5)
     test_fraction: float = _rule(0.1, ge=0, lt=0.5)
     gain_jitter_db: float = _rule(0.0, ge=0)
+    # each training copy played up to this many cents higher or lower (pitch and duration together)
+    pitch_jitter_cents: float = _rule(0.0, ge=0, le=1200)
     crossfade_ms: float = _rule(10.0, ge=0)
     seed: int = _rule(0, ge=0)
 

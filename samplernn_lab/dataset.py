@@ -122,15 +122,15 @@ def _chunk_segments(pieces: list[Piece], start: int, stop: int) -> list[dict]:
         a, b = max(start, p.stream_start), min(stop, p.stream_start + p.length)
         if a >= b:
             continue
-        src = p.source_start + (a - p.stream_start)
         segs.append(
             {
                 "copy": p.copy,
                 "offset": p.offset,
                 "gain": round(p.gain, 6),
+                "rate": p.rate,
                 "chunk_start": a - start,
-                "source_start": src,
-                "source_stop": src + (b - a),
+                "source_start": p.source_start + round((a - p.stream_start) * p.rate),
+                "source_stop": p.source_start + round((b - p.stream_start) * p.rate),
             }
         )
     return segs
@@ -212,6 +212,7 @@ def _plan_source(
             fade,
             cfg.gain_jitter_db,
             min_length=chunk * max(1, cfg.min_chunks if train else 1),
+            pitch_jitter_cents=cfg.pitch_jitter_cents if train else 0.0,  # held-out audio stays as recorded
         )
         for ci in range(len(stream) // chunk):
             s, e = ci * chunk, (ci + 1) * chunk

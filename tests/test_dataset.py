@@ -55,6 +55,40 @@ def test_gain_jitter_varies_copies_but_never_clips():
     assert np.abs(stream).max() <= 1.0 + 1e-6
 
 
+def test_pitch_jitter_moves_each_copy_by_at_most_its_cents():
+    sr, f0 = 16000, 500.0
+    x = (0.9 * np.sin(2 * np.pi * f0 * np.arange(sr) / sr)).astype(np.float32)
+    stream, pieces = augment(x, [(0, sr)], 8, np.random.default_rng(3), fade=0, pitch_jitter_cents=100.0)
+    rates = np.array([p.rate for p in pieces])
+    assert np.all(np.abs(1200 * np.log2(rates)) <= 100.01)
+    assert rates.min() < 2 ** (-30 / 1200) and rates.max() > 2 ** (30 / 1200)  # copies differ, up and down
+    assert np.abs(stream).max() <= 1.0
+    assert len(stream) == sum(p.length for p in pieces)
+    for p in pieces:  # each piece sounds at the source's pitch times its rate, and is its source run resampled
+        seg = stream[p.stream_start : p.stream_start + p.length]
+        mid = seg[200:-200]  # away from the resampler's edges
+        f = np.abs(np.fft.rfft(mid * np.hanning(len(mid)), 1 << 18))
+        peak = np.argmax(f) * sr / (1 << 18)
+        assert peak == pytest.approx(f0 * p.rate, abs=2.0)
+    for k in range(8):  # a copy's pieces cover the whole source once
+        assert sum(p.length * p.rate for p in pieces if p.copy == k) == pytest.approx(sr, abs=2)
+
+
+def test_pitch_jitter_leaves_held_out_audio_as_recorded(make_wav, tmp_path):
+    path = make_wav("bell.wav", bell(16000, 3.0))
+    out = prepare(
+        [path],
+        tmp_path / "ds",
+        DataConfig(sample_rate=16000, copies=4, chunk_seconds=0.25, pitch_jitter_cents=50.0),
+        progress=False,
+    )
+    rates = {"train": set(), "val": set(), "test": set()}
+    for c in read_manifest(out)["chunks"]:
+        rates[c["split"]] |= {s["rate"] for s in c["segments"]}
+    assert rates["val"] == rates["test"] == {1.0}
+    assert len(rates["train"]) > 1 and all(abs(1200 * np.log2(r)) <= 50.01 for r in rates["train"])
+
+
 def test_rotate_reads_a_wrapped_stretch_circularly():
     assert rotate([(70, 100), (0, 50)], 0) == [(70, 100), (0, 50)]
     assert rotate([(70, 100), (0, 50)], 10) == [(80, 100), (0, 50), (70, 80)]
