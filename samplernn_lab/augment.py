@@ -25,16 +25,17 @@ from scipy.signal import resample_poly
 
 @dataclass(frozen=True)
 class Piece:
-    """Source samples from ``source_start`` placed at ``stream_start``, ``length`` samples of the stream.
+    """Source samples ``[source_start, source_stop)`` placed at ``stream_start``, ``length`` samples of the stream.
 
-    ``rate`` is source samples per stream sample (1: as recorded; 1.06: a semitone up and 6% shorter), so the
-    piece covers source samples ``[source_start, source_start + round(length * rate))``. Neighbouring pieces
-    overlap by the crossfade length. Positions and lengths are in samples.
+    ``rate`` is source samples per stream sample (1: as recorded, ``length == source_stop - source_start``;
+    1.06: a semitone up and 6% shorter). Neighbouring pieces overlap by the crossfade length. Positions and
+    lengths are in samples.
     """
 
     copy: int
     offset: int
     source_start: int
+    source_stop: int
     stream_start: int
     length: int
     gain: float
@@ -100,6 +101,7 @@ def augment(
     gain_jitter_db: float = 0.0,
     min_length: int = 0,
     pitch_jitter_cents: float = 0.0,
+    pitch_rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, list[Piece]]:
     """Copies of a stretch of ``audio``, each circularly offset, joined with crossfades.
 
@@ -108,14 +110,17 @@ def augment(
     audio : float32, shape (n,), the whole source.
     ranges : the stretch, as ``[start, stop)`` sample ranges of ``audio`` in circular order.
     copies : number of copies, >= 1. More are added while the result is shorter than ``min_length``.
-    rng : draws each copy's offset (uniform over the stretch) and gain.
+    rng : draws each copy's offset (uniform over the stretch) and gain, in that order.
     fade : crossfade length in samples at every join.
     gain_jitter_db : each copy's gain is drawn uniformly in [-jitter, +jitter] dB (0 = unchanged), but never
         louder than full scale (a source already at full scale is only ever attenuated).
     min_length : the joined stream is at least this many samples long (held-out stretches and
         short sources get extra copies to fill a chunk).
     pitch_jitter_cents : each copy is resampled to play up to this many cents higher or lower (uniform; pitch
-        and duration change together). 0 = unchanged, and no random number is drawn for it.
+        and duration change together), its gain capped so the resampled copy stays within full scale. 0 =
+        unchanged, and no random number is drawn for it.
+    pitch_rng : draws each copy's pitch (default ``rng``); a generator of its own leaves the offsets and gains
+        the same whether the pitch is jittered or not.
 
     Returns
     -------
@@ -133,19 +138,22 @@ def augment(
     # a louder copy must not clip: its gain stops at full scale
     peak = max((float(np.abs(audio[a:b]).max()) for a, b in ranges if b > a), default=0.0)
     max_gain = 1.0 / peak if peak > 0 else 1.0
+    pitch_rng = pitch_rng or rng
     while k < copies or length < min_length:
         offset = int(rng.integers(0, total))
         gain = float(10.0 ** (rng.uniform(-gain_jitter_db, gain_jitter_db) / 20.0)) if gain_jitter_db > 0 else 1.0
         gain = min(gain, max(max_gain, 1.0))
-        rate = varispeed(rng.uniform(-pitch_jitter_cents, pitch_jitter_cents)) if pitch_jitter_cents > 0 else 1.0
-        for start, stop in rotate(ranges, offset):
-            seg = resample(audio[start:stop], rate) * np.float32(gain)
-            if rate != 1.0:  # a band-limited copy can ring a little past the source's peak
-                seg = np.clip(seg, -1.0, 1.0)
+        cents = pitch_rng.uniform(-pitch_jitter_cents, pitch_jitter_cents) if pitch_jitter_cents > 0 else 0.0
+        rate = varispeed(cents) if cents else 1.0
+        runs = rotate(ranges, offset)
+        played = [resample(audio[a:b], rate) for a, b in runs]
+        if rate != 1.0 and peak > 0:  # a band-limited copy rings a little past the source's peak: cap it
+            gain = min(gain, 1.0 / max(float(np.abs(x).max()) for x in played))
+        for (start, stop), seg in zip(runs, played, strict=True):
             n = len(seg)
             pos = length - overlap(length, n, fade) if segments else 0
-            segments.append(seg)
-            pieces.append(Piece(k, offset, start, pos, n, gain, rate))
+            segments.append(seg * np.float32(gain))
+            pieces.append(Piece(k, offset, start, stop, pos, n, gain, rate))
             length = pos + n
         k += 1
     stream = crossfade_join(segments, fade)
@@ -154,17 +162,20 @@ def augment(
 
 
 def varispeed(cents: float) -> float:
-    """The playback rate (source samples per output sample) that moves pitch by ``cents``, as a ratio of small
-    integers (so resampling stays a short polyphase filter): within 0.1 cent of ``2 ** (cents / 1200)``."""
+    """The playback rate (source samples per output sample) that moves pitch by ``cents``, as a ratio of
+    integers up to 1000 (so resampling stays a short polyphase filter): within a cent of ``2 ** (cents / 1200)``."""
     return float(Fraction(2.0 ** (cents / 1200.0)).limit_denominator(1000))
 
 
 def resample(x: np.ndarray, rate: float) -> np.ndarray:
-    """``x`` played at ``rate`` times its speed: float32, shape (ceil(len(x) / rate),); ``x`` itself when 1.
+    """``x`` played at ``rate`` times its speed: float32, shape (floor((len(x) - 1) / rate) + 1,), every output
+    sample inside ``x``'s span; ``x`` itself when 1.
 
-    Band-limited (polyphase, Kaiser window), so a copy played faster folds nothing above Nyquist back down.
+    Band-limited (polyphase, Kaiser window), so a copy played faster folds nothing above Nyquist back down; the
+    ends are extended linearly, not with zeros, so a run does not dip to silence at its edges.
     """
     if rate == 1.0:
         return x
     r = Fraction(rate).limit_denominator(1000)
-    return resample_poly(x, r.denominator, r.numerator).astype(np.float32)
+    y = resample_poly(x, r.denominator, r.numerator, padtype="line")
+    return y[: (len(x) - 1) * r.denominator // r.numerator + 1].astype(np.float32)

@@ -116,23 +116,21 @@ def _typical_window(audio: np.ndarray, length: int, candidates: int = 21) -> int
 
 
 def _chunk_segments(pieces: list[Piece], start: int, stop: int) -> list[dict]:
-    """Which source samples make up stream samples ``[start, stop)`` (crossfades appear in both)."""
+    """Which source samples make up stream samples ``[start, stop)`` (crossfades appear in both).
+
+    A piece played at another rate (pitch jitter) says so (``rate``: source samples per chunk sample)."""
     segs = []
     for p in pieces:
         a, b = max(start, p.stream_start), min(stop, p.stream_start + p.length)
         if a >= b:
             continue
-        segs.append(
-            {
-                "copy": p.copy,
-                "offset": p.offset,
-                "gain": round(p.gain, 6),
-                "rate": p.rate,
-                "chunk_start": a - start,
-                "source_start": p.source_start + round((a - p.stream_start) * p.rate),
-                "source_stop": p.source_start + round((b - p.stream_start) * p.rate),
-            }
-        )
+        seg = {"copy": p.copy, "offset": p.offset, "gain": round(p.gain, 6)}
+        if p.rate != 1.0:
+            seg["rate"] = p.rate
+        seg["chunk_start"] = a - start
+        seg["source_start"] = p.source_start + int(round((a - p.stream_start) * p.rate))
+        seg["source_stop"] = min(p.source_stop, p.source_start + int(round((b - p.stream_start) * p.rate)))
+        segs.append(seg)
     return segs
 
 
@@ -164,9 +162,10 @@ def prepare(
 
     fade = int(round(cfg.crossfade_ms * 1e-3 * cfg.sample_rate))
     rng = np.random.default_rng(cfg.seed)
+    pitch_rng = np.random.default_rng([cfg.seed, 1])  # its own: offsets and gains stay put with pitch jitter on
     plan: list[tuple[str, int, np.ndarray, dict]] = []  # split, source index, audio, manifest entry
     for si, src in enumerate(loaded):
-        plan.extend(_plan_source(si, src, cfg, rng, fade))
+        plan.extend(_plan_source(si, src, cfg, rng, fade, pitch_rng))
 
     counts = {s: sum(1 for p in plan if p[0] == s) for s in SPLITS}
     if counts["train"] == 0:
@@ -188,7 +187,7 @@ def prepare(
 
 
 def _plan_source(
-    si: int, src: Source, cfg: DataConfig, rng: np.random.Generator, fade: int
+    si: int, src: Source, cfg: DataConfig, rng: np.random.Generator, fade: int, pitch_rng: np.random.Generator
 ) -> list[tuple[str, int, np.ndarray, dict]]:
     """Split one source, augment each split and cut it into chunks: (split, source index, audio, entry) each."""
     chunk = cfg.chunk_samples
@@ -213,6 +212,7 @@ def _plan_source(
             cfg.gain_jitter_db,
             min_length=chunk * max(1, cfg.min_chunks if train else 1),
             pitch_jitter_cents=cfg.pitch_jitter_cents if train else 0.0,  # held-out audio stays as recorded
+            pitch_rng=pitch_rng,
         )
         for ci in range(len(stream) // chunk):
             s, e = ci * chunk, (ci + 1) * chunk
