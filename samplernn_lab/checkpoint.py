@@ -22,7 +22,7 @@ from .config import ModelConfig
 from .errors import LabError
 from .files import atomic_path
 from .model import SampleRNN
-from .rundir import AUTO_MAX_COPY, render_events, resolve
+from .rundir import AUTO_MAX_COPY, LISTEN, render_events, resolve
 from .rundir import liveliest_epoch as _liveliest_epoch  # noqa: F401 (the old name)
 
 __all__ = ["AUTO_MAX_COPY", "FORMAT", "load", "load_model", "plain", "render_events", "resolve", "save"]
@@ -80,7 +80,7 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def load_model(run_or_path: str | os.PathLike, which: str = "best") -> tuple[SampleRNN, dict[str, Any]]:
+def load_model(run_or_path: str | os.PathLike, which: str = LISTEN) -> tuple[SampleRNN, dict[str, Any]]:
     """The model of a checkpoint, in eval mode on CPU, and the checkpoint dict (without weights)."""
     path = resolve(run_or_path, which)
     ckpt = load(path)

@@ -28,6 +28,9 @@ def _add_prepare(sub) -> None:
     p.add_argument("--val-fraction", type=float, help="held-out share for validation (default 0.1)")
     p.add_argument("--test-fraction", type=float, help="held-out share for test (default 0.1)")
     p.add_argument("--gain-jitter-db", type=float, help="random gain per copy, +-dB (default 0)")
+    p.add_argument(
+        "--pitch-jitter-cents", type=float, help="random pitch (and speed) per training copy, +-cents (default 0)"
+    )
     p.add_argument("--crossfade-ms", type=float, help="crossfade at every join (default 10 ms)")
     p.add_argument("--seed", type=int, help="(default 0)")
     p.add_argument(
@@ -48,6 +51,7 @@ _PREPARE_FLAGS = (
     "val_fraction",
     "test_fraction",
     "gain_jitter_db",
+    "pitch_jitter_cents",
     "crossfade_ms",
     "seed",
 )

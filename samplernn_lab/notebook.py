@@ -114,9 +114,11 @@ def listen_controls(
     batch: int = 1,
     seed: int = 0,
     prime_seconds: float = 0.25,
+    checkpoint: str | None = None,
 ):
-    """Widgets to render from a run in JupyterLab: checkpoint, temperature, seconds, batch, seed,
-    prime seconds and a Render button; each render appears as a card below. Returns the widget box."""
+    """Widgets to render from a run in JupyterLab: checkpoint (starting at ``checkpoint``, default ``auto``),
+    temperature, seconds, batch, seed, prime seconds and a Render button; each render appears as a card below.
+    Returns the widget box."""
     import ipywidgets as w
     from IPython.display import display
 
@@ -126,7 +128,8 @@ def listen_controls(
     run = Path(run)
     out = Path(out) if out is not None else run / "renders" / "listen"
     names = sorted(p.stem for p in RunDir(run).checkpoints.glob("*.pt"))
-    names = [LISTEN, *names] if names else []  # `auto` is a choice among the files, not a file
+    start = checkpoint or LISTEN
+    names = list(dict.fromkeys([start, LISTEN, *names])) if names else []  # `auto`, a path: choices, not files
     wide = {"description_width": "initial"}
     choose = w.Dropdown(
         options=names,

@@ -4,7 +4,7 @@
 
     RUN/dataset/                  01: the prepared dataset
     RUN/config.json, checkpoints/, metrics.jsonl, renders/epoch-NNN/   02: training
-    RUN/renders/listen/*.wav      03: renders from the best checkpoint, each diagnosed
+    RUN/renders/listen/*.wav      03: renders from the `auto` checkpoint (rundir.LISTEN), each diagnosed
     RUN/figures/*.png|pdf         04: the poster's figure and the epoch grid
     RUN/notebooks/*.ipynb|html    the executed notebooks
     RUN/summary.json              source, settings, best validation NLL, diagnosis of each render

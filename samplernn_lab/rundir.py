@@ -262,12 +262,12 @@ def read_metrics(path: str | os.PathLike, missing_ok: bool = False) -> list[dict
 # checkpoint names
 
 
-# The checkpoint a render or an export takes when none is named (the CLI, the chain, the listening notebook and
-# the Python API alike): the epoch the lab's triage would have a listener hear first.
+# The checkpoint taken when none is named, by every door (the CLI's generate and export, the chain, notebook 3,
+# render_checkpoint, live.export, load_model): the epoch the lab's triage would have a listener hear first.
 LISTEN = "auto"
 
 
-def resolve(run_or_path: str | os.PathLike, which: str = "best") -> Path:
+def resolve(run_or_path: str | os.PathLike, which: str = LISTEN) -> Path:
     """A checkpoint path from a run folder and ``best``/``last``/``auto``/``epoch-NNN``, or a path as is.
 
     ``auto`` is the epoch whose per-epoch render resembles the source most without copying it, a render

@@ -163,6 +163,8 @@ def test_listen_controls_render_on_click(one_run, tmp_path):
     wavs = sorted(p.name for p in (tmp_path / "listen").glob("*.wav"))
     assert wavs == ["epoch-001_t0.9_s5_0.wav", "epoch-001_t0.9_s5_1.wav"]
     assert not button.disabled
+    named = listen_controls(one_run, tmp_path / "listen", checkpoint="last")  # notebook 3's `checkpoint`
+    assert named.children[0].children[0].value == "last"
 
 
 def test_player_does_not_normalise():
