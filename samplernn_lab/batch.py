@@ -227,14 +227,6 @@ def batch(
     sources: Sequence[str | os.PathLike],
     out: str | os.PathLike,
     jobs: int = 1,
-    preset: str = "sketch",
-    max_minutes: float | None = None,
-    epochs: int | None = None,
-    seconds: float | None = None,
-    temperatures: Sequence[float] | None = None,
-    seed: int = 0,
-    overrides: Sequence[str] = (),
-    progress: bool = True,
     grid: dict[str, list[str]] | Sequence[str] | None = None,
     ray: str | None | bool = False,
     cpus_per_run: float | None = None,
@@ -242,7 +234,8 @@ def batch(
     retries: int = 2,
     max_steps: int | None = None,
     poll_seconds: float = 2.0,
-    rescue: bool = True,
+    progress: bool = True,
+    **run_options: Any,
 ) -> dict:
     """One run per source and grid setting into ``out/<name>/``, with ``summary.csv`` and ``index.html``
     rewritten as each run finishes.
@@ -257,7 +250,10 @@ def batch(
     cpus_per_run, gpus_per_run : Ray resources per run (default 1 CPU; 1 GPU where the cluster has GPUs).
     retries : times a run whose process, worker or node died is started again (resuming).
     max_steps : training steps per run in all.
-    rescue : re-prime renders' trapped streams (see :func:`samplernn_lab.pipeline.run`).
+    **run_options : the settings every run shares, as keywords of :func:`samplernn_lab.pipeline.run`, with its
+        defaults (``preset``, ``max_minutes``, ``epochs``, ``seconds``, ``temperatures``, ``seed``,
+        ``overrides``, ``rescue``, ``checkpoint``, ``prime_seconds``, ``batch_size``); the batch itself decides
+        each run's source, folder, resuming and progress.
 
     A run that stopped part-way resumes; a finished run (``summary.json``) is skipped; a failing run or
     missing source is reported with its error and does not stop the others. Returns counts (``ok``,
@@ -267,17 +263,9 @@ def batch(
     if isinstance(grid, (list, tuple)):
         grid = parse_grid(grid)
     grid = dict(grid or {})
-    overrides = list(overrides) + ([f"train.max_steps={max_steps}"] if max_steps is not None else [])
-    todo = plan(sources, out, grid, overrides, preset)
-    options = {
-        "preset": preset,
-        "max_minutes": max_minutes,
-        "epochs": epochs,
-        "seconds": seconds,
-        "temperatures": list(temperatures) if temperatures else None,
-        "seed": seed,
-        "rescue": rescue,
-    }
+    options = shared_options(run_options)
+    overrides = list(options.pop("overrides")) + ([f"train.max_steps={max_steps}"] if max_steps is not None else [])
+    todo = plan(sources, out, grid, overrides, options["preset"])
     _claim_batch_out(out)
     (out / "logs").mkdir(exist_ok=True)
     write_json(out / "batch.json", {"grid": grid, "options": options, "jobs": todo})
@@ -292,6 +280,27 @@ def batch(
         "csv": str(out / "summary.csv"),
         "results": ordered,
     }
+
+
+# what the batch decides for each run itself, not an option the runs share
+_PER_RUN = ("source", "out", "progress", "resume", "overwrite")
+
+
+def shared_options(given: dict[str, Any]) -> dict[str, Any]:
+    """``pipeline.run``'s keywords for every run of a batch: ``given`` over ``run``'s own defaults (one place
+    holds them), JSON-ready (for ``batch.json`` and the worker processes). An unknown name raises LabError."""
+    import inspect
+
+    from .pipeline import run
+
+    params = {k: p.default for k, p in inspect.signature(run).parameters.items() if k not in _PER_RUN}
+    unknown = sorted(set(given) - set(params))
+    if unknown:
+        raise LabError(f"batch: {', '.join(unknown)}: not a setting of a run (one of {', '.join(params)})")
+    options = {**params, **given}
+    options["overrides"] = list(options["overrides"] or ())
+    options["temperatures"] = list(options["temperatures"]) if options["temperatures"] else None
+    return options
 
 
 def _runner(

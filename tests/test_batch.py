@@ -230,3 +230,21 @@ def test_metrics_tail_reads_what_was_appended_and_waits_for_a_half_written_line(
         fh.write('{"step": 3, "epoch": 1, "split": "val", "nll_bits": 5.5, "seconds": 24}\n')
     assert tail.read().step == 3 and tail.epoch == 1 and tail.val_bits == 5.5
     assert tail.line() == "epoch 1, step 3, 7.52 bits, 0.4 min"
+
+
+def test_batch_shares_every_setting_of_a_run_with_its_defaults(tmp_path):
+    # one place holds a run's settings and their defaults (pipeline.run); batch forwards them, checked by name
+    import inspect
+
+    from samplernn_lab.batch import shared_options
+    from samplernn_lab.pipeline import run
+
+    options = shared_options({"checkpoint": "last", "temperatures": (0.9, 1.0), "overrides": ("lr=0.002",)})
+    assert options["checkpoint"] == "last" and options["temperatures"] == [0.9, 1.0]
+    assert options["overrides"] == ["lr=0.002"]
+    defaults = inspect.signature(run).parameters
+    assert options["preset"] == defaults["preset"].default and options["rescue"] == defaults["rescue"].default
+    assert not {"source", "out", "resume", "overwrite", "progress"} & set(options)
+    with pytest.raises(LabError, match="checkpont: not a setting of a run"):
+        batch([tmp_path / "a.wav"], tmp_path / "out", checkpont="last")
+    assert not (tmp_path / "out").exists()  # refused before anything is made
