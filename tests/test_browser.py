@@ -243,7 +243,8 @@ def test_listen_notebook_in_jupyterlab(tiny_run, browser, tmp_path):
         assert controls.count() == 1, (
             f"the ipywidgets front-end did not render the controls: {outputs.first.inner_text()!r}"
         )
-        assert controls.locator(".widget-dropdown select option").all_inner_texts() == ["last"]
+        # `auto` (the notebook's checkpoint parameter, the lab's default) first, then the run's checkpoint files
+        assert controls.locator(".widget-dropdown select option").all_inner_texts() == ["auto", "last"]
         slider = controls.locator(".widget-slider", has_text="temperature")
         readout = slider.locator(".widget-readout")
         assert readout.inner_text() == "1.00"
