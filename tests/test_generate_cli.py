@@ -288,14 +288,20 @@ def test_export_and_figures_refuse_to_overwrite_a_file(run, tmp_path, capsys):
     assert (tmp_path / "fig.pdf").read_bytes()[:4] == b"%PDF"
 
 
-def test_generate_and_export_default_to_auto(run, tmp_path, capsys):
-    # the CLI renders what the chain and notebook 3 render: the epoch auto judged, not the lowest-NLL one
+def _auto_is_epoch_7(run, tmp_path):
+    """A copy of ``run`` whose ``auto`` checkpoint is epoch 7 (a render event closer than any other)."""
     own = tmp_path / "run"
     shutil.copytree(run, own)
     (own / "checkpoints" / "epoch-007.pt").write_bytes((own / "checkpoints" / "last.pt").read_bytes())
     event = {"event": "render", "epoch": 7, "category": "varied", "resemblance": 0.5, "copy_share": 0.0}
     with open(own / "metrics.jsonl", "a") as f:
         f.write(json.dumps(event) + "\n")
+    return own
+
+
+def test_generate_and_export_default_to_auto(run, tmp_path, capsys):
+    # the CLI renders what the chain and notebook 3 render: the epoch auto judged, not the lowest-NLL one
+    own = _auto_is_epoch_7(run, tmp_path)
     code, out, err = cli(["generate", own, "--seconds", "0.02", "--temperature", "0", "--out", tmp_path / "r"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "r" / "epoch-007_t0_s0_0.json").read_text())["checkpoint"].endswith("epoch-007.pt")
@@ -310,12 +316,7 @@ def test_python_api_defaults_to_the_same_checkpoint_as_the_cli(run, tmp_path, mo
     from samplernn_lab.live import export
     from samplernn_lab.sampling import render_checkpoint
 
-    own = tmp_path / "run"
-    shutil.copytree(run, own)
-    (own / "checkpoints" / "epoch-007.pt").write_bytes((own / "checkpoints" / "last.pt").read_bytes())
-    event = {"event": "render", "epoch": 7, "category": "varied", "resemblance": 0.5, "copy_share": 0.0}
-    with open(own / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(event) + "\n")
+    own = _auto_is_epoch_7(run, tmp_path)
     paths = render_checkpoint(own, tmp_path / "r", 0.02, temperatures=[0.0], progress=False)
     assert [p.name for p in paths] == ["epoch-007_t0_s0_0.wav"]
     loaded = []
