@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import audio as audio_io
+from .rundir import LISTEN
 
 
 def player(sound: np.ndarray | str | os.PathLike, sample_rate: int | None = None):
@@ -114,7 +115,7 @@ def listen_controls(
     batch: int = 1,
     seed: int = 0,
     prime_seconds: float = 0.25,
-    checkpoint: str | None = None,
+    checkpoint: str = LISTEN,
 ):
     """Widgets to render from a run in JupyterLab: checkpoint (starting at ``checkpoint``, default ``auto``),
     temperature, seconds, batch, seed, prime seconds and a Render button; each render appears as a card below.
@@ -122,14 +123,13 @@ def listen_controls(
     import ipywidgets as w
     from IPython.display import display
 
-    from .rundir import LISTEN, RunDir
+    from .rundir import RunDir
     from .sampling import render_checkpoint
 
     run = Path(run)
     out = Path(out) if out is not None else run / "renders" / "listen"
     names = sorted(p.stem for p in RunDir(run).checkpoints.glob("*.pt"))
-    start = checkpoint or LISTEN
-    names = list(dict.fromkeys([start, LISTEN, *names])) if names else []  # `auto`, a path: choices, not files
+    names = list(dict.fromkeys([checkpoint, LISTEN, *names])) if names else []  # `auto`, a path: choices, not files
     wide = {"description_width": "initial"}
     choose = w.Dropdown(
         options=names,
