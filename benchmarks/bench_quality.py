@@ -180,6 +180,8 @@ def one_training(job: dict) -> list[dict]:
             "minutes": minutes,
             "val_bits": val_bits,
             "best_val_bits": best_val_bits,
+            "seeds": [preset.train.seed, preset.data.seed, job["seed"]],  # training, data, renders
+            "overrides": job["overrides"],
             **evaluate_renders(
                 model,
                 dataset,
