@@ -24,6 +24,7 @@ and the categories.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import signal
@@ -232,6 +233,10 @@ def main(argv: list[str] | None = None) -> None:
         ds = out / "datasets" / src.stem
         if not (ds / "manifest.json").exists():
             prepare([src], ds, preset.data, progress=False)
+        made_with = json.loads((ds / "manifest.json").read_text()).get("settings", {})
+        differ = sorted(k for k, v in dataclasses.asdict(preset.data).items() if made_with.get(k, v) != v)
+        if differ:  # training on another setting's chunks would be measured under this one's name
+            p.error(f"{ds}: prepared with other data settings ({', '.join(differ)}); use another --out")
         for loop in a.loops:
             run = out / "runs" / f"{src.stem}-{loop}-{time.strftime('%H%M%S')}"
             jobs.append(

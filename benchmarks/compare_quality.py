@@ -2,10 +2,11 @@
 
 Each arm is a list of results files (``results-*.jsonl``) that ``bench_quality.py`` wrote. Rows pair
 across the arms by source, budget, loop and seeds (training, data, renders; rows written before the
-seeds were recorded count as seed 0). Per pair the table gives each arm's resemblance and held-out NLL
-and the ratio of resemblances B / A (below 1: B renders closer). Per budget it counts the pairs where
-B is closer, level (within 10%) or further, gives the geometric mean of the ratios, and, as the noise
-floor to read them against, the same ratio between two seeds of arm A on one source.
+seeds were recorded count as seed 0). Per pair the table gives each arm's resemblance (of the renders
+from ``auto``), the last epoch's validation NLL, and the ratio of resemblances B / A (below 1: B renders
+closer). Per budget and loop it counts the pairs where B is closer, level (within 10%) or further, gives
+the geometric mean and median of the ratios, their typical size (exp of the median |log B/A|), and, as
+the noise floor to read that against, the same size between two seeds of arm A on one source.
 
     python benchmarks/compare_quality.py --a OUT_A/results-*.jsonl --b OUT_B/results-*.jsonl
 """
@@ -40,6 +41,10 @@ def rows_of(files: list[str]) -> dict[tuple, dict]:
     return rows
 
 
+def bits(row: dict) -> str:
+    return "-" if row.get("val_bits") is None else f"{row['val_bits']:.2f}"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--a", nargs="+", required=True, metavar="FILE", help="results of the first setting")
@@ -63,37 +68,48 @@ def main(argv: list[str] | None = None) -> None:
                 f"{ra['resemblance']:.2f}",
                 f"{rb['resemblance']:.2f}",
                 f"{rb['resemblance'] / ra['resemblance']:.2f}",
-                f"{ra['val_bits']:.2f}",
-                f"{rb['val_bits']:.2f}",
+                bits(ra),
+                bits(rb),
             ]
         )
     print(table(["source", "min", "loop", "seeds", "A", "B", "B/A", "A val bits", "B val bits"], lines))
 
     summary = []
-    for minutes in sorted({k[1] for k in pairs}):
-        logs = [math.log(arm_b[k]["resemblance"] / arm_a[k]["resemblance"]) for k in pairs if k[1] == minutes]
+    for minutes, loop in sorted({(k[1], k[2]) for k in pairs}):  # --set changes the lab loop only
+        logs = [math.log(arm_b[k]["resemblance"] / arm_a[k]["resemblance"]) for k in pairs if k[1:3] == (minutes, loop)]
         closer = sum(x < -math.log(LEVEL) for x in logs)
         further = sum(x > math.log(LEVEL) for x in logs)
         # the noise floor: the same setting, two seeds, one source
         by_source: dict[tuple, list[float]] = {}
         for k, r in arm_a.items():
-            if k[1] == minutes:
-                by_source.setdefault((k[0], k[2]), []).append(r["resemblance"])
+            if k[1:3] == (minutes, loop):
+                by_source.setdefault(k[0], []).append(r["resemblance"])
         seed_logs = [abs(math.log(x / y)) for v in by_source.values() for x, y in combinations(v, 2)]
         summary.append(
             [
                 f"{minutes:g}",
+                loop,
                 len(logs),
                 f"{closer} / {len(logs) - closer - further} / {further}",
                 f"{math.exp(statistics.fmean(logs)):.2f}",
                 f"{math.exp(statistics.median(logs)):.2f}",
+                f"{math.exp(statistics.median(map(abs, logs))):.2f}",
                 f"{math.exp(statistics.median(seed_logs)):.2f} ({len(seed_logs)})" if seed_logs else "-",
             ]
         )
     print()
     print(
         table(
-            ["min", "pairs", "B closer / level / further", "B/A geo. mean", "B/A median", "A seed to seed (pairs)"],
+            [
+                "min",
+                "loop",
+                "pairs",
+                "B closer / level / further",
+                "B/A geo. mean",
+                "B/A median",
+                "size of B/A",
+                "A seed to seed (pairs)",
+            ],
             summary,
         )
     )
