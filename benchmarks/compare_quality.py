@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         closer = sum(x < -math.log(LEVEL) for x in logs)
         further = sum(x > math.log(LEVEL) for x in logs)
         # the noise floor: the same setting, two seeds, one source
-        by_source: dict[tuple, list[float]] = {}
+        by_source: dict[str, list[float]] = {}
         for k, r in arm_a.items():
             if k[1:3] == (minutes, loop):
                 by_source.setdefault(k[0], []).append(r["resemblance"])
