@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import report  # noqa: E402
 from samplernn_lab.analysis import diagnose  # noqa: E402
 from samplernn_lab.audio import dequantize, load, quantize, save  # noqa: E402
-from samplernn_lab.dataset import excerpts, load_split, prepare, windows  # noqa: E402
+from samplernn_lab.dataset import excerpts, load_split, prepare, read_manifest, windows  # noqa: E402
 from samplernn_lab.model import SampleRNN, nll_bits  # noqa: E402
 from samplernn_lab.presets import get_preset  # noqa: E402
 from samplernn_lab.resemblance import SourceProfile  # noqa: E402
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         ds = out / "datasets" / src.stem
         if not (ds / "manifest.json").exists():
             prepare([src], ds, preset.data, progress=False)
-        made_with = json.loads((ds / "manifest.json").read_text()).get("settings", {})
+        made_with = read_manifest(ds).get("settings", {})
         differ = sorted(k for k, v in dataclasses.asdict(preset.data).items() if made_with.get(k, v) != v)
         if differ:  # training on another setting's chunks would be measured under this one's name
             p.error(f"{ds}: prepared with other data settings ({', '.join(differ)}); use another --out")
