@@ -68,6 +68,9 @@ def execute(notebook: Path, out: Path, parameters: dict[str, Any], cwd: Path) ->
             cwd=str(cwd),
             progress_bar=False,
             kernel_name="python3",
+            # papermill waits 60 s for a kernel; a batch's workers starting kernels at once on a busy 2-core machine
+            # have taken longer (seen once in make test), and a slow start is no reason to fail a run
+            start_timeout=300,
             extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except pm.PapermillExecutionError as e:
