@@ -52,6 +52,50 @@ def rescale_codes(codes: torch.Tensor, q_levels: int) -> torch.Tensor:
     return (2.0 * codes.float() + 1.0) / q_levels * 2.0 - 2.0
 
 
+def upsample_frames(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A transposed convolution with kernel = stride, as one matrix product (CPU convolutions are slow).
+
+    Parameters
+    ----------
+    y : (B, S, dim_in) one vector per frame.
+    weight : (dim_in, dim_out, k), ``nn.ConvTranspose1d``'s layout.
+    bias : (dim_out,).
+
+    Returns
+    -------
+    (B, S * k, dim_out): vector ``j`` of frame ``s`` at ``s * k + j``.
+    """
+    d_in, d_out, k = weight.shape
+    b, s, _ = y.shape
+    w = weight.permute(2, 1, 0).reshape(k * d_out, d_in)  # row j*dim_out + o: output o of sub-step j
+    return F.linear(y, w, bias.repeat(k)).reshape(b, s * k, d_out)
+
+
+def embed_window(prev: torch.Tensor, table: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Embedding then a convolution over ``k`` codes, as ``k`` lookups in per-position tables.
+
+    ``table @ weight[:, :, j].T`` is what code ``c`` at position ``j`` adds to the output, so the layer
+    is ``k`` row lookups per sample instead of a (k x embed) x dim product: the sampler's folding
+    (:mod:`samplernn_lab.sampling.folding`), kept differentiable for training.
+
+    Parameters
+    ----------
+    prev : (B, T + k - 1) long codes.
+    table : (q_levels, embed) the embedding.
+    weight : (dim, embed, k), ``nn.Conv1d``'s layout, no bias.
+
+    Returns
+    -------
+    (B, T, dim).
+    """
+    k = weight.shape[2]
+    t = prev.shape[1] - k + 1
+    q, dim = table.shape[0], weight.shape[0]
+    luts = torch.einsum("qe,dek->kqd", table, weight).reshape(k * q, dim)  # row j*q + c: code c at position j
+    rows = prev.unfold(1, k, 1) + torch.arange(0, k * q, q, device=prev.device)  # (B, T, k)
+    return F.embedding_bag(rows.reshape(-1, k), luts, mode="sum").reshape(prev.shape[0], t, dim)
+
+
 class FrameTier(nn.Module):
     """One frame-level tier: reads frames of ``frame_len`` samples, steps once per frame."""
 
@@ -95,8 +139,7 @@ class FrameTier(nn.Module):
         if hidden is None:
             hidden = self.initial_hidden(frames.shape[0])
         y, hidden = self.rnn(x, hidden)
-        out = self.upsample(self.drop(y).transpose(1, 2)).transpose(1, 2)
-        return out, hidden
+        return upsample_frames(self.drop(y), self.upsample.weight, self.upsample.bias), hidden
 
 
 class SampleMLP(nn.Module):
@@ -123,8 +166,7 @@ class SampleMLP(nn.Module):
 
     def forward(self, prev: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Map previous codes (B, T + frame_size - 1), cond (B, T, dim) -> logits (B, T, q_levels)."""
-        e = self.embedding(prev).transpose(1, 2)
-        x = self.drop(F.relu(self.input(e).transpose(1, 2) + cond))
+        x = self.drop(F.relu(embed_window(prev, self.embedding.weight, self.input.weight) + cond))
         for layer in self.hidden:
             x = self.drop(F.relu(layer(x)))
         return self.output(x)

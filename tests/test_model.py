@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from samplernn_lab import ModelConfig, SampleRNN
-from samplernn_lab.model import nll_bits
+from samplernn_lab.model import nll_bits, rescale_codes
 
 TINY = ModelConfig(frame_sizes=(4, 2), dim=24, n_rnn=1, embed_size=8, q_levels=32)
 
@@ -109,3 +109,43 @@ def test_poster_size():
     assert p.train.seq_len == 1024 and p.train.batch_size == 128 and p.data.sample_rate == 44100
     # a short source is copied until its training chunks fill the study's batch (a 6 s one made 5 of 8 copies)
     assert p.data.min_chunks >= p.train.batch_size
+
+
+def _forward_with_convolutions(model: SampleRNN, codes: torch.Tensor) -> torch.Tensor:
+    """The model's logits from a fresh state, every layer applied as its own module (the port's form)."""
+    lb, q = model.lookback, model.config.q_levels
+    b, t = codes.shape[0], codes.shape[1] - lb
+    cond = None
+    for tier in model.tiers:
+        n = tier.frame_len
+        x = tier.expand(rescale_codes(codes[:, lb - n : lb - n + t], q).reshape(b, t // n, n))
+        y, _ = tier.rnn(x if cond is None else x + cond, tier.initial_hidden(b))
+        cond = tier.upsample(y.transpose(1, 2)).transpose(1, 2)
+    fs = model.mlp.frame_size
+    x = torch.relu(
+        model.mlp.input(model.mlp.embedding(codes[:, lb - fs : lb + t - 1]).transpose(1, 2)).transpose(1, 2) + cond
+    )
+    for layer in model.mlp.hidden:
+        x = torch.relu(layer(x))
+    return model.mlp.output(x)
+
+
+@pytest.mark.parametrize("weight_norm", [True, False])
+def test_forward_and_gradients_equal_the_convolutional_form(weight_norm):
+    # The transposed convolutions and the embedding-then-convolution run as a matrix product and table lookups
+    # (CPU convolutions are slow); the logits and every gradient must stay those of the modules themselves.
+    torch.manual_seed(2)
+    cfg = ModelConfig(frame_sizes=(4, 2, 2), dim=24, n_rnn=1, embed_size=8, q_levels=32, weight_norm=weight_norm)
+    model = SampleRNN(cfg)
+    codes = torch.randint(0, cfg.q_levels, (3, model.lookback + 64))
+    grads = []
+    for forward in (lambda: model(codes)[0], lambda: _forward_with_convolutions(model, codes)):
+        model.zero_grad()
+        logits = forward()
+        nll_bits(logits, codes[:, model.lookback :]).backward()
+        grads.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (fast, fast_grads), (slow, slow_grads) = grads
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    assert fast_grads.keys() == slow_grads.keys() and len(fast_grads) > 10
+    for name, g in slow_grads.items():
+        torch.testing.assert_close(fast_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
