@@ -3,7 +3,10 @@ memory the poster preset needs at batch 128.
 
 The reference is the textbook loop: the same model and windows, forward, backward, clip, Adam step,
 nothing else. The lab's loop adds metrics, progress, blow-up guards, budgets and checkpoints; the ratio
-shows what they cost. On a CPU the poster preset runs at a smaller batch (``--poster-batch``): a step
+shows what they cost. The same reference loop is also timed with the model's layers applied as the
+PyTorch port applies them (``port_forward``: transposed convolutions, embedding then convolution), where
+the lab's forward uses a matrix product and table lookups with the same result; that ratio shows what
+they save. On a CPU the poster preset runs at a smaller batch (``--poster-batch``): a step
 at batch 128 takes a minute there.
 
     python benchmarks/bench_train.py [--device cpu|cuda] [--steps N] [--poster-batch B]
@@ -28,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
 from samplernn_lab.audio import silence_code  # noqa: E402
 from samplernn_lab.dataset import DataConfig, batch_order, load_split, prepare, windows  # noqa: E402
-from samplernn_lab.model import SampleRNN, nll_bits  # noqa: E402
+from samplernn_lab.model import SampleRNN, nll_bits, rescale_codes  # noqa: E402
 from samplernn_lab.presets import get_preset  # noqa: E402
 from samplernn_lab.train import train  # noqa: E402
 from samplernn_lab.train_start import autocast_dtype  # noqa: E402
@@ -44,8 +47,30 @@ def make_dataset(root: Path, data: DataConfig) -> Path:
     return prepare([root / "src.wav"], root / "ds", replace(data, copies=24), progress=False)
 
 
-def reference_loop(model: SampleRNN, codes: torch.Tensor, cfg, steps: int, device) -> float:
-    """Seconds for ``steps`` plain TBPTT steps (after one warm-up step)."""
+def port_forward(model: SampleRNN, codes: torch.Tensor, hidden=None):
+    """``model(codes, hidden)`` with every layer applied as its module, as the PyTorch port does (GRU tiers)."""
+    lb, q = model.lookback, model.config.q_levels
+    b, t = codes.shape[0], codes.shape[1] - lb
+    cond, new_hidden = None, []
+    for i, tier in enumerate(model.tiers):
+        n = tier.frame_len
+        x = tier.expand(rescale_codes(codes[:, lb - n : lb - n + t], q).reshape(b, t // n, n))
+        h = tier.initial_hidden(b) if hidden is None else hidden[i]
+        y, h = tier.rnn(x if cond is None else x + cond, h)
+        cond = tier.upsample(y.transpose(1, 2)).transpose(1, 2)
+        new_hidden.append(h)
+    fs = model.mlp.frame_size
+    e = model.mlp.embedding(codes[:, lb - fs : lb + t - 1]).transpose(1, 2)
+    x = torch.relu(model.mlp.input(e).transpose(1, 2) + cond)
+    for layer in model.mlp.hidden:
+        x = torch.relu(layer(x))
+    return model.mlp.output(x), new_hidden
+
+
+def reference_loop(model: SampleRNN, codes: torch.Tensor, cfg, steps: int, device, forward=None) -> float:
+    """Seconds for ``steps`` plain TBPTT steps (after one warm-up step); ``forward(model, window, hidden)``
+    replaces ``model(window, hidden)`` when given."""
+    forward = forward or (lambda m, w, h: m(w, h))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     silence = silence_code(model.config.q_levels)
     amp = autocast_dtype(cfg, device)  # the lab's precision, so the ratio is what its loop costs
@@ -56,7 +81,7 @@ def reference_loop(model: SampleRNN, codes: torch.Tensor, cfg, steps: int, devic
             for _, window in windows(codes[idx], cfg.seq_len, model.lookback, silence):
                 window = window.to(device)
                 with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
-                    logits, hidden = model(window, hidden)
+                    logits, hidden = forward(model, window, hidden)
                     loss = nll_bits(logits, window[:, model.lookback :])
                 opt.zero_grad()
                 loss.backward()
@@ -125,6 +150,8 @@ def main() -> None:
             dataset = make_dataset(Path(tmp), preset.data)
             codes = load_split(dataset, "train", preset.model.q_levels, preset.model.quantization)
             torch.manual_seed(0)
+            port = reference_loop(SampleRNN(preset.model).to(dev), codes, preset.train, steps, dev, port_forward)
+            torch.manual_seed(0)
             ref = reference_loop(SampleRNN(preset.model).to(dev), codes, preset.train, steps, dev)
             lab = lab_loop(dataset, preset, steps, a.device)
         per_step = preset.train.batch_size * preset.train.seq_len
@@ -133,15 +160,27 @@ def main() -> None:
                 name,
                 preset.train.batch_size,
                 steps,
+                f"{per_step * steps / port:,.0f}",
                 f"{per_step * steps / ref:,.0f}",
                 f"{per_step * steps / lab:,.0f}",
+                f"{port / ref:.2f}x",
                 f"{ref / lab:.2f}x",
                 f"{lab / steps:.3f}",
             ]
         )
         print(rows[-1], flush=True)
     report(
-        ["preset", "batch", "steps", "reference samples/s", "lab samples/s", "lab / reference", "lab s/step"],
+        [
+            "preset",
+            "batch",
+            "steps",
+            "port's convolutions samples/s",
+            "reference samples/s",
+            "lab samples/s",
+            "reference / port",
+            "lab / reference",
+            "lab s/step",
+        ],
         rows,
         a.device,
     )
