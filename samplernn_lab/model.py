@@ -21,8 +21,9 @@ it is folded into plain weights for inference (:mod:`samplernn_lab.sample`).
 
 The layers keep the port's modules and parameters (checkpoints load either way), but ``forward`` applies
 the transposed convolutions as one matrix product and the embedding-then-convolution as lookups in
-per-position tables: the same logits and gradients, and a sketch training step about 1.6x faster on a CPU,
-where 1-D convolutions and their backward are slow (``benchmarks/bench_train.py``).
+per-position tables: the same logits and gradients in float32 (dropout aside: the same draws fill the
+masks in another order), and a sketch training step 1.3x faster on two CPU threads (``benchmarks/
+bench_train.py``), 1.6x on one, where 1-D convolutions and their backward are slow.
 
 Shapes: codes are ``torch.long`` (B, T) in [0, q_levels); log-probabilities (B, T, q_levels).
 """
@@ -91,14 +92,16 @@ def embed_window(prev: torch.Tensor, table: torch.Tensor, weight: torch.Tensor) 
 
     Returns
     -------
-    (B, T, dim).
+    (B, T, dim) float32, also under autocast: a table row's gradient sums every occurrence of its code (a
+    silent stretch is thousands of one code), which 16-bit floats would round away.
     """
     k = weight.shape[2]
     t = prev.shape[1] - k + 1
     q, dim = table.shape[0], weight.shape[0]
-    luts = torch.einsum("qe,dek->kqd", table, weight).reshape(k * q, dim)  # row j*q + c: code c at position j
-    rows = prev.unfold(1, k, 1) + torch.arange(0, k * q, q, device=prev.device)  # (B, T, k)
-    return F.embedding_bag(rows.reshape(-1, k), luts, mode="sum").reshape(prev.shape[0], t, dim)
+    with torch.autocast(prev.device.type, enabled=False):
+        luts = torch.einsum("qe,dek->kqd", table.float(), weight.float()).reshape(k * q, dim)  # row j*q + c
+        rows = prev.unfold(1, k, 1) + torch.arange(0, k * q, q, device=prev.device)  # (B, T, k)
+        return F.embedding_bag(rows.reshape(-1, k), luts, mode="sum").reshape(prev.shape[0], t, dim)
 
 
 class FrameTier(nn.Module):
@@ -171,7 +174,7 @@ class SampleMLP(nn.Module):
 
     def forward(self, prev: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Map previous codes (B, T + frame_size - 1), cond (B, T, dim) -> logits (B, T, q_levels)."""
-        x = self.drop(F.relu(embed_window(prev, self.embedding.weight, self.input.weight) + cond))
+        x = self.drop(F.relu(embed_window(prev, self.embedding.weight, self.input.weight).to(cond.dtype) + cond))
         for layer in self.hidden:
             x = self.drop(F.relu(layer(x)))
         return self.output(x)

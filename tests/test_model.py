@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from samplernn_lab import ModelConfig, SampleRNN
-from samplernn_lab.model import nll_bits, rescale_codes
+from samplernn_lab.model import embed_window, nll_bits, rescale_codes
 
 TINY = ModelConfig(frame_sizes=(4, 2), dim=24, n_rnn=1, embed_size=8, q_levels=32)
 
@@ -149,3 +149,25 @@ def test_forward_and_gradients_equal_the_convolutional_form(weight_norm):
     assert fast_grads.keys() == slow_grads.keys() and len(fast_grads) > 10
     for name, g in slow_grads.items():
         torch.testing.assert_close(fast_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_embedding_table_gradients_keep_float32_under_bf16_autocast():
+    # A silent stretch is thousands of one code: summed in bfloat16, its table row's gradient would lose
+    # a third of itself. The tables are built and summed in float32 whatever the autocast.
+    torch.manual_seed(3)
+    q, embed, dim, k, t = 32, 16, 24, 4, 4096
+    prev = torch.where(torch.rand(2, t + k - 1) < 0.9, 5, torch.randint(0, q, (2, t + k - 1)))
+    table, weight = torch.randn(q, embed), torch.randn(dim, embed, k) * 0.1
+    upstream = torch.randn(2, t, dim)
+
+    def grads(dtype, autocast):
+        tab = table.to(dtype).requires_grad_()
+        w = weight.to(dtype).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = embed_window(prev, tab, w)
+        (out.to(dtype) * upstream.to(dtype)).sum().backward()
+        return tab.grad.double(), w.grad.double()
+
+    exact = grads(torch.float64, False)
+    for got, want in zip(grads(torch.float32, True), exact):
+        assert ((got - want).norm() / want.norm()).item() < 1e-3
