@@ -82,7 +82,9 @@ def embed_window(prev: torch.Tensor, table: torch.Tensor, weight: torch.Tensor) 
 
     ``table @ weight[:, :, j].T`` is what code ``c`` at position ``j`` adds to the output, so the layer
     is ``k`` row lookups per sample instead of a (k x embed) x dim product: the sampler's folding
-    (:mod:`samplernn_lab.sampling.folding`), kept differentiable for training.
+    (:mod:`samplernn_lab.sampling.folding`), kept differentiable for training. Where the tables would
+    have more rows than the output (many levels, e.g. 16-bit codes, or a short window), the embeddings
+    of the ``k`` codes go through one matrix product instead.
 
     Parameters
     ----------
@@ -98,10 +100,14 @@ def embed_window(prev: torch.Tensor, table: torch.Tensor, weight: torch.Tensor) 
     k = weight.shape[2]
     t = prev.shape[1] - k + 1
     q, dim = table.shape[0], weight.shape[0]
+    codes = prev.unfold(1, k, 1)  # (B, T, k)
     with torch.autocast(prev.device.type, enabled=False):
+        if k * q > codes.shape[0] * t:
+            e = F.embedding(codes, table.float()).reshape(codes.shape[0], t, -1)  # (B, T, k * embed)
+            return F.linear(e, weight.float().permute(0, 2, 1).reshape(dim, -1))
         luts = torch.einsum("qe,dek->kqd", table.float(), weight.float()).reshape(k * q, dim)  # row j*q + c
-        rows = prev.unfold(1, k, 1) + torch.arange(0, k * q, q, device=prev.device)  # (B, T, k)
-        return F.embedding_bag(rows.reshape(-1, k), luts, mode="sum").reshape(prev.shape[0], t, dim)
+        rows = codes + torch.arange(0, k * q, q, device=prev.device)
+        return F.embedding_bag(rows.reshape(-1, k), luts, mode="sum").reshape(codes.shape[0], t, dim)
 
 
 class FrameTier(nn.Module):

@@ -130,12 +130,13 @@ def _forward_with_convolutions(model: SampleRNN, codes: torch.Tensor) -> torch.T
     return model.mlp.output(x)
 
 
-@pytest.mark.parametrize("weight_norm", [True, False])
-def test_forward_and_gradients_equal_the_convolutional_form(weight_norm):
+@pytest.mark.parametrize("weight_norm, q_levels", [(True, 32), (False, 32), (True, 256)])
+def test_forward_and_gradients_equal_the_convolutional_form(weight_norm, q_levels):
     # The transposed convolutions and the embedding-then-convolution run as a matrix product and table lookups
     # (CPU convolutions are slow); the logits and every gradient must stay those of the modules themselves.
+    # With 256 levels the tables (4 x 256 rows) outgrow the 3 x 64 outputs: the other way round in embed_window.
     torch.manual_seed(2)
-    cfg = ModelConfig(frame_sizes=(4, 2, 2), dim=24, n_rnn=1, embed_size=8, q_levels=32, weight_norm=weight_norm)
+    cfg = ModelConfig(frame_sizes=(4, 2, 2), dim=24, n_rnn=1, embed_size=8, q_levels=q_levels, weight_norm=weight_norm)
     model = SampleRNN(cfg)
     codes = torch.randint(0, cfg.q_levels, (3, model.lookback + 64))
     grads = []
