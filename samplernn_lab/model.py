@@ -58,6 +58,32 @@ def rescale_codes(codes: torch.Tensor, q_levels: int) -> torch.Tensor:
     return (2.0 * codes.float() + 1.0) / q_levels * 2.0 - 2.0
 
 
+def upsample_matrix(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A transposed convolution with kernel = stride ``k`` as one linear layer's ``(w, b)``.
+
+    Parameters
+    ----------
+    weight : (dim_in, dim_out, k), ``nn.ConvTranspose1d``'s layout.
+    bias : (dim_out,).
+
+    Returns
+    -------
+    w : (k * dim_out, dim_in); row ``j * dim_out + o`` is output ``o`` of sub-step ``j``.
+    b : (k * dim_out,).
+    """
+    d_in, d_out, k = weight.shape
+    return weight.permute(2, 1, 0).reshape(k * d_out, d_in), bias.repeat(k)
+
+
+def position_tables(table: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Embedding ``table`` (q_levels, embed) times a convolution ``weight`` (dim, embed, k), per position.
+
+    Returns (k, q_levels, dim): row ``[j, c]`` is what code ``c`` at position ``j`` of the window adds to
+    the layer's output.
+    """
+    return torch.einsum("qe,dej->jqd", table, weight)
+
+
 def upsample_frames(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """A transposed convolution with kernel = stride, as one matrix product (CPU convolutions are slow).
 
@@ -73,14 +99,13 @@ def upsample_frames(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -
     """
     d_in, d_out, k = weight.shape
     b, s, _ = y.shape
-    w = weight.permute(2, 1, 0).reshape(k * d_out, d_in)  # row j*dim_out + o: output o of sub-step j
-    return F.linear(y, w, bias.repeat(k)).reshape(b, s * k, d_out)
+    return F.linear(y, *upsample_matrix(weight, bias)).reshape(b, s * k, d_out)
 
 
 def embed_window(prev: torch.Tensor, table: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Embedding then a convolution over ``k`` codes, as ``k`` lookups in per-position tables.
 
-    ``table @ weight[:, :, j].T`` is what code ``c`` at position ``j`` adds to the output, so the layer
+    :func:`position_tables` hold what code ``c`` at position ``j`` adds to the output, so the layer
     is ``k`` row lookups per sample instead of a (k x embed) x dim product: the sampler's folding
     (:mod:`samplernn_lab.sampling.folding`), kept differentiable for training. Where the tables would
     have more rows than the output (many levels, e.g. 16-bit codes, or a short window), the embeddings
@@ -105,7 +130,7 @@ def embed_window(prev: torch.Tensor, table: torch.Tensor, weight: torch.Tensor) 
         if k * q > codes.shape[0] * t:
             e = F.embedding(codes, table.float()).reshape(codes.shape[0], t, -1)  # (B, T, k * embed)
             return F.linear(e, weight.float().permute(0, 2, 1).reshape(dim, -1))
-        luts = torch.einsum("qe,dek->kqd", table.float(), weight.float()).reshape(k * q, dim)  # row j*q + c
+        luts = position_tables(table.float(), weight.float()).reshape(k * q, dim)  # row j*q + c
         rows = codes + torch.arange(0, k * q, q, device=prev.device)
         return F.embedding_bag(rows.reshape(-1, k), luts, mode="sum").reshape(codes.shape[0], t, dim)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..model import SampleRNN, rescale_codes
+from ..model import SampleRNN, position_tables, rescale_codes, upsample_matrix
 from ..precision import pack
 
 # CPU layers run on oneDNN with pre-packed weights once rows x weights reaches this: below it the call costs
@@ -109,16 +109,14 @@ def fold(
     for tier in model.tiers:
         rnn = tier.rnn
         layers = range(rnn.num_layers)
-        w = tier.upsample.weight  # (in, out, frame_size)
         fs = tier.frame_size
-        up = dense(w.permute(2, 1, 0).reshape(fs * w.shape[1], w.shape[0]), tier.upsample.bias.repeat(fs))
+        up = dense(*upsample_matrix(tier.upsample.weight, tier.upsample.bias))
         ih = [dense(getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"bias_ih_l{k}")) for k in layers]
         hh = [dense(getattr(rnn, f"weight_hh_l{k}"), getattr(rnn, f"bias_hh_l{k}")) for k in layers]
         inp = Dense(t(tier.expand.weight), t(tier.expand.bias))
         tiers.append(Tier(tier.frame_len, fs, inp, ih, hh, up, t(tier.h0), tier.is_lstm))
     mlp = model.mlp
-    w_in = mlp.input.weight  # (dim, embed, frame_size)
-    lut = torch.einsum("qe,dej->jqd", mlp.embedding.weight, w_in)
+    lut = position_tables(mlp.embedding.weight, mlp.input.weight)
     hidden = [dense(layer.weight, layer.bias) for layer in mlp.hidden]
     out = dense(mlp.output.weight, mlp.output.bias)
     return Folded(tiers, t(lut), hidden, out, model.config.q_levels, model.lookback, mlp.frame_size)
