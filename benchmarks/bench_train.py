@@ -4,9 +4,9 @@ memory the poster preset needs at batch 128.
 The reference is the textbook loop: the same model and windows, forward, backward, clip, Adam step,
 nothing else. The lab's loop adds metrics, progress, blow-up guards, budgets and checkpoints; the ratio
 shows what they cost. The same reference loop is also timed with the model's layers applied as the
-PyTorch port applies them (``port_forward``: transposed convolutions, embedding then convolution), where
-the lab's forward uses a matrix product and table lookups with the same result; that ratio shows what
-they save. On a CPU the poster preset runs at a smaller batch (``--poster-batch``): a step
+PyTorch port applies them (``samplernn_lab.model.port_forward``: transposed convolutions, embedding then
+convolution), where the lab's forward uses a matrix product and table lookups with the same result; that
+ratio shows what they save. On a CPU the poster preset runs at a smaller batch (``--poster-batch``): a step
 at batch 128 takes a minute there.
 
     python benchmarks/bench_train.py [--device cpu|cuda] [--steps N] [--poster-batch B]
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
 from samplernn_lab.audio import silence_code  # noqa: E402
 from samplernn_lab.dataset import DataConfig, batch_order, load_split, prepare, windows  # noqa: E402
-from samplernn_lab.model import SampleRNN, nll_bits, rescale_codes  # noqa: E402
+from samplernn_lab.model import SampleRNN, nll_bits, port_forward  # noqa: E402
 from samplernn_lab.presets import get_preset  # noqa: E402
 from samplernn_lab.train import train  # noqa: E402
 from samplernn_lab.train_start import autocast_dtype  # noqa: E402
@@ -45,26 +45,6 @@ def make_dataset(root: Path, data: DataConfig) -> Path:
     audio = (0.3 * bells + 0.02 * rng.normal(size=len(t))).astype(np.float32)
     sf.write(root / "src.wav", audio, sr)
     return prepare([root / "src.wav"], root / "ds", replace(data, copies=24), progress=False)
-
-
-def port_forward(model: SampleRNN, codes: torch.Tensor, hidden=None):
-    """``model(codes, hidden)`` with every layer applied as its module, as the PyTorch port does (GRU tiers)."""
-    lb, q = model.lookback, model.config.q_levels
-    b, t = codes.shape[0], codes.shape[1] - lb
-    cond, new_hidden = None, []
-    for i, tier in enumerate(model.tiers):
-        n = tier.frame_len
-        x = tier.expand(rescale_codes(codes[:, lb - n : lb - n + t], q).reshape(b, t // n, n))
-        h = tier.initial_hidden(b) if hidden is None else hidden[i]
-        y, h = tier.rnn(x if cond is None else x + cond, h)
-        cond = tier.upsample(y.transpose(1, 2)).transpose(1, 2)
-        new_hidden.append(h)
-    fs = model.mlp.frame_size
-    e = model.mlp.embedding(codes[:, lb - fs : lb + t - 1]).transpose(1, 2)
-    x = torch.relu(model.mlp.input(e).transpose(1, 2) + cond)
-    for layer in model.mlp.hidden:
-        x = torch.relu(layer(x))
-    return model.mlp.output(x), new_hidden
 
 
 def reference_loop(model: SampleRNN, codes: torch.Tensor, cfg, steps: int, device, forward=None) -> float:

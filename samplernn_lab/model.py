@@ -97,7 +97,7 @@ def upsample_frames(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -
     -------
     (B, S * k, dim_out): vector ``j`` of frame ``s`` at ``s * k + j``.
     """
-    d_in, d_out, k = weight.shape
+    _, d_out, k = weight.shape
     b, s, _ = y.shape
     return F.linear(y, *upsample_matrix(weight, bias)).reshape(b, s * k, d_out)
 
@@ -294,6 +294,30 @@ class SampleRNN(nn.Module):
         with eval_mode(self):
             logits, _ = self(x)
         return F.log_softmax(logits[:, :t].float(), dim=-1).cpu()
+
+
+def port_forward(model: SampleRNN, codes: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
+    """``model(codes, hidden)`` with every layer applied as its own module, as the PyTorch port does.
+
+    The reference :meth:`SampleRNN.forward` is tested against (the same logits and gradients) and timed
+    against (``benchmarks/bench_train.py``); nothing else runs it. Dropout is left out (0 in the presets).
+    """
+    lb, q = model.lookback, model.config.q_levels
+    b, t = codes.shape[0], codes.shape[1] - lb
+    cond, new_hidden = None, []
+    for i, tier in enumerate(model.tiers):
+        n = tier.frame_len
+        x = tier.expand(rescale_codes(codes[:, lb - n : lb - n + t], q).reshape(b, t // n, n))
+        h = tier.initial_hidden(b) if hidden is None else hidden[i]
+        y, h = tier.rnn(x if cond is None else x + cond, h)
+        cond = tier.upsample(y.transpose(1, 2)).transpose(1, 2)
+        new_hidden.append(h)
+    fs = model.mlp.frame_size
+    e = model.mlp.embedding(codes[:, lb - fs : lb + t - 1]).transpose(1, 2)
+    x = torch.relu(model.mlp.input(e).transpose(1, 2) + cond)
+    for layer in model.mlp.hidden:
+        x = torch.relu(layer(x))
+    return model.mlp.output(x), new_hidden
 
 
 @contextmanager

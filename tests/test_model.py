@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from samplernn_lab import ModelConfig, SampleRNN
-from samplernn_lab.model import embed_window, nll_bits, rescale_codes
+from samplernn_lab.model import embed_window, nll_bits, port_forward
 
 TINY = ModelConfig(frame_sizes=(4, 2), dim=24, n_rnn=1, embed_size=8, q_levels=32)
 
@@ -111,25 +111,6 @@ def test_poster_size():
     assert p.data.min_chunks >= p.train.batch_size
 
 
-def _forward_with_convolutions(model: SampleRNN, codes: torch.Tensor) -> torch.Tensor:
-    """The model's logits from a fresh state, every layer applied as its own module (the port's form)."""
-    lb, q = model.lookback, model.config.q_levels
-    b, t = codes.shape[0], codes.shape[1] - lb
-    cond = None
-    for tier in model.tiers:
-        n = tier.frame_len
-        x = tier.expand(rescale_codes(codes[:, lb - n : lb - n + t], q).reshape(b, t // n, n))
-        y, _ = tier.rnn(x if cond is None else x + cond, tier.initial_hidden(b))
-        cond = tier.upsample(y.transpose(1, 2)).transpose(1, 2)
-    fs = model.mlp.frame_size
-    x = torch.relu(
-        model.mlp.input(model.mlp.embedding(codes[:, lb - fs : lb + t - 1]).transpose(1, 2)).transpose(1, 2) + cond
-    )
-    for layer in model.mlp.hidden:
-        x = torch.relu(layer(x))
-    return model.mlp.output(x)
-
-
 @pytest.mark.parametrize("weight_norm, q_levels", [(True, 32), (False, 32), (True, 256)])
 def test_forward_and_gradients_equal_the_convolutional_form(weight_norm, q_levels):
     # The transposed convolutions and the embedding-then-convolution run as a matrix product and table lookups
@@ -140,7 +121,7 @@ def test_forward_and_gradients_equal_the_convolutional_form(weight_norm, q_level
     model = SampleRNN(cfg)
     codes = torch.randint(0, cfg.q_levels, (3, model.lookback + 64))
     grads = []
-    for forward in (lambda: model(codes)[0], lambda: _forward_with_convolutions(model, codes)):
+    for forward in (lambda: model(codes)[0], lambda: port_forward(model, codes)[0]):
         model.zero_grad()
         logits = forward()
         nll_bits(logits, codes[:, model.lookback :]).backward()
