@@ -51,7 +51,8 @@ REFERENCE_SEQ_LEN, REFERENCE_BATCH, REFERENCE_LR = 512, 16, 1e-3  # the textbook
 
 
 def reference_loop(dataset: Path, out: Path, preset, budgets: list[float], on_budget) -> None:
-    """The textbook loop: train, and call ``on_budget(minutes, model, val_bits, best_val_bits)`` at each budget."""
+    """The textbook loop: train, and call ``on_budget(minutes, model, val_bits, best_val_bits, steps)`` at each
+    budget."""
     from samplernn_lab.audio import silence_code
     from samplernn_lab.train import evaluate
 
@@ -67,7 +68,7 @@ def reference_loop(dataset: Path, out: Path, preset, budgets: list[float], on_bu
     val = load_split(dataset, "val", cfg.q_levels, cfg.quantization)
     seq, bs, silence = REFERENCE_SEQ_LEN, REFERENCE_BATCH, silence_code(cfg.q_levels)
     gen = torch.Generator().manual_seed(preset.train.seed)
-    start, pending = time.process_time(), list(budgets)
+    start, pending, steps = time.process_time(), list(budgets), 0
     while pending:
         for idx in torch.randperm(codes.shape[0], generator=gen).split(bs):
             hidden = None
@@ -77,12 +78,13 @@ def reference_loop(dataset: Path, out: Path, preset, budgets: list[float], on_bu
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                steps += 1
                 hidden = [h.detach() for h in hidden]
                 if pending and time.process_time() - start >= pending[0] * 60:
                     minutes = pending.pop(0)
                     model.eval()
                     bits = evaluate(model, val, seq, bs, "cpu")
-                    on_budget(minutes, model, bits, bits)
+                    on_budget(minutes, model, bits, bits, steps)
                     model.train()
                 if not pending:
                     return
@@ -98,12 +100,16 @@ def lab_loop(dataset: Path, out: Path, preset, budgets: list[float], on_budget) 
     for i, minutes in enumerate(budgets):
         more = minutes - (budgets[i - 1] if i else 0.0)  # a resumed training's budget counts from the resume
         cfg = dataclasses.replace(preset.train, max_minutes=more, epochs=None, clock="process")
-        train(dataset, out, preset.model, cfg, resume=i > 0, device="cpu", progress=False)
+        done = train(dataset, out, preset.model, cfg, resume=i > 0, device="cpu", progress=False)
         val = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
         model, _ = load_model(out, "auto")
         # with one short held-out chunk, validation swings by bits from epoch to epoch: report the best too
         on_budget(
-            minutes, model, val[-1]["nll_bits"] if val else None, min(v["nll_bits"] for v in val) if val else None
+            minutes,
+            model,
+            val[-1]["nll_bits"] if val else None,
+            min(v["nll_bits"] for v in val) if val else None,
+            done.step,
         )
 
 
@@ -173,7 +179,7 @@ def one_training(job: dict) -> list[dict]:
     profile = SourceProfile(source, sr)
     results = []
 
-    def on_budget(minutes, model, val_bits, best_val_bits):
+    def on_budget(minutes, model, val_bits, best_val_bits, steps):
         t = time.process_time()
         row = {
             "source": Path(job["source"]).stem,
@@ -181,6 +187,7 @@ def one_training(job: dict) -> list[dict]:
             "minutes": minutes,
             "val_bits": val_bits,
             "best_val_bits": best_val_bits,
+            "steps": steps,
             "seeds": [preset.train.seed, preset.data.seed, job["seed"]],  # training, data, renders
             "overrides": job["overrides"],
             **evaluate_renders(
@@ -275,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
                 "source": r["source"],
                 "min": f"{r['minutes']:g}",
                 "loop": r["loop"],
+                "steps": f"{r['steps']:,}" if r.get("steps") is not None else "-",
                 "val bits": "-" if r["val_bits"] is None else f"{r['val_bits']:.3f}",
                 "best val": "-" if r.get("best_val_bits") is None else f"{r['best_val_bits']:.3f}",
                 "vs ref": "-"
@@ -298,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
                         "resemblance": f"{statistics.median(res):.2f}",
                     }
                 )
-    headers = ["source", "min", "loop", "val bits", "best val", "vs ref", "resemblance", "copy", "categories"]
+    headers = ["source", "min", "loop", "steps", "val bits", "best val", "vs ref", "resemblance", "copy", "categories"]
     note = (
         f"; sketch {' '.join(a.set) or '(as shipped)'}; budgets in CPU minutes of one thread; "
         f"T={jobs[0]['temperature'] if jobs else '-'}"
