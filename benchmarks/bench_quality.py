@@ -217,7 +217,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("sources", nargs="*", help="recordings besides the bundled media")
     p.add_argument("--minutes", type=float, nargs="+", default=[3.0, 10.0])
     p.add_argument("--no-media", action="store_true", help="leave out the bundled media")
-    p.add_argument("--set", nargs="+", action="extend", default=[], help="sketch overrides for the lab loop")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="sketch overrides: model and training settings for the lab loop; data settings (prepare) for both, "
+        "which train on the same chunks",
+    )
     p.add_argument("--temperature", type=float, default=None, help="render temperature (default: the chain's)")
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--rescue", action="store_true", help="render with the chain's trap watchdog (re-primes counted)")

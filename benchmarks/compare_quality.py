@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     print(table(["source", "min", "loop", "seeds", "A", "B", "B/A", "A val bits", "B val bits"], lines))
 
     summary = []
-    for minutes, loop in sorted({(k[1], k[2]) for k in pairs}):  # --set changes the lab loop only
+    # --set's model and training settings change the lab loop only
+    for minutes, loop in sorted({(k[1], k[2]) for k in pairs}):
         logs = [math.log(arm_b[k]["resemblance"] / arm_a[k]["resemblance"]) for k in pairs if k[1:3] == (minutes, loop)]
         closer = sum(x < -math.log(LEVEL) for x in logs)
         further = sum(x > math.log(LEVEL) for x in logs)
