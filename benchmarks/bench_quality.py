@@ -12,7 +12,8 @@ Budgets are CPU minutes of one thread (``time.process_time``), so the two traini
 one core each, get the same work however loaded the machine is. After each budget (default 3 and 10
 minutes; training continues from the first budget to the next) both are rendered the same way: 4
 streams x 6 s, each primed with 0.25 s of a different training chunk, at the chain's temperature. Per
-source and budget the table gives validation NLL (bits/sample), resemblance (median over streams and
+source and budget the table gives validation NLL (bits/sample; both loops' weights at the budget, the lab's
+mid-epoch from its ``last.pt``, and the best of its epochs so far), resemblance (median over streams and
 its range: 0 = like another stretch of the source, 1 = like coloured noise), the largest copy share
 and the categories.
 
@@ -95,22 +96,23 @@ def lab_loop(dataset: Path, out: Path, preset, budgets: list[float], on_budget) 
     import dataclasses
 
     from samplernn_lab.checkpoint import load_model
-    from samplernn_lab.train import train
+    from samplernn_lab.train import evaluate, train
 
+    m = preset.model
+    val_codes = load_split(dataset, "val", m.q_levels, m.quantization)
     for i, minutes in enumerate(budgets):
         more = minutes - (budgets[i - 1] if i else 0.0)  # a resumed training's budget counts from the resume
         cfg = dataclasses.replace(preset.train, max_minutes=more, epochs=None, clock="process")
         done = train(dataset, out, preset.model, cfg, resume=i > 0, device="cpu", progress=False)
-        val = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
+        # the lab validates at the end of each epoch; the budget ends mid-epoch, so measure the weights it
+        # stopped with (last.pt) the way the reference is measured, at the budget
+        at_budget = evaluate(load_model(out, "last")[0], val_codes, cfg.seq_len, cfg.batch_size, "cpu")
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        seen = [at_budget] + [json.loads(line)["nll_bits"] for line in lines if '"val"' in line]
+        seen = [v for v in seen if v is not None]
         model, _ = load_model(out, "auto")
         # with one short held-out chunk, validation swings by bits from epoch to epoch: report the best too
-        on_budget(
-            minutes,
-            model,
-            val[-1]["nll_bits"] if val else None,
-            min(v["nll_bits"] for v in val) if val else None,
-            done.step,
-        )
+        on_budget(minutes, model, at_budget, min(seen) if seen else None, done.step)
 
 
 def evaluate_renders(

@@ -324,7 +324,7 @@ def _is_demo(folder: Path) -> bool:
 
 
 DEMO_SOURCE = "synth_glassbells.wav"
-DEMO_EPOCHS = 8  # chosen by measurement: benchmarks/RESULTS.md, "The demo, after the batch fix"
+DEMO_EPOCHS = 5  # 5 x 248 steps (the bells make 50 chunks); benchmarks/RESULTS.md, "Three batches an epoch"
 DEMO_MAX_MINUTES = 15.0  # a cap for a slow machine, not the budget
 
 
