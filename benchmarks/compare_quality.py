@@ -3,7 +3,8 @@
 Each arm is a list of results files (``results-*.jsonl``) that ``bench_quality.py`` wrote. Rows pair
 across the arms by source, budget, loop and seeds (training, data, renders; rows written before the
 seeds were recorded count as seed 0). Per pair the table gives each arm's resemblance (of the renders
-from ``auto``), the last epoch's validation NLL, and the ratio of resemblances B / A (below 1: B renders
+from ``auto``), the validation NLL as recorded (the lab's last epoch's in results written before
+2026-12-01 late, its weights at the budget since), and the ratio of resemblances B / A (below 1: B renders
 closer). Per budget and loop it counts the pairs where B is closer, level (within 10%) or further, gives
 the geometric mean and median of the ratios, their typical size (exp of the median |log B/A|), and, as
 the noise floor to read that against, the same size between two seeds of arm A on one source.

@@ -251,7 +251,7 @@ def sketch() -> Preset:
         # quarter tone off, as a varispeed) slows that recall further: the last held-out NLL lower in 7 of 8 runs,
         # renders closer or level in most (RESULTS, "Pitch jitter by default"); a drum loop came further with it.
         # min_chunks: copies until an epoch is three full batches of distinct chunks: a short source's epoch was
-        # one batch of its few chunks, so the model recited them and a third to a half of the CPU went to the
+        # one batch of its few chunks, so the model recited them and up to two thirds of the CPU went to the
         # judged renders after each epoch (RESULTS, "Three batches an epoch")
         DataConfig(sample_rate=16000, chunk_seconds=2.0, min_chunks=48, gain_jitter_db=6.0, pitch_jitter_cents=50.0),
     )
