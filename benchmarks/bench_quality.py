@@ -83,10 +83,12 @@ def reference_loop(dataset: Path, out: Path, preset, budgets: list[float], on_bu
                 hidden = [h.detach() for h in hidden]
                 if pending and time.process_time() - start >= pending[0] * 60:
                     minutes = pending.pop(0)
+                    paused = time.process_time()
                     model.eval()
                     bits = evaluate(model, val, seq, bs, "cpu")
                     on_budget(minutes, model, bits, bits, steps)
                     model.train()
+                    start += time.process_time() - paused  # the evaluation is not training time
                 if not pending:
                     return
 
