@@ -330,7 +330,7 @@ DEMO_MAX_MINUTES = 15.0  # a cap for a slow machine, not the budget
 
 def demo(out: str | os.PathLike = "runs/demo", max_minutes: float | None = None, rescue: bool = True) -> dict:
     """The chain on the bundled glass-bells example with the sketch preset: ``DEMO_EPOCHS`` epochs (about
-    five minutes in all on a quiet 2-core CPU), stopped early at ``max_minutes`` (default
+    six minutes of training on a quiet 2-core CPU), stopped early at ``max_minutes`` (default
     ``DEMO_MAX_MINUTES``); prints where to look."""
     source = ROOT / "media" / DEMO_SOURCE
     if not source.exists():
