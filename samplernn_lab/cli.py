@@ -23,7 +23,7 @@ def _add_prepare(sub) -> None:
         "--preset", help="take the data settings of this preset (sketch, poster); default: the defaults below"
     )
     p.add_argument("--sample-rate", type=int, help="Hz (default 44100)")
-    p.add_argument("--copies", type=int, help="copies of each source (default 8; the sketch adds more up to 48 chunks)")
+    p.add_argument("--copies", type=int, help="copies of each source (default 8)")
     p.add_argument("--chunk-seconds", type=float, help="chunk length in seconds (default 8)")
     p.add_argument("--val-fraction", type=float, help="held-out share for validation (default 0.1)")
     p.add_argument("--test-fraction", type=float, help="held-out share for test (default 0.1)")

@@ -364,7 +364,7 @@ def batch_order(n_chunks: int, batch_size: int, seed: int, epoch: int) -> list[t
 
     Every batch holds ``min(batch_size, n_chunks)`` distinct chunks: a short last batch is topped up
     from the start of the permutation. A batch trains for as many steps as a chunk has windows, so a
-    short last batch (3 of 19 chunks in the sketch's demo then) left each epoch's weights fitted to those few
+    short last batch (3 of 19 chunks in the sketch's demo) left each epoch's weights fitted to those few
     chunks, loud or quiet: the epoch-to-epoch swings between noise and near-source renders
     (benchmarks/RESULTS.md, "Why the sketch swung"). Deterministic, so a resumed run finds its place again.
     """

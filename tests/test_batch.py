@@ -22,16 +22,7 @@ from samplernn_lab.errors import LabError
 from samplernn_lab.progress import MetricsTail
 from signals import bell
 
-TINY = [
-    "dim=16",
-    "embed_size=8",
-    "chunk_seconds=0.5",
-    "copies=2",
-    "min_chunks=0",
-    "seq_len=256",
-    "batch_size=4",
-    "render_seconds=0.1",
-]
+TINY = ["dim=16", "embed_size=8", "chunk_seconds=0.5", "copies=2", "seq_len=256", "batch_size=4", "render_seconds=0.1"]
 
 
 @pytest.fixture(scope="module")

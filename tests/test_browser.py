@@ -37,7 +37,6 @@ TINY = {
     "embed_size": 8,
     "chunk_seconds": 0.5,
     "copies": 2,
-    "min_chunks": 0,
     "seq_len": 256,
     "batch_size": 4,
     "render_seconds": 0.1,

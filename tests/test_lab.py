@@ -13,16 +13,7 @@ from samplernn_lab.cli import main
 from samplernn_lab.pipeline import NOTEBOOKS, notebooks_dir
 from signals import bell
 
-TINY = [
-    "dim=32",
-    "embed_size=8",
-    "chunk_seconds=0.5",
-    "copies=2",
-    "min_chunks=0",
-    "seq_len=256",
-    "batch_size=4",
-    "render_seconds=0.25",
-]
+TINY = ["dim=32", "embed_size=8", "chunk_seconds=0.5", "copies=2", "seq_len=256", "batch_size=4", "render_seconds=0.25"]
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

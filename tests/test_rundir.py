@@ -45,7 +45,6 @@ TINY_SET = [
     "render_seconds=0",
     "chunk_seconds=0.25",
     "copies=1",
-    "min_chunks=0",
 ]
 
 
