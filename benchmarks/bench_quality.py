@@ -95,8 +95,6 @@ def reference_loop(dataset: Path, out: Path, preset, budgets: list[float], on_bu
 
 def lab_loop(dataset: Path, out: Path, preset, budgets: list[float], on_budget) -> None:
     """The lab's training, stopped at each budget and resumed for the next."""
-    import dataclasses
-
     from samplernn_lab.checkpoint import load_model
     from samplernn_lab.train import evaluate, train
 
