@@ -303,18 +303,26 @@ def main(argv: list[str] | None = None) -> None:
                 + (f" ({r['rescues']} re-primed)" if r.get("rescues") is not None else ""),
             }
         )
+    # issue 10's acceptance, per loop and budget: the median, sources closer than coloured noise, the most copied,
+    # and (where both loops ran) sources whose held-out NLL is at or below the reference's
     for loop in a.loops:
         for minutes in sorted(a.minutes):
-            res = [r["resemblance"] for r in rows if r["loop"] == loop and r["minutes"] == minutes]
-            if res:
-                table.append(
-                    {
-                        "source": "MEDIAN",
-                        "min": f"{minutes:g}",
-                        "loop": loop,
-                        "resemblance": f"{statistics.median(res):.2f}",
-                    }
-                )
+            mine = [r for r in rows if r["loop"] == loop and r["minutes"] == minutes]
+            if not mine:
+                continue
+            res = [r["resemblance"] for r in mine]
+            deltas = [row["vs ref"] for row in table if row["loop"] == loop and row["min"] == f"{minutes:g}"]
+            deltas = [float(d) for d in deltas if d not in ("-", "")]
+            table.append(
+                {
+                    "source": "MEDIAN",
+                    "min": f"{minutes:g}",
+                    "loop": loop,
+                    "vs ref": f"{sum(d <= 0 for d in deltas)}/{len(deltas)} <= ref" if deltas else "",
+                    "resemblance": f"{statistics.median(res):.2f} ({sum(x < 1 for x in res)}/{len(res)} < 1)",
+                    "copy": f"{max(r['copy'] for r in mine):.0%}",
+                }
+            )
     headers = ["source", "min", "loop", "steps", "val bits", "best val", "vs ref", "resemblance", "copy", "categories"]
     note = (
         f"; sketch {' '.join(a.set) or '(as shipped)'}; budgets in CPU minutes of one thread; "
