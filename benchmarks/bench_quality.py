@@ -311,8 +311,12 @@ def main(argv: list[str] | None = None) -> None:
             if not mine:
                 continue
             res = [r["resemblance"] for r in mine]
-            deltas = [row["vs ref"] for row in table if row["loop"] == loop and row["min"] == f"{minutes:g}"]
-            deltas = [float(d) for d in deltas if d not in ("-", "")]
+            refs = {r["source"]: r["val_bits"] for r in rows if r["loop"] == "reference" and r["minutes"] == minutes}
+            deltas = [
+                r["val_bits"] - refs[r["source"]]
+                for r in mine
+                if loop != "reference" and r["val_bits"] is not None and refs.get(r["source"]) is not None
+            ]
             table.append(
                 {
                     "source": "MEDIAN",
