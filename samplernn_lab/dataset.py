@@ -393,10 +393,49 @@ def windows(chunks: torch.Tensor, seq_len: int, lookback: int, silence: int) -> 
         yield i, padded[:, i * seq_len : i * seq_len + lookback + seq_len]
 
 
+def chunk_as_recorded(folder: str | os.PathLike, chunk: dict) -> np.ndarray:
+    """A chunk's audio at the source's own level: each copy's gain jitter undone.
+
+    A training copy may be up to ``gain_jitter_db`` louder or quieter than the source. A render primed
+    from it continues at that level: on a steady source the level is most of what the model reads from
+    its prime (benchmarks/RESULTS.md, "Primes at the source's level"). Across a crossfade between copies
+    the gain undone moves as the crossfade did. Chunks of datasets without per-segment gains come back
+    as written.
+
+    Parameters
+    ----------
+    folder : the dataset folder.
+    chunk : the chunk's manifest entry.
+
+    Returns
+    -------
+    np.ndarray, float32, shape (n_samples,), in [-1, 1].
+    """
+    folder = Path(folder)
+    data, _ = audio_io.load(folder / chunk["path"])
+    segs = [s for s in chunk.get("segments", []) if isinstance(s, dict)]
+    if not segs or not all(isinstance(s.get("gain"), (int, float)) and s["gain"] > 0 for s in segs):
+        return data
+    settings = read_manifest(folder)["settings"]
+    fade = int(round(settings.get("crossfade_ms", 0.0) * 1e-3 * settings.get("sample_rate", 0)))
+    gain = np.empty(len(data), np.float32)
+    prev = None
+    for seg in segs:
+        start = min(int(seg["chunk_start"]), len(data))
+        gain[start:] = seg["gain"]
+        f = min(fade, len(data) - start)
+        if prev is not None and f > 0 and seg["gain"] != prev:  # crossfade_join's ramp, on the gains
+            ramp = (np.arange(f, dtype=np.float32) + 0.5) / f
+            gain[start : start + f] = prev * (1 - ramp) + seg["gain"] * ramp
+        prev = seg["gain"]
+    return np.clip(data / gain, -1.0, 1.0).astype(np.float32)
+
+
 def excerpts(folder: str | os.PathLike, seconds: float, n: int, seed: int = 0, split: str = "train") -> np.ndarray:
     """The first ``seconds`` of ``n`` chunks of a split, to prime renders with the source's own sound.
 
-    Chunk ``(seed + i) % n_chunks`` primes stream ``i``, so streams start from different places.
+    Chunk ``(seed + i) % n_chunks`` primes stream ``i``, so streams start from different places; each at
+    the source's level (:func:`chunk_as_recorded`), not a training copy's.
 
     Returns
     -------
@@ -410,8 +449,7 @@ def excerpts(folder: str | os.PathLike, seconds: float, n: int, seed: int = 0, s
     length = min(int(round(seconds * manifest["sample_rate"])), manifest["chunk_samples"])
     rows = []
     for i in range(n):
-        data, _ = audio_io.load(folder / chunks[(seed + i) % len(chunks)]["path"])
-        rows.append(data[:length])
+        rows.append(chunk_as_recorded(folder, chunks[(seed + i) % len(chunks)])[:length])
     return np.stack(rows)
 
 

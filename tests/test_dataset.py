@@ -9,7 +9,8 @@ import torch
 
 from samplernn_lab.augment import augment, crossfade_join, rotate
 from samplernn_lab.cli import main
-from samplernn_lab.dataset import DataConfig, batch_order, prepare, read_manifest, split_source, windows
+from samplernn_lab.dataset import DataConfig, batch_order, excerpts, prepare, read_manifest, split_source, windows
+from samplernn_lab.sampling.rescue import training_audio
 from samplernn_lab.errors import LabError
 from signals import bell, noise, tone
 
@@ -111,6 +112,28 @@ def test_pitch_jitter_manifest_maps_chunks_to_the_source_and_keeps_held_out_audi
     assert {k for c, k in held if c == 0.0} == {k for c, k in held if c == 50.0}
     for (_c, k), data in held.items():
         np.testing.assert_array_equal(data, held[0.0, k])
+
+
+def test_primes_come_back_at_the_sources_level(make_wav, tmp_path):
+    # a steady tone: every stretch has one level, so a copy's gain shows in its RMS
+    path = make_wav("tone.wav", tone(440.0, 16000, 3.0, 0.25), subtype="FLOAT")
+    cfg = DataConfig(sample_rate=16000, copies=6, chunk_seconds=0.25, gain_jitter_db=6.0, seed=1)
+    out = prepare([path], tmp_path / "ds", cfg, progress=False)
+    train = [c for c in read_manifest(out)["chunks"] if c["split"] == "train"]
+
+    def db(x):
+        return 10 * np.log10(np.mean(np.square(x, dtype=np.float64)))
+
+    want = db(tone(440.0, 16000, 1.0, 0.25))
+    raw = [db(sf.read(out / c["path"], dtype="float32")[0][:2000]) for c in train]
+    assert max(abs(r - want) for r in raw) > 2.0  # the copies as written: louder and quieter
+    primes = excerpts(out, 2000 / 16000, len(train), seed=0)
+    assert primes.shape == (len(train), 2000)
+    for row in primes:
+        assert db(row) == pytest.approx(want, abs=0.3)
+    joined = training_audio(out)
+    level = [db(joined[i : i + 1000]) for i in range(0, len(joined) - 1000, 1000)]
+    assert max(abs(v - want) for v in level) < 0.5  # crossfades between copies move it a little
 
 
 def test_rotate_reads_a_wrapped_stretch_circularly():

@@ -193,8 +193,9 @@ class Rescue:
 
 
 def training_audio(dataset: str | os.PathLike, max_seconds: float = 60.0) -> np.ndarray:
-    """The training chunks of a dataset folder, joined (at most ``max_seconds``): float32 (n,)."""
-    from ..dataset import read_manifest
+    """The training chunks of a dataset folder at the source's level, joined (at most ``max_seconds``):
+    float32 (n,)."""
+    from ..dataset import chunk_as_recorded, read_manifest
 
     folder = Path(dataset)
     manifest = read_manifest(folder)
@@ -202,7 +203,7 @@ def training_audio(dataset: str | os.PathLike, max_seconds: float = 60.0) -> np.
     parts, have = [], 0
     for chunk in manifest["chunks"]:
         if chunk["split"] == "train" and have < limit:
-            parts.append(audio_io.load(folder / chunk["path"])[0])
+            parts.append(chunk_as_recorded(folder, chunk))
             have += len(parts[-1])
     if not parts:
         raise LabError(f"{folder}: no training chunks to re-prime from (rescue)")
