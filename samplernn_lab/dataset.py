@@ -396,9 +396,9 @@ def windows(chunks: torch.Tensor, seq_len: int, lookback: int, silence: int) -> 
 def chunk_as_recorded(folder: str | os.PathLike, chunk: dict) -> np.ndarray:
     """A chunk's audio at the source's own level: each copy's gain jitter undone.
 
-    A training copy may be up to ``gain_jitter_db`` louder or quieter than the source. A render primed
-    from it continues at that level: on a steady source the level is most of what the model reads from
-    its prime (benchmarks/RESULTS.md, "Primes at the source's level"). Across a crossfade between copies
+    A training copy may be up to ``gain_jitter_db`` louder or quieter than the source, and the level a
+    render starts at is part of what the model continues: on a steady source it shows in the whole
+    stream (benchmarks/RESULTS.md, "Primes at the source's level"). Across a crossfade between copies
     the gain undone moves as the crossfade did. Chunks of datasets without per-segment gains come back
     as written.
 
