@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -118,7 +119,9 @@ def _typical_window(audio: np.ndarray, length: int, candidates: int = 21) -> int
 def _chunk_segments(pieces: list[Piece], start: int, stop: int) -> list[dict]:
     """Which source samples make up stream samples ``[start, stop)`` (crossfades appear in both).
 
-    A piece played at another rate (pitch jitter) says so (``rate``: source samples per chunk sample)."""
+    A piece played at another rate (pitch jitter) says so (``rate``: source samples per chunk sample).
+    ``piece_start`` / ``piece_stop`` are where the whole piece lies in chunk samples (outside the chunk where it
+    began before or ends after it): consecutive pieces overlap by their crossfade."""
     segs = []
     for p in pieces:
         a, b = max(start, p.stream_start), min(stop, p.stream_start + p.length)
@@ -128,6 +131,7 @@ def _chunk_segments(pieces: list[Piece], start: int, stop: int) -> list[dict]:
         if p.rate != 1.0:
             seg["rate"] = p.rate
         seg["chunk_start"] = a - start
+        seg["piece_start"], seg["piece_stop"] = p.stream_start - start, p.stream_start + p.length - start
         seg["source_start"] = p.source_start + int(round((a - p.stream_start) * p.rate))
         seg["source_stop"] = min(p.source_stop, p.source_start + int(round((b - p.stream_start) * p.rate)))
         segs.append(seg)
@@ -393,41 +397,58 @@ def windows(chunks: torch.Tensor, seq_len: int, lookback: int, silence: int) -> 
         yield i, padded[:, i * seq_len : i * seq_len + lookback + seq_len]
 
 
-def chunk_as_recorded(folder: str | os.PathLike, chunk: dict) -> np.ndarray:
+def chunk_as_recorded(folder: str | os.PathLike, manifest: dict, chunk: dict) -> np.ndarray:
     """A chunk's audio at the source's own level: each copy's gain jitter undone.
 
     A training copy may be up to ``gain_jitter_db`` louder or quieter than the source, and the level a
     render starts at is part of what the model continues: on a steady source it shows in the whole
     stream (benchmarks/RESULTS.md, "Primes at the source's level"). Across a crossfade between copies
-    the gain undone moves as the crossfade did. Chunks of datasets without per-segment gains come back
-    as written.
+    the gain undone follows the crossfade (exactly where the manifest records where each piece lies,
+    ``piece_start``/``piece_stop``; older manifests: the settings' crossfade from each piece's first
+    sample in the chunk). Chunks without per-segment gains come back as written.
 
     Parameters
     ----------
     folder : the dataset folder.
-    chunk : the chunk's manifest entry.
+    manifest : its manifest (:func:`read_manifest`).
+    chunk : the chunk's entry in it.
 
     Returns
     -------
     np.ndarray, float32, shape (n_samples,), in [-1, 1].
     """
-    folder = Path(folder)
-    data, _ = audio_io.load(folder / chunk["path"])
-    segs = [s for s in chunk.get("segments", []) if isinstance(s, dict)]
-    if not segs or not all(isinstance(s.get("gain"), (int, float)) and s["gain"] > 0 for s in segs):
+    data, _ = audio_io.load(Path(folder) / chunk["path"])
+    segs = [g for g in chunk.get("segments", []) if isinstance(g, dict)]
+    gains = [g.get("gain") for g in segs]
+    if not segs or not all(isinstance(g, (int, float)) and math.isfinite(g) and g > 0 for g in gains):
         return data
-    settings = read_manifest(folder)["settings"]
-    fade = int(round(settings.get("crossfade_ms", 0.0) * 1e-3 * settings.get("sample_rate", 0)))
-    gain = np.empty(len(data), np.float32)
-    prev = None
-    for seg in segs:
-        start = min(int(seg["chunk_start"]), len(data))
-        gain[start:] = seg["gain"]
-        f = min(fade, len(data) - start)
-        if prev is not None and f > 0 and seg["gain"] != prev:  # crossfade_join's ramp, on the gains
-            ramp = (np.arange(f, dtype=np.float32) + 0.5) / f
-            gain[start : start + f] = prev * (1 - ramp) + seg["gain"] * ramp
-        prev = seg["gain"]
+    settings = manifest.get("settings", {})
+    rate = settings.get("sample_rate", manifest.get("sample_rate", 0))
+    fade = int(round(settings.get("crossfade_ms", DataConfig.crossfade_ms) * 1e-3 * rate))
+    n = len(data)
+    if all("piece_start" in g and "piece_stop" in g for g in segs):
+        # crossfade_join over the gains: each piece fades in over the stream so far (which a short piece before
+        # it may not cover alone), from its start to the previous piece's end
+        lo = min(0, *(int(g["piece_start"]) for g in segs))
+        gain = np.full(n - lo, segs[0]["gain"], np.float32)
+        for j, seg in enumerate(segs):
+            a, b = int(seg["piece_start"]) - lo, min(int(seg["piece_stop"]) - lo, len(gain))
+            f = 0 if j == 0 else max(0, min(int(segs[j - 1]["piece_stop"]) - lo, len(gain)) - a)
+            if f:
+                ramp = ((np.arange(f) + 0.5) / (int(segs[j - 1]["piece_stop"]) - lo - a)).astype(np.float32)
+                gain[a : a + f] = gain[a : a + f] * (1 - ramp) + seg["gain"] * ramp
+            gain[a + f : b] = seg["gain"]
+        gain = gain[-lo:]
+    else:  # an older manifest: each piece's crossfade from its first sample in the chunk
+        gain = np.empty(n, np.float32)
+        for j, seg in enumerate(segs):
+            start = int(seg["chunk_start"])
+            gain[start:] = seg["gain"]
+            if j and fade and seg["gain"] != segs[j - 1]["gain"]:
+                at = start + np.arange(fade)
+                ramp = ((np.arange(fade) + 0.5) / fade).astype(np.float32)
+                inside = at < n
+                gain[at[inside]] = segs[j - 1]["gain"] * (1 - ramp[inside]) + seg["gain"] * ramp[inside]
     return np.clip(data / gain, -1.0, 1.0).astype(np.float32)
 
 
@@ -449,7 +470,7 @@ def excerpts(folder: str | os.PathLike, seconds: float, n: int, seed: int = 0, s
     length = min(int(round(seconds * manifest["sample_rate"])), manifest["chunk_samples"])
     rows = []
     for i in range(n):
-        rows.append(chunk_as_recorded(folder, chunks[(seed + i) % len(chunks)])[:length])
+        rows.append(chunk_as_recorded(folder, manifest, chunks[(seed + i) % len(chunks)])[:length])
     return np.stack(rows)
 
 

@@ -9,9 +9,18 @@ import torch
 
 from samplernn_lab.augment import augment, crossfade_join, rotate
 from samplernn_lab.cli import main
-from samplernn_lab.dataset import DataConfig, batch_order, excerpts, prepare, read_manifest, split_source, windows
-from samplernn_lab.sampling.rescue import training_audio
+from samplernn_lab.dataset import (
+    DataConfig,
+    batch_order,
+    chunk_as_recorded,
+    excerpts,
+    prepare,
+    read_manifest,
+    split_source,
+    windows,
+)
 from samplernn_lab.errors import LabError
+from samplernn_lab.sampling.rescue import training_audio
 from signals import bell, noise, tone
 
 CFG = DataConfig(sample_rate=16000, copies=4, chunk_seconds=0.5, seed=3)
@@ -134,6 +143,22 @@ def test_primes_come_back_at_the_sources_level(make_wav, tmp_path):
     joined = training_audio(out)
     level = [db(joined[i : i + 1000]) for i in range(0, len(joined) - 1000, 1000)]
     assert max(abs(v - want) for v in level) < 0.5  # crossfades between copies move it a little
+
+
+def test_gain_undone_exactly_across_crossfades_cut_by_chunk_edges(make_wav, tmp_path):
+    # a constant source: as recorded, every sample is 0.25, whatever the copy, crossfade or chunk edge
+    path = make_wav("dc.wav", np.full(9600, 0.25, np.float32), subtype="FLOAT")
+    cfg = DataConfig(
+        sample_rate=16000, copies=40, chunk_seconds=0.1, gain_jitter_db=6.0, val_fraction=0, test_fraction=0, seed=2
+    )
+    out = prepare([path], tmp_path / "ds", cfg, progress=False)
+    m = read_manifest(out)
+    cut = 0
+    for c in m["chunks"]:
+        segs = c["segments"]
+        cut += any(g["piece_start"] < 0 and g["gain"] != segs[k - 1]["gain"] for k, g in enumerate(segs) if k)
+        np.testing.assert_allclose(chunk_as_recorded(out, m, c), 0.25, atol=1e-3)
+    assert cut  # some chunk starts inside a crossfade between copies of different gains
 
 
 def test_rotate_reads_a_wrapped_stretch_circularly():

@@ -203,7 +203,7 @@ def training_audio(dataset: str | os.PathLike, max_seconds: float = 60.0) -> np.
     parts, have = [], 0
     for chunk in manifest["chunks"]:
         if chunk["split"] == "train" and have < limit:
-            parts.append(chunk_as_recorded(folder, chunk))
+            parts.append(chunk_as_recorded(folder, manifest, chunk))
             have += len(parts[-1])
     if not parts:
         raise LabError(f"{folder}: no training chunks to re-prime from (rescue)")
