@@ -422,9 +422,6 @@ def chunk_as_recorded(folder: str | os.PathLike, manifest: dict, chunk: dict) ->
     gains = [g.get("gain") for g in segs]
     if not segs or not all(isinstance(g, (int, float)) and math.isfinite(g) and g > 0 for g in gains):
         return data
-    settings = manifest.get("settings", {})
-    rate = settings.get("sample_rate", manifest.get("sample_rate", 0))
-    fade = int(round(settings.get("crossfade_ms", DataConfig.crossfade_ms) * 1e-3 * rate))
     n = len(data)
     if all("piece_start" in g and "piece_stop" in g for g in segs):
         # crossfade_join over the gains: each piece fades in over the stream so far (which a short piece before
@@ -433,13 +430,17 @@ def chunk_as_recorded(folder: str | os.PathLike, manifest: dict, chunk: dict) ->
         gain = np.full(n - lo, segs[0]["gain"], np.float32)
         for j, seg in enumerate(segs):
             a, b = int(seg["piece_start"]) - lo, min(int(seg["piece_stop"]) - lo, len(gain))
-            f = 0 if j == 0 else max(0, min(int(segs[j - 1]["piece_stop"]) - lo, len(gain)) - a)
+            overlap = 0 if j == 0 else int(segs[j - 1]["piece_stop"]) - lo - a
+            f = max(0, min(overlap, len(gain) - a))  # the part of the crossfade inside the chunk
             if f:
-                ramp = ((np.arange(f) + 0.5) / (int(segs[j - 1]["piece_stop"]) - lo - a)).astype(np.float32)
+                ramp = ((np.arange(f) + 0.5) / overlap).astype(np.float32)
                 gain[a : a + f] = gain[a : a + f] * (1 - ramp) + seg["gain"] * ramp
             gain[a + f : b] = seg["gain"]
         gain = gain[-lo:]
     else:  # an older manifest: each piece's crossfade from its first sample in the chunk
+        settings = manifest.get("settings", {})
+        rate = settings.get("sample_rate", manifest.get("sample_rate", 0))
+        fade = int(round(settings.get("crossfade_ms", DataConfig.crossfade_ms) * 1e-3 * rate))
         gain = np.empty(n, np.float32)
         for j, seg in enumerate(segs):
             start = int(seg["chunk_start"])
