@@ -105,7 +105,8 @@ def lab_loop(dataset: Path, out: Path, preset, budgets: list[float], on_budget) 
         cfg = dataclasses.replace(preset.train, max_minutes=more, epochs=None, clock="process")
         done = train(dataset, out, preset.model, cfg, resume=i > 0, device="cpu", progress=False)
         # the lab validates at the end of each epoch; the budget ends mid-epoch, so measure the weights it
-        # stopped with (last.pt) the way the reference is measured, at the budget
+        # stopped with (last.pt) the way the reference is measured, at the budget (with ema on, the weights'
+        # average: what the lab renders from and keeps)
         at_budget = evaluate(load_model(out, "last")[0], val_codes, cfg.seq_len, cfg.batch_size, "cpu")
         lines = (out / "metrics.jsonl").read_text().splitlines()
         seen = [at_budget] + [json.loads(line)["nll_bits"] for line in lines if '"val"' in line]

@@ -2,7 +2,8 @@
 
 A checkpoint is a ``torch.save`` dict with ``format``, ``config`` (the run's config.json), ``model``
 (state dict), ``epoch``, ``step`` and, for ``last.pt``, everything a resume needs (optimiser,
-data position, carried hidden state, RNG, best validation NLL). It holds only tensors and plain values,
+data position, carried hidden state, RNG, best validation NLL; with ``ema`` on, ``model`` is the weights'
+moving average and ``model_online`` the optimiser's own). It holds only tensors and plain values,
 and is read with ``torch.load(..., weights_only=True)``: a file holding anything else (a pickle that would
 run code when opened) is refused, never executed.
 """
@@ -95,6 +96,6 @@ def load_model(run_or_path: str | os.PathLike, which: str = LISTEN) -> tuple[Sam
         detail = " ".join(line.strip() for line in str(e).splitlines()[1:2]) or str(e).splitlines()[0]
         raise LabError(f"{path}: weights do not fit the model its config describes ({detail[:200]})") from None
     model.eval()
-    info = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "hidden")}
+    info = {k: v for k, v in ckpt.items() if k not in ("model", "model_online", "optimizer", "hidden")}
     info["path"] = str(path)
     return model, info

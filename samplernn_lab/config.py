@@ -189,6 +189,9 @@ class TrainConfig(Checked):
     # training inputs moved by up to +-input_noise quantisation levels, targets left clean, so the model learns
     # to go on from samples that are a little off, as its own are when it renders; 0 = off
     input_noise: int = _rule(0, ge=0)
+    # an exponential moving average of the weights, over about 1 / (1 - ema) steps, is what is validated, rendered
+    # and kept as every checkpoint's "model" (last.pt also keeps the optimiser's own weights); 0 = off
+    ema: float = _rule(0.0, ge=0, lt=1)
     epochs: int | None = _rule(None, ge=1)
     max_steps: int | None = _rule(None, ge=0)
     max_minutes: float | None = _rule(None, ge=0)

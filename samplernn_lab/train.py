@@ -218,6 +218,7 @@ def train_step(state: TrainState, window: torch.Tensor) -> tuple[float, float]:
         return loss_value, grad_norm
     scaler.step(opt)
     scaler.update()
+    state.update_average()
     state.hidden = _detach(new_hidden)
     state.step += 1
     state.running = loss_value if state.running is None else 0.98 * state.running + 0.02 * loss_value
@@ -255,7 +256,7 @@ def _restore(state: TrainState, last: Path) -> str:
     """Reload the last good weights and optimiser state at the state's (lowered) learning rate."""
     if last.exists():
         saved = ckpt_io.load(last)
-        state.model.load_state_dict(saved["model"])
+        state.load_weights(saved)
         state.optimizer.load_state_dict(saved["optimizer"])
         where = f"restored {last.name} (step {saved['step']})"
     else:
@@ -302,7 +303,7 @@ def end_of_epoch(state: TrainState, session: Session) -> None:
     state.batch, state.window, state.hidden = 0, 0, None
     if session.is_main:
         cfg, run = state.cfg, session.run
-        val = evaluate(state.model, session.val_codes, cfg.seq_len, cfg.batch_size, session.device)
+        val = evaluate(state.listened, session.val_codes, cfg.seq_len, cfg.batch_size, session.device)
         if val is not None:
             session.log.write(
                 {
@@ -315,7 +316,7 @@ def end_of_epoch(state: TrainState, session: Session) -> None:
             )
         weights = {
             "config": session.run_config,
-            "model": state.model.state_dict(),
+            "model": state.listened.state_dict(),
             "epoch": state.epoch,
             "step": state.step,
             "val_bits": val,
@@ -326,7 +327,7 @@ def end_of_epoch(state: TrainState, session: Session) -> None:
             ckpt_io.save(weights, run.best)
         save(state, session)
         for event in epoch_render(
-            state.model, run, session.dataset, session.sample_rate, cfg, state.epoch, state.step, session.device
+            state.listened, run, session.dataset, session.sample_rate, cfg, state.epoch, state.step, session.device
         ):
             session.log.write(event)
         _loss_curve(run)
@@ -343,10 +344,12 @@ def save(state: TrainState, session: Session) -> None:
     session.last_save = time.perf_counter()
     if not session.is_main:
         return
+    online = {} if state.average is None else {"model_online": state.model.state_dict()}
     ckpt_io.save(
         {
             "config": session.run_config,
-            "model": state.model.state_dict(),
+            "model": state.listened.state_dict(),
+            **online,
             "optimizer": state.optimizer.state_dict(),
             "position": {"epoch": state.epoch, "batch": state.batch, "window": state.window},
             "hidden": _detach(_to(state.hidden, "cpu")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -101,12 +102,13 @@ def new_state(model: SampleRNN, cfg: TrainConfig, dev: torch.device) -> TrainSta
     amp_dtype = autocast_dtype(cfg, dev)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    return TrainState(model, optimizer, scaler, cfg, amp_dtype=amp_dtype, lr=cfg.lr)
+    average = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
+    return TrainState(model, optimizer, scaler, cfg, amp_dtype=amp_dtype, lr=cfg.lr, average=average)
 
 
 def resume_state(state: TrainState, saved: dict[str, Any], dev: torch.device) -> float:
     """Put a ``last.pt`` back into a fresh state; returns the seconds trained before."""
-    state.model.load_state_dict(saved["model"])
+    state.load_weights(saved)
     state.optimizer.load_state_dict(saved["optimizer"])
     pos = saved["position"]
     state.epoch, state.batch, state.window = pos["epoch"], pos["batch"], pos["window"]

@@ -37,6 +37,7 @@ class TrainState:
     scaler: torch.amp.GradScaler
     cfg: TrainConfig
     net: torch.nn.Module | None = None  # the model, or its DistributedDataParallel wrapper
+    average: SampleRNN | None = None  # the weights' moving average (``cfg.ema``); None when off
     amp_dtype: torch.dtype | None = None  # autocast dtype (CUDA, or bf16 on a CPU with native bf16); None: float32
     epoch: int = 0  # epochs done; the position of the next step is (epoch, batch, window)
     batch: int = 0
@@ -47,6 +48,30 @@ class TrainState:
     hidden: Hidden | None = None  # carried from window to window of the same chunks
     blowups: int = 0  # non-finite steps in a row
     running: float | None = None  # smoothed training loss, for the progress bar
+
+    @property
+    def listened(self) -> SampleRNN:
+        """The weights validated, rendered and saved as a checkpoint's ``model``: the average when there is one."""
+        return self.model if self.average is None else self.average
+
+    @torch.no_grad()
+    def update_average(self) -> None:
+        """Move the average toward the weights just stepped; its decay ramps up from 0.1 over the first steps,
+        so the average does not hold on to the untrained start."""
+        if self.average is None:
+            return
+        decay = min(self.cfg.ema, (1 + self.step) / (10 + self.step))
+        for a, p in zip(self.average.parameters(), self.model.parameters()):
+            a.lerp_(p, 1.0 - decay)
+        for a, b in zip(self.average.buffers(), self.model.buffers()):
+            a.copy_(b)
+
+    def load_weights(self, saved: dict) -> None:
+        """The weights of a ``last.pt``: the optimiser's own (``model_online`` when it was averaging) and the
+        average (its ``model``)."""
+        self.model.load_state_dict(saved.get("model_online", saved["model"]))
+        if self.average is not None:
+            self.average.load_state_dict(saved["model"])
 
 
 @dataclass

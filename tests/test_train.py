@@ -15,6 +15,8 @@ from samplernn_lab.checkpoint import load, load_model
 from samplernn_lab.cli import main
 from samplernn_lab.dataset import DataConfig, load_split, prepare
 from samplernn_lab.errors import LabError
+from samplernn_lab.model import SampleRNN
+from samplernn_lab.train import _restore, evaluate, new_state
 from signals import tone_plus_noise
 
 TINY = ModelConfig(frame_sizes=(4, 2), dim=32, n_rnn=1, embed_size=8, q_levels=64)
@@ -106,6 +108,46 @@ def test_resumed_run_equals_uninterrupted(dataset, tmp_path):
     train(dataset, tmp_path / "d", TINY, cfg(max_steps=45, seed=1), progress=False)
     d = load(tmp_path / "d/checkpoints/last.pt")
     assert not all(torch.equal(a["model"][k], d["model"][k]) for k in a["model"])
+
+
+def test_weight_average_is_what_is_kept_and_a_resumed_run_equals_uninterrupted(dataset, tmp_path):
+    straight = train(dataset, tmp_path / "a", TINY, cfg(max_steps=45, ema=0.9), progress=False)
+    a = load(tmp_path / "a/checkpoints/last.pt")
+    # the average is what a checkpoint's model holds: near the optimiser's weights, not them
+    gaps = [float((a["model"][k] - a["model_online"][k]).abs().max()) for k in a["model"]]
+    assert max(gaps) > 1e-4 and max(gaps) < 1.0
+    listened, _ = load_model(tmp_path / "a", "last")
+    assert all(torch.equal(v, a["model"][k]) for k, v in listened.state_dict().items())
+    # 45 steps are one epoch of this dataset: best.pt holds the average at step 45, validated as such
+    best = load(tmp_path / "a/checkpoints/best.pt")
+    assert a["epoch"] == 1 and "model_online" not in best
+    assert all(torch.equal(best["model"][k], a["model"][k]) for k in a["model"])
+    val = load_split(dataset, "val", TINY.q_levels, "linear")
+    assert evaluate(load_model(tmp_path / "a", "best")[0], val, 256, 4, "cpu") == pytest.approx(best["val_bits"])
+    online, _ = load_model(tmp_path / "a", "best")
+    online.load_state_dict(a["model_online"])
+    assert abs(evaluate(online, val, 256, 4, "cpu") - straight.best_val_bits) > 1e-4
+    # a blow-up's restore puts each set of weights back where it was
+    state = new_state(SampleRNN(TINY), cfg(ema=0.9), torch.device("cpu"))
+    _restore(state, tmp_path / "a/checkpoints/last.pt")
+    assert all(torch.equal(v, a["model_online"][k]) for k, v in state.model.state_dict().items())
+    assert all(torch.equal(v, a["model"][k]) for k, v in state.average.state_dict().items())
+    # the average starts where the weights start (decay ramps up): after one step it is within a step of them
+    train(dataset, tmp_path / "one", TINY, cfg(max_steps=1, ema=0.999), progress=False)
+    one = load(tmp_path / "one/checkpoints/last.pt")
+    first = [float((one["model"][k] - one["model_online"][k]).abs().max()) for k in one["model"]]
+    assert max(first) < 0.5 * FAST.lr, max(first)  # without the ramp: about one whole step (lr)
+    part = train(dataset, tmp_path / "b", TINY, cfg(max_steps=17, ema=0.9), progress=False)
+    assert part.step == 17
+    train(dataset, tmp_path / "b", TINY, cfg(max_steps=45), resume=True, progress=False)
+    b = load(tmp_path / "b/checkpoints/last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+        assert torch.equal(a["model_online"][k], b["model_online"][k]), k
+    # off by default: one set of weights, as before; and averaging never changes what the optimiser does
+    train(dataset, tmp_path / "c", TINY, cfg(max_steps=45), progress=False)
+    c = load(tmp_path / "c/checkpoints/last.pt")
+    assert "model_online" not in c and all(torch.equal(c["model"][k], a["model_online"][k]) for k in c["model"])
 
 
 def test_resume_drops_a_carried_state_made_for_another_batch_size(dataset, tmp_path):
