@@ -248,8 +248,8 @@ def sketch() -> Preset:
             learn_h0=True,
         ),
         # ema=0.99 (the weights' moving average validated, rendered and kept) was measured and not made the default:
-        # at equal steps held-out NLL lower at 95 of 98 epochs and per-epoch renders closer at 64 of 97, but the
-        # 10-minute `auto` renders further on 6 of 9 sources (benchmarks/RESULTS.md, "A moving average")
+        # at equal steps held-out NLL lower at 197 of 220 epochs and per-epoch renders closer at 132, further at 61,
+        # but the 10-minute `auto` renders further on 7 of 9 sources (benchmarks/RESULTS.md, "A moving average")
         TrainConfig(seq_len=512, batch_size=16, lr=2e-3, max_minutes=10.0, render_seconds=4.0),
         # gain jitter: with one source of seconds the model soon recites its training stretch by heart (held-out
         # NLL rising from ~100 steps); copies at +-6 dB make exact recall useless (held-out NLL 11.4 -> 6.9 bits on
