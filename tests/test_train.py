@@ -123,10 +123,10 @@ def test_weight_average_is_what_is_kept_and_a_resumed_run_equals_uninterrupted(d
     assert a["epoch"] == 1 and "model_online" not in best
     assert all(torch.equal(best["model"][k], a["model"][k]) for k in a["model"])
     val = load_split(dataset, "val", TINY.q_levels, "linear")
-    assert evaluate(load_model(tmp_path / "a", "best")[0], val, 256, 4, "cpu") == pytest.approx(best["val_bits"])
-    online, _ = load_model(tmp_path / "a", "best")
-    online.load_state_dict(a["model_online"])
-    assert abs(evaluate(online, val, 256, 4, "cpu") - straight.best_val_bits) > 1e-4
+    model, _ = load_model(tmp_path / "a", "best")
+    assert evaluate(model, val, FAST.seq_len, FAST.batch_size, "cpu") == pytest.approx(best["val_bits"])
+    model.load_state_dict(a["model_online"])
+    assert abs(evaluate(model, val, FAST.seq_len, FAST.batch_size, "cpu") - straight.best_val_bits) > 1e-4
     # a blow-up's restore puts each set of weights back where it was
     state = new_state(SampleRNN(TINY), cfg(ema=0.9), torch.device("cpu"))
     _restore(state, tmp_path / "a/checkpoints/last.pt")
