@@ -254,10 +254,9 @@ def sketch() -> Preset:
         # gain jitter: with one source of seconds the model soon recites its training stretch by heart (held-out
         # NLL rising from ~100 steps); copies at other levels make exact recall useless (+-6 dB: held-out NLL
         # 11.4 -> 6.9 bits on a bell, 6.4 -> 4.4 on a guitar at 400 steps). But the model learns the level as
-        # something a stream carries on, and at +-6 dB half a vinyl hiss's streams settled 7 dB under the source:
-        # +-3 dB brings renders closer (236 epochs of 473 over two seeds, further at 157; the hiss 4.94 -> 0.37)
-        # for held-out NLL a little higher (median +0.04 bits); 0 closer still but learns by heart sooner
-        # (benchmarks/RESULTS.md, "Gain jitter: +-6, +-3 or none", "a second seed"). Pitch jitter (each copy up to a
+        # something a stream carries on, and at +-6 dB half a vinyl hiss's streams settled 7 dB under the source;
+        # +-3 dB renders closer for held-out NLL a little higher, 0 closer still but learns by heart sooner
+        # (figures in README, "Presets"; RESULTS, "Gain jitter: +-6, +-3 or none"). Pitch jitter (each copy up to a
         # quarter tone off, as a varispeed) slows that recall further: the last held-out NLL lower in 7 of 8 runs,
         # renders closer or level in most (RESULTS, "Pitch jitter by default"); a drum loop came further with it.
         # min_chunks=48 (three batches an epoch) was measured and not kept: better at 10 minutes on the benchmark
