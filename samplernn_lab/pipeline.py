@@ -58,27 +58,43 @@ def execute(notebook: Path, out: Path, parameters: dict[str, Any], cwd: Path) ->
     import papermill as pm
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # the kernel's own log at ERROR: ipykernel 7 warns on every start that a local TCP kernel is
-        # unencrypted, which broke the run's progress line; cell outputs (stderr included) are kept
-        pm.execute_notebook(
-            str(notebook),
-            str(out),
-            parameters=parameters,
-            cwd=str(cwd),
-            progress_bar=False,
-            kernel_name="python3",
-            # papermill waits 60 s for a kernel; a batch's workers starting kernels at once on a busy 2-core machine
-            # have taken longer (seen once in make test), and a slow start is no reason to fail a run
-            start_timeout=300,
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
-        )
-    except pm.PapermillExecutionError as e:
-        raise LabError(f"{out}: cell {e.exec_count} failed: {e.ename}: {e.evalue}".splitlines()[0]) from None
-    finally:
-        if out.exists():
-            _export_html(out)
+    for attempt in range(1, KERNEL_STARTS + 1):
+        try:
+            # the kernel's own log at ERROR: ipykernel 7 warns on every start that a local TCP kernel is
+            # unencrypted, which broke the run's progress line; cell outputs (stderr included) are kept
+            pm.execute_notebook(
+                str(notebook),
+                str(out),
+                parameters=parameters,
+                cwd=str(cwd),
+                progress_bar=False,
+                kernel_name="python3",
+                # papermill waits 60 s for a kernel; a batch's workers starting kernels at once on a busy 2-core
+                # machine have taken longer (seen once in make test), and a slow start is no reason to fail a run
+                start_timeout=KERNEL_START_SECONDS,
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            )
+            break
+        except pm.PapermillExecutionError as e:
+            raise LabError(f"{out}: cell {e.exec_count} failed: {e.ename}: {e.evalue}".splitlines()[0]) from None
+        except RuntimeError as e:
+            # kernels started at once in parallel processes can pick the same free port (jupyter_client binds,
+            # releases, then the kernel binds: papermill issues #239, #511); the loser never answers. No cell
+            # has run yet, so a fresh kernel with fresh ports is safe (seen once in make test, a Ray batch)
+            if not str(e).startswith(KERNEL_START_FAILURES) or attempt == KERNEL_STARTS:
+                raise
+            print(
+                f"warning: {notebook.name}: {e}; starting a new kernel ({attempt + 1} of {KERNEL_STARTS})",
+                file=sys.stderr,
+            )
+        finally:
+            if out.exists():
+                _export_html(out)
     return out
+
+
+KERNEL_START_SECONDS, KERNEL_STARTS = 150, 3
+KERNEL_START_FAILURES = ("Kernel didn't respond", "Kernel died before replying")
 
 
 def _export_html(path: Path) -> None:

@@ -207,3 +207,35 @@ def test_batch_stays_importable_from_pipeline():
     from samplernn_lab import pipeline
 
     assert pipeline.batch is module.batch and pipeline.write_triage is module.write_triage
+
+
+def test_execute_starts_a_new_kernel_when_one_never_answers(tmp_path, monkeypatch, capfd):
+    """A kernel lost to the port race of parallel starts is replaced; any other error is not retried."""
+    import papermill as pm
+
+    from samplernn_lab.pipeline import execute
+
+    src = tmp_path / "tiny.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), src)
+    real, calls = pm.execute_notebook, []
+
+    def flaky(*args, **kwargs):
+        calls.append(kwargs["start_timeout"])
+        if len(calls) == 1:
+            raise RuntimeError("Kernel didn't respond in 150 seconds")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pm, "execute_notebook", flaky)
+    execute(src, tmp_path / "out" / "tiny.ipynb", {}, tmp_path)
+    assert len(calls) == 2 and "starting a new kernel (2 of 3)" in capfd.readouterr().err
+    assert nbformat.read(tmp_path / "out" / "tiny.ipynb", as_version=4).cells[0].execution_count == 1
+
+    def broken(*args, **kwargs):
+        calls.append(kwargs["start_timeout"])
+        raise RuntimeError("something else")
+
+    calls.clear()
+    monkeypatch.setattr(pm, "execute_notebook", broken)
+    with pytest.raises(RuntimeError, match="something else"):
+        execute(src, tmp_path / "out2" / "tiny.ipynb", {}, tmp_path)
+    assert len(calls) == 1
