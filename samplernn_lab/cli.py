@@ -80,11 +80,16 @@ def _add_train(sub) -> None:
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--preset", default="sketch", help="sketch (CPU, minutes) or poster (the study's, GPU)")
-    p.add_argument("--max-minutes", type=float, help="stop after this many minutes")
+    p.add_argument("--max-minutes", type=float, help="stop after this many minutes (in all)")
     p.add_argument("--epochs", type=int, help="stop after this many epochs (in all)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (in all)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from RUN/checkpoints/last.pt with the run's own settings and budgets (budgets given now "
+        "replace them; all count the whole run)",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
     p.add_argument(
         "--set",
@@ -105,7 +110,8 @@ def _train(a) -> int:
     for name in ("max_minutes", "epochs", "max_steps", "seed"):
         if getattr(a, name) is not None:
             overrides.append(f"train.{name}={getattr(a, name)}")
-    preset = get_preset(a.preset, overrides)
+    preset = _resumed_preset(a.out, overrides) if a.resume else None
+    preset = preset or get_preset(a.preset, overrides)
     result = train(
         a.dataset, a.out, preset.model, preset.train, resume=a.resume, device=a.device, progress=not a.no_progress
     )
@@ -120,6 +126,23 @@ def _train(a) -> int:
         return 130
     print(f"{result.status}: {result.epoch} epochs, {result.step} steps{best}; run in {result.run}")
     return 0
+
+
+def _resumed_preset(out: str, overrides: list[str]):
+    """For ``--resume``: the run's own training settings (its budgets among them) with what is given now on top,
+    not a preset's: a run resumed with no flags goes on to the budget it was started with. None where the run
+    folder has no settings to read (training then says what is missing)."""
+    from .config import Preset, TrainConfig, apply_overrides
+    from .rundir import RunDir
+
+    run = RunDir(out)
+    if not run.config.is_file():
+        return None
+    try:
+        saved = TrainConfig(**run.read_config().get("train", {}))
+    except TypeError as e:
+        raise LabError(f"{run.config}: training settings this version cannot read ({e})") from None
+    return apply_overrides(Preset(train=saved), overrides)
 
 
 def _add_generate(sub) -> None:
@@ -165,6 +188,7 @@ def _add_generate(sub) -> None:
         help="without --prime: continue this many seconds of the run's training audio (default 0)",
     )
     p.add_argument("--out", required=True, help="folder for the WAVs and their JSON sidecars")
+    p.add_argument("--overwrite", action="store_true", help="replace renders of the same names in --out")
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument(
         "--rescue",
@@ -180,6 +204,10 @@ def _generate(a) -> None:
 
     if a.temperature_curve and a.temperature:
         raise LabError("--temperature and --temperature-curve: give one of them")
+    if a.prime and a.prime_seconds:
+        raise LabError("--prime and --prime-seconds: give one of them")
+    if a.prime_seconds < 0:
+        raise LabError(f"--prime-seconds must not be negative, got {a.prime_seconds:g}")
     curves = [TemperatureCurve.parse(c) for c in a.temperature_curve] if a.temperature_curve else None
     paths = render_checkpoint(
         a.run,
@@ -196,6 +224,7 @@ def _generate(a) -> None:
         rescue=a.rescue,
         top_p=a.top_p,
         precision=a.precision,
+        overwrite=a.overwrite,
     )
     for p in paths:
         print(p)

@@ -162,7 +162,7 @@ def run(
     done = set(json.loads(chain_file.read_text())["done"]) if resume and chain_file.exists() else set()
     train_resume = False
     if resume and "02_train" not in done:
-        train_resume, max_minutes = _resume_training(out, max_minutes, chosen.train.max_minutes)
+        train_resume, max_minutes = _resume_training(out, max_minutes)
     settings = {"preset": preset, "overrides": list(overrides), "seed": seed}
     training = {"max_minutes": max_minutes, "epochs": epochs, "resume": train_resume}
     listening = {
@@ -262,25 +262,19 @@ def _claim_out(out: Path, resume: bool, overwrite: bool) -> None:
         write_marker(out, "run")
 
 
-def _resume_training(out: Path, max_minutes: float | None, preset_minutes: float | None) -> tuple[bool, float | None]:
-    """Whether training goes on from ``out/checkpoints/last.pt``, and the minutes left of its budget.
+def _resume_training(out: Path, max_minutes: float | None) -> tuple[bool, float | None]:
+    """Whether training goes on from ``out/checkpoints/last.pt``, and its minute budget (the run's in all).
 
     A run stopped before its first checkpoint starts training again: only the lab's own files of that
     start (config.json, metrics.jsonl) are removed.
     """
-    from .checkpoint import load
-
     run = RunDir(out)
     last = run.last
     if not last.exists():
         for path in (run.config, run.metrics):
             path.unlink(missing_ok=True)
         return False, max_minutes
-    budget = max_minutes if max_minutes is not None else preset_minutes
-    if budget is None:
-        return True, max_minutes
-    spent = float(load(last).get("seconds", 0.0)) / 60
-    return True, max(0.0, budget - spent)
+    return True, max_minutes  # training counts the minutes before the resume against the budget itself
 
 
 def write_summary(run_dir: Path, source: Path, preset: str, overrides: list[str]) -> dict:

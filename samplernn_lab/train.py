@@ -67,7 +67,8 @@ def train(
     dataset : folder written by :func:`samplernn_lab.dataset.prepare`.
     out : run folder: new, empty, or one the lab made without a run in it yet, unless ``resume``.
     model_config, config : sizes and training settings (a preset's ``model`` and ``train``).
-        On resume the model config comes from the checkpoint; ``config``'s budgets apply.
+        On resume the model config comes from the checkpoint; ``config``'s budgets apply, counted over the
+        whole run as epochs and steps are: ``max_minutes`` includes the minutes trained before the resume.
     resume : continue from ``out/checkpoints/last.pt``.
     device : ``"cpu"``, ``"cuda"`` or None (CUDA when present).
 
@@ -274,7 +275,7 @@ def budget_spent(state: TrainState, session: Session, epoch_done: float) -> floa
     if cfg.max_steps:
         shares.append(state.step / cfg.max_steps)
     if cfg.max_minutes:
-        shares.append((session.clock() - session.started) / (cfg.max_minutes * 60))
+        shares.append(session.budget_seconds() / (cfg.max_minutes * 60))
     return min(1.0, max(shares))
 
 
@@ -287,7 +288,7 @@ def stop_reason(state: TrainState, session: Session, stopper: _Stop) -> str | No
     """Why to stop before the next step; all ranks agree (any rank's reason stops all)."""
     cfg = state.cfg
     spent = (cfg.max_steps is not None and state.step >= cfg.max_steps) or (
-        cfg.max_minutes is not None and session.clock() - session.started >= cfg.max_minutes * 60
+        cfg.max_minutes is not None and session.budget_seconds() >= cfg.max_minutes * 60
     )
     flags = any_rank([spent, stopper.requested is not None], session.device, session.world)
     return "interrupted" if flags[1] else "budget" if flags[0] else None
@@ -356,12 +357,18 @@ def save(state: TrainState, session: Session) -> None:
             "step": state.step,
             "epoch": state.epoch,
             "seconds": session.elapsed(),
+            "budget_seconds": session.budget_seconds(),
             "best_val": state.best_val,
             "lr": state.lr,
-            "rng": {"seed": state.cfg.seed, "torch": torch.get_rng_state()},
+            "rng": {"seed": state.cfg.seed, "torch": torch.get_rng_state(), **_cuda_rng(session.device)},
         },
         session.run.last,
     )
+
+
+def _cuda_rng(device: torch.device) -> dict:
+    """The CUDA generators' states where training runs on CUDA (dropout and input noise draw there)."""
+    return {"cuda": torch.cuda.get_rng_state_all()} if device.type == "cuda" else {}
 
 
 @torch.no_grad()

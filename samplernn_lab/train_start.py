@@ -73,6 +73,8 @@ def start(
     state = new_state(SampleRNN(model_config).to(dev), cfg, dev)
     if saved is not None:
         session.seconds_before = resume_state(state, saved, dev)
+        # older checkpoints kept wall seconds only
+        session.budget_before = float(saved.get("budget_seconds", session.seconds_before))
     state.net = wrap_distributed(state.model, dev, world)
     session.started, session.wall_started = session.clock(), time.perf_counter()
     session.last_save = session.wall_started
@@ -116,6 +118,9 @@ def resume_state(state: TrainState, saved: dict[str, Any], dev: torch.device) ->
     state.hidden = _to(saved.get("hidden"), dev)
     _set_lr(state.optimizer, state.lr)
     torch.set_rng_state(saved["rng"]["torch"])
+    cuda = saved["rng"].get("cuda")
+    if dev.type == "cuda" and cuda and len(cuda) == torch.cuda.device_count():  # else another machine: reseeded
+        torch.cuda.set_rng_state_all(cuda)
     return float(saved["seconds"])
 
 

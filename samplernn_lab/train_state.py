@@ -91,7 +91,8 @@ class Session:
     clock: Callable[[], float] = time.perf_counter  # what max_minutes counts (TrainConfig.clock)
     progress: bool = False
     seconds_before: float = 0.0  # wall seconds of the runs this one resumes
-    started: float = 0.0  # clock reading at the start (the budget counts from here)
+    budget_before: float = 0.0  # seconds of those runs as ``clock`` counts them: max_minutes is the run's in all
+    started: float = 0.0  # clock reading at this start
     wall_started: float = 0.0  # time.perf_counter() at the start
     last_save: float = 0.0  # time.perf_counter() at the last save of last.pt
 
@@ -103,6 +104,10 @@ class Session:
     def elapsed(self) -> float:
         """Wall seconds trained, resumed runs included (logged as ``seconds`` whatever the clock)."""
         return self.seconds_before + time.perf_counter() - self.wall_started
+
+    def budget_seconds(self) -> float:
+        """Seconds of the minute budget spent, as ``clock`` counts them, resumed runs included."""
+        return self.budget_before + self.clock() - self.started
 
     def say(self, message: str) -> None:
         """A line above the progress bar, from rank 0."""

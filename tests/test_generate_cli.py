@@ -115,16 +115,52 @@ def _bad(run, tmp_path, case):
         return [run, "--seconds", "1", "--prime", tmp_path / "p44.wav"], "44100 Hz"
     if case == "negative":
         return [run, "--seconds", "-1"], "negative"
+    if case == "negative seed":
+        return [run, "--seconds", "0.1", "--seed", "-1"], "--seed"
+    if case == "top-p":
+        return [run, "--seconds", "0.1", "--top-p", "0"], "--top-p"
+    if case == "a temperature twice":
+        return [run, "--seconds", "0.1", "--temperature", "1", "1"], "same file"
+    if case == "two primes":
+        sf.write(tmp_path / "p.wav", tone(300.0, 16000, 0.05), 16000)
+        return [run, "--seconds", "0.1", "--prime", tmp_path / "p.wav", "--prime-seconds", "0.1"], "one of them"
+    if case == "moved dataset":
+        state = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
+        state["config"]["dataset"] = str(tmp_path / "gone")
+        torch.save(state, tmp_path / "moved.pt")
+        return [tmp_path / "moved.pt", "--seconds", "0.1", "--prime-seconds", "0.1"], str(tmp_path / "gone")
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["no checkpoint", "not a checkpoint", "another model", "prime rate", "negative"])
+BAD = ["no checkpoint", "not a checkpoint", "another model", "prime rate", "negative", "negative seed", "top-p"]
+BAD += ["a temperature twice", "two primes", "moved dataset"]
+
+
+@pytest.mark.parametrize("case", BAD)
 def test_generate_bad_input_one_line(run, tmp_path, capsys, case):
     args, expect = _bad(run, tmp_path, case)
     code, _, err = cli(["generate", *args, "--out", tmp_path / "r"], capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and expect in lines[0] and "Traceback" not in err
-    assert not list((tmp_path / "r").glob("*.wav")) if (tmp_path / "r").exists() else True
+    assert not (tmp_path / "r").exists()  # a refusal leaves no folder behind
+
+
+def test_generate_refuses_to_replace_renders_unless_asked(run, tmp_path, capsys):
+    args = ["generate", run, "--checkpoint", "best", "--seconds", "0.05", "--out", tmp_path / "r"]
+    assert cli(args, capsys)[0] == 0
+    wav = tmp_path / "r" / "best_t1_s0_0.wav"
+    before = wav.read_bytes()
+    code, _, err = cli([*args, "--top-p", "0.5"], capsys)  # same file names, another render
+    assert code == 2 and "--overwrite" in err and str(wav) in err and wav.read_bytes() == before
+    assert cli([*args, "--top-p", "0.5", "--overwrite"], capsys)[0] == 0
+    assert json.loads(wav.with_suffix(".json").read_text())["top_p"] == 0.5
+
+
+def test_generate_out_naming_a_file_is_refused_and_the_file_kept(run, tmp_path, capsys):
+    (tmp_path / "song.wav").write_bytes(b"mine")
+    code, _, err = cli(["generate", run, "--seconds", "0.1", "--out", tmp_path / "song.wav"], capsys)
+    assert code == 2 and "--out" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "song.wav").read_bytes() == b"mine"
 
 
 def test_diagnose_cli_table_and_json(tmp_path, capsys):

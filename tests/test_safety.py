@@ -301,9 +301,10 @@ def test_full_disk_while_rendering_keeps_the_previous_render(trained, tmp_path, 
     assert cli(args, capsys)[0] == 0
     before = snapshot(out)
     assert len(before) == 2  # a WAV and its sidecar
+    again = [*args, "--overwrite"]  # the same names again: replacing them is asked for
     if how == "file size limit":
         with file_size_limit(8000):  # the WAV is 16 kB
-            code, _, err = cli(args, capsys)
+            code, _, err = cli(again, capsys)
     else:
         real = sf.SoundFile.write
 
@@ -312,7 +313,7 @@ def test_full_disk_while_rendering_keeps_the_previous_render(trained, tmp_path, 
             raise OSError(errno.ENOSPC, "No space left on device")
 
         monkeypatch.setattr(sf.SoundFile, "write", failing)
-        code, _, err = cli(args, capsys)
+        code, _, err = cli(again, capsys)
         monkeypatch.undo()
     assert code == 2
     line = one_line(err, "last_t1_s0_0.wav")

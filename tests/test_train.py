@@ -316,6 +316,31 @@ def test_sigint_saves_a_checkpoint_and_resume_goes_on(dataset, tmp_path):
     assert load(run / "checkpoints" / "last.pt")["step"] == step + 3
 
 
+def test_the_minute_budget_counts_the_minutes_before_a_resume(dataset, tmp_path):
+    first = train(dataset, tmp_path / "run", TINY, cfg(max_steps=6), progress=False)
+    saved = load(tmp_path / "run/checkpoints/last.pt")
+    spent = saved["budget_seconds"]
+    assert first.step == 6 and spent > 0
+    # a budget already spent before the resume: nothing more is trained
+    again = train(dataset, tmp_path / "run", TINY, cfg(max_minutes=spent / 120), resume=True, progress=False)
+    assert again.status == "budget" and again.step == 6
+    assert load(tmp_path / "run/checkpoints/last.pt")["budget_seconds"] >= spent
+
+
+def test_train_resume_without_flags_goes_on_to_the_runs_own_budget(dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(dataset, run, TINY, cfg(max_steps=3), progress=False)
+    # as if it had been started with a budget of 7 steps and stopped at 3 (Ctrl-C)
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["max_steps"] = 7
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["train", str(dataset), "--out", str(run), "--resume", "--no-progress"]) == 0
+    assert load(run / "checkpoints/last.pt")["step"] == 7  # not the sketch preset's 10 minutes
+    # a budget given now replaces the run's
+    assert main(["train", str(dataset), "--out", str(run), "--resume", "--max-steps", "9", "--no-progress"]) == 0
+    assert load(run / "checkpoints/last.pt")["step"] == 9
+
+
 def test_ddp_two_gloo_ranks_stay_in_step(dataset, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(r"""

@@ -14,7 +14,7 @@ import torch
 
 from .. import audio as audio_io
 from ..errors import LabError
-from ..files import atomic_path, write_text, writing
+from ..files import atomic_path, refuse_existing, write_text, writing
 from ..model import SampleRNN
 from ..rundir import LISTEN
 from .rescue import Rescue, Watchdog, training_audio
@@ -41,6 +41,7 @@ def render(
     top_p: float = 1.0,
     precision: str = "fp32",
     temperature_curves: Sequence[TemperatureCurve | str] | None = None,
+    overwrite: bool = True,
 ) -> list[Path]:
     """Render ``batch_size`` streams per temperature to WAV files, streamed to disk in blocks.
 
@@ -55,23 +56,33 @@ def render(
     re-primed from its source audio; the sidecar's ``rescue`` lists where (``events``), else is null.
     ``top_p`` < 1 samples from each step's nucleus only, ``precision`` picks the weights' precision
     (:class:`.sampler.Sampler`); the sidecar records both.
+    With ``overwrite`` False, files of the same names already there are refused (LabError naming the first):
+    the command line's default, where two renders into one folder differing only in, say, ``top_p`` would
+    otherwise replace the first.
     Returns the WAV paths. A failed write (a full disk) raises LabError naming the file and leaves the
     files of an earlier render of the same names whole (and no ``out_dir`` where there was none).
     """
     if seconds < 0:
         raise LabError(f"--seconds must not be negative, got {seconds}")
     out_dir = Path(out_dir)
-    made_out_dir = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LabError(f"{out_dir}: is a file; --out names the folder the renders go in")
     n = int(round(seconds * sample_rate))
     per_curve, per_sample, per_stream, names = _streams(n, sample_rate, batch_size, temperatures, temperature_curves)
     paths = [out_dir / f"{label}_{name}_s{seed}_{i % batch_size}.wav" for i, name in enumerate(names)]
+    if len(set(paths)) < len(paths):
+        raise LabError(f"two streams would write the same file ({names}): give each temperature once")
+    if not overwrite:
+        refuse_existing([q for p in paths for q in (p, p.with_suffix(".json"))])
+    # everything that can refuse the settings runs before the folder is made: a refusal leaves nothing behind
     sampler = Sampler(
         model, len(per_stream), per_stream, seed, device, top_p=top_p, precision=precision, temperature_curve=per_sample
     )
     watchdog = _watchdog(model, rescue, sample_rate, len(per_stream))
     if prime is not None:
         sampler.prime(prime_codes(model, prime))
+    made_out_dir = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
         _write_streams(sampler, model.config, paths, n, sample_rate, block_seconds, progress, watchdog)
@@ -197,6 +208,7 @@ def render_checkpoint(
     top_p: float = 1.0,
     precision: str = "fp32",
     temperature_curves: Sequence[TemperatureCurve | str] | None = None,
+    overwrite: bool = True,
 ) -> list[Path]:
     """Render from a run folder's checkpoint (``best``, ``last``, ``auto``, ``epoch-NNN`` or a path).
 
@@ -204,6 +216,7 @@ def render_checkpoint(
     ``prime_seconds > 0`` primes each stream with that much of the run's training audio (a different
     chunk per stream), so renders continue the source instead of starting from digital silence.
     ``rescue`` turns on the trap watchdog (:mod:`.rescue`), re-priming from the run's training audio.
+    ``overwrite``: as in :func:`render`.
     """
     from ..checkpoint import load_model
 
@@ -211,8 +224,9 @@ def render_checkpoint(
     sr = int(info["config"]["sample_rate"])
     prime_audio = None if prime is None else _load_prime(prime, sr)
     dataset = Path(info["config"]["dataset"])
-    if not dataset.exists():  # the run folder was moved: the lab chain keeps its dataset inside
-        dataset = Path(run) / "dataset"
+    inside = Path(run) / "dataset"
+    if not dataset.exists() and inside.is_dir():  # the run folder was moved: the lab chain keeps its dataset inside
+        dataset = inside
     if prime is None and prime_seconds > 0:
         from ..dataset import excerpts
 
@@ -247,18 +261,13 @@ def render_checkpoint(
         top_p=top_p,
         precision=precision,
         temperature_curves=temperature_curves,
+        overwrite=overwrite,
     )
 
 
 def _load_prime(prime: str | os.PathLike, sr: int) -> np.ndarray:
     """A prime file's audio, refused unless it is at the model's sample rate ``sr``."""
-    import soundfile as sf
-
-    try:
-        prime_sr = sf.info(str(prime)).samplerate
-    except Exception:
-        prime_sr = None
-    if prime_sr is not None and prime_sr != sr:
+    prime_audio, prime_sr = audio_io.load(prime)  # at the file's own rate, whichever decoder reads it
+    if prime_sr != sr:
         raise LabError(f"{prime}: sampled at {prime_sr} Hz, but the model was trained at {sr} Hz (resample it first)")
-    prime_audio, _ = audio_io.load(prime, sr)
     return prime_audio

@@ -73,6 +73,8 @@ class Sampler:
     ):
         if batch_size < 1:
             raise LabError(f"batch size must be at least 1, got {batch_size}")
+        if seed is not None and seed < 0:
+            raise LabError(f"seed (--seed) must be a whole number >= 0, got {seed}")
         if not 0.0 < top_p <= 1.0:
             raise LabError(f"top_p (--top-p) must be in (0, 1], got {top_p}")
         self.top_p = float(top_p)
