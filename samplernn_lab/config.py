@@ -249,7 +249,8 @@ def sketch() -> Preset:
         ),
         # ema=0.99 (the weights' moving average validated, rendered and kept) was measured and not made the default:
         # at equal steps held-out NLL lower at 197 of 220 epochs and per-epoch renders closer at 132, further at 61,
-        # but the 10-minute `auto` renders further on 7 of 9 sources (benchmarks/RESULTS.md, "A moving average")
+        # but the 10-minute `auto` renders further on 7 of 9 sources; the same with +-3 dB copies over two seeds
+        # (benchmarks/RESULTS.md, "A moving average" and "... again")
         TrainConfig(seq_len=512, batch_size=16, lr=2e-3, max_minutes=10.0, render_seconds=4.0),
         # gain jitter: with one source of seconds the model soon recites its training stretch by heart (held-out
         # NLL rising from ~100 steps); copies at other levels make exact recall useless (+-6 dB: held-out NLL
