@@ -162,7 +162,7 @@ def run(
     done = set(json.loads(chain_file.read_text())["done"]) if resume and chain_file.exists() else set()
     train_resume = False
     if resume and "02_train" not in done:
-        train_resume, max_minutes = _resume_training(out, max_minutes)
+        train_resume = _resume_training(out)
     settings = {"preset": preset, "overrides": list(overrides), "seed": seed}
     training = {"max_minutes": max_minutes, "epochs": epochs, "resume": train_resume}
     listening = {
@@ -262,8 +262,9 @@ def _claim_out(out: Path, resume: bool, overwrite: bool) -> None:
         write_marker(out, "run")
 
 
-def _resume_training(out: Path, max_minutes: float | None) -> tuple[bool, float | None]:
-    """Whether training goes on from ``out/checkpoints/last.pt``, and its minute budget (the run's in all).
+def _resume_training(out: Path) -> bool:
+    """Whether training goes on from ``out/checkpoints/last.pt`` (its minute budget is the run's in all: training
+    counts the minutes before the resume itself).
 
     A run stopped before its first checkpoint starts training again: only the lab's own files of that
     start (config.json, metrics.jsonl) are removed.
@@ -273,8 +274,8 @@ def _resume_training(out: Path, max_minutes: float | None) -> tuple[bool, float 
     if not last.exists():
         for path in (run.config, run.metrics):
             path.unlink(missing_ok=True)
-        return False, max_minutes
-    return True, max_minutes  # training counts the minutes before the resume against the budget itself
+        return False
+    return True
 
 
 def write_summary(run_dir: Path, source: Path, preset: str, overrides: list[str]) -> dict:
