@@ -101,8 +101,8 @@ def lab_loop(dataset: Path, out: Path, preset, budgets: list[float], on_budget) 
     m = preset.model
     val_codes = load_split(dataset, "val", m.q_levels, m.quantization)
     for i, minutes in enumerate(budgets):
-        more = minutes - (budgets[i - 1] if i else 0.0)  # a resumed training's budget counts from the resume
-        cfg = dataclasses.replace(preset.train, max_minutes=more, epochs=None, clock="process")
+        # max_minutes is the run's in all: a resumed run counts the minutes before its resume (last.pt keeps them)
+        cfg = dataclasses.replace(preset.train, max_minutes=minutes, epochs=None, clock="process")
         done = train(dataset, out, preset.model, cfg, resume=i > 0, device="cpu", progress=False)
         # the lab validates at the end of each epoch; the budget ends mid-epoch, so measure the weights it
         # stopped with (last.pt) the way the reference is measured, at the budget (with ema on, the weights'
