@@ -130,19 +130,41 @@ def _train(a) -> int:
 
 def _resumed_preset(out: str, overrides: list[str]):
     """For ``--resume``: the run's own training settings (its budgets among them) with what is given now on top,
-    not a preset's: a run resumed with no flags goes on to the budget it was started with. None where the run
-    folder has no settings to read (training then says what is missing)."""
-    from .config import Preset, TrainConfig, apply_overrides
+    not a preset's: a run resumed with no flags goes on to the budget it was started with. A setting given now
+    that differs from the run's own is refused unless a resume may change it (``train_start.RESUMABLE``): it
+    would be dropped. None where the run folder has no settings to read (training then says what is missing)."""
+    from .config import DataConfig, ModelConfig, Preset, TrainConfig, apply_overrides, parse_overrides, setting_owner
     from .rundir import RunDir
+    from .train_start import RESUMABLE
 
     run = RunDir(out)
     if not run.config.is_file():
         return None
+    recorded = run.read_config()
     try:
-        saved = TrainConfig(**run.read_config().get("train", {}))
-    except TypeError as e:
-        raise LabError(f"{run.config}: training settings this version cannot read ({e})") from None
-    return apply_overrides(Preset(train=saved), overrides)
+        saved = Preset(ModelConfig(**recorded.get("model", {})), TrainConfig(**recorded.get("train", {})), DataConfig())
+    except (TypeError, LabError) as e:
+        raise LabError(f"{run.config}: settings this version cannot read ({e})") from None
+    given = apply_overrides(saved, overrides)
+    fixed = []
+    for key in parse_overrides(overrides):
+        part, name = setting_owner(key)
+        if part == "train" and name in RESUMABLE:
+            continue
+        was = recorded.get(part, {}).get(name) if isinstance(recorded.get(part), dict) else None
+        if _plain(getattr(getattr(given, part), name)) != _plain(was):  # the same value again is no change
+            fixed.append(f"{part}.{name}")
+    if fixed:
+        raise LabError(
+            f"train --resume: {', '.join(fixed)} cannot change in a resumed run (it keeps its own settings); "
+            f"a resume may change {', '.join(RESUMABLE)}"
+        )
+    return given
+
+
+def _plain(value):
+    """A setting as config.json holds it (tuples as lists), to compare a given value with a recorded one."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _add_generate(sub) -> None:

@@ -300,7 +300,8 @@ def get_preset(name: str = "sketch", overrides: dict[str, Any] | list[str] | Non
     return apply_overrides(PRESETS[name](), overrides)
 
 
-def _pairs(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["dim=512", "lr=1e-3"]`` as ``{"dim": 512, "lr": 0.001}`` (values parsed, names not yet checked)."""
     pairs = {}
     for item in overrides:
         if "=" not in item:
@@ -315,18 +316,25 @@ def apply_overrides(preset: Preset, overrides: dict[str, Any] | list[str] | None
     if not overrides:
         return preset
     if isinstance(overrides, (list, tuple)):
-        overrides = _pairs(overrides)
+        overrides = parse_overrides(overrides)
     parts = {"model": preset.model, "train": preset.train, "data": preset.data}
     for key, value in overrides.items():
-        section, _, fname = key.rpartition(".")
-        owners = [section] if section else [s for s, obj in parts.items() if fname in _fields(obj)]
-        if not owners or owners[0] not in parts or fname not in _fields(parts[owners[0]]):
-            known = sorted({f for obj in parts.values() for f in _fields(obj)})
-            raise LabError(f"unknown setting {key!r}; known: {', '.join(known)}")
-        if len(owners) > 1:
-            raise LabError(f"setting {key!r} is ambiguous: write {' or '.join(o + '.' + fname for o in owners)}")
-        parts[owners[0]] = replace(parts[owners[0]], **{fname: value})
+        section, fname = setting_owner(key)
+        parts[section] = replace(parts[section], **{fname: value})
     return Preset(parts["model"], parts["train"], parts["data"])
+
+
+def setting_owner(key: str) -> tuple[str, str]:
+    """``(section, field)`` of an override's key (``"dim"`` or ``"model.dim"``); a LabError if unknown or ambiguous."""
+    parts = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+    section, _, fname = key.rpartition(".")
+    owners = [section] if section else [s for s, cls in parts.items() if fname in _fields(cls)]
+    if not owners or owners[0] not in parts or fname not in _fields(parts[owners[0]]):
+        known = sorted({f for cls in parts.values() for f in _fields(cls)})
+        raise LabError(f"unknown setting {key!r}; known: {', '.join(known)}")
+    if len(owners) > 1:
+        raise LabError(f"setting {key!r} is ambiguous: write {' or '.join(o + '.' + fname for o in owners)}")
+    return owners[0], fname
 
 
 def _fields(obj: Any) -> set[str]:

@@ -19,6 +19,10 @@ from .model import SampleRNN
 from .rundir import RunDir, check_new_run
 from .train_state import Session, TrainState, _set_lr, _to
 
+# what a resumed run takes from the caller: its budgets (counted over the whole run), the clock they count, and
+# the machine's own (mixed precision, how often to save); every other setting is the run's, from its last.pt
+RESUMABLE = ("epochs", "max_steps", "max_minutes", "clock", "amp", "checkpoint_minutes")
+
 
 def start(
     dataset: Path,
@@ -41,8 +45,8 @@ def start(
             raise LabError(f"{run.root}: nothing to resume (no checkpoints/last.pt)")
         saved = ckpt_io.load(run.last)
         model_config = ModelConfig(**saved["config"]["model"])
-        budgets = {k: getattr(cfg, k) for k in ("epochs", "max_steps", "max_minutes", "clock")}
-        cfg = TrainConfig(**{**saved["config"]["train"], **budgets})
+        now = {k: getattr(cfg, k) for k in RESUMABLE}
+        cfg = TrainConfig(**{**saved["config"]["train"], **now})
     else:
         model_config = model_config or ModelConfig()
         check_new_run(run)  # before anything is read: a refusal costs nothing

@@ -341,6 +341,31 @@ def test_train_resume_without_flags_goes_on_to_the_runs_own_budget(dataset, tmp_
     assert load(run / "checkpoints/last.pt")["step"] == 9
 
 
+def test_train_resume_refuses_settings_it_would_drop_and_takes_the_machines_own(dataset, tmp_path, capsys):
+    """A resumed run keeps its own settings: a change to one of them is refused in one line (it used to be dropped
+    silently), while its budgets and the machine's settings (mixed precision) are taken."""
+    run = tmp_path / "run"
+    train(dataset, run, TINY, cfg(max_steps=3), progress=False)
+    capsys.readouterr()
+    args = ["train", str(dataset), "--out", str(run), "--resume", "--no-progress"]
+    for extra, named in [
+        (["--set", "lr=0.5"], "train.lr"),
+        (["--seed", "5"], "train.seed"),
+        (["--set", "model.dim=64"], "model.dim"),
+        (["--set", "gain_jitter_db=1", "max_steps=5"], "data.gain_jitter_db"),
+    ]:
+        assert main(args + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and named in err and "cannot change" in err, err
+        assert load(run / "checkpoints/last.pt")["step"] == 3  # nothing trained, nothing lost
+    # the run's own settings given again are no change (the command it started with, --resume added); a budget
+    # and mixed precision are taken
+    same = ["--seed", "0", "--set", f"dim={TINY.dim}", "frame_sizes=4,2", "seq_len=256"]
+    assert main(args + same + ["--max-steps", "5", "--set", "amp=false"]) == 0
+    assert load(run / "checkpoints/last.pt")["step"] == 5
+    assert json.loads((run / "config.json").read_text())["train"]["amp"] is False
+
+
 def test_ddp_two_gloo_ranks_stay_in_step(dataset, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(r"""
