@@ -129,7 +129,8 @@ def run_one(job: dict, options: dict) -> dict:
     logs = run_dir.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     state_file = logs / f"{job['name']}.json"
-    if (run_dir / "summary.json").exists():
+    # a finished run is this job's only if it holds this source with these settings (else reported, left alone)
+    if (run_dir / "summary.json").exists() and not _foreign(run_dir, job):
         return {**job, "status": "skipped (done)", **run_summary(run_dir)}
     previous = read_json(state_file)
     attempt = int(previous.get("attempt", 0)) + 1
@@ -401,11 +402,19 @@ def _run_bars(out: Path, todo: list[dict], results: dict, bars: dict, tails: dic
 
 
 def _unique_names(files: list[Path]) -> list[str]:
-    seen: Counter = Counter()
+    """A run name per file: its stem, or ``stem-2``, ``stem-3``... for a stem met again, never a name already given
+    or another file's own stem (``take-2.wav`` beside two ``take`` files): two jobs in one run folder would
+    leave a source untrained and the batch waiting for it."""
+    stems = {f.stem for f in files}
+    used: set[str] = set()
     names = []
     for f in files:
-        seen[f.stem] += 1
-        names.append(f.stem if seen[f.stem] == 1 else f"{f.stem}-{seen[f.stem]}")
+        name, k = f.stem, 1
+        while name in used or (k > 1 and name in stems):
+            k += 1
+            name = f"{f.stem}-{k}"
+        used.add(name)
+        names.append(name)
     return names
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,14 +14,20 @@ from typing import Any
 from .batch_state import read_json, run_summary, write_json
 from .errors import LabError
 
+# exit statuses of a run stopped by the user (Ctrl-C reaches the whole process group) or by a polite kill: not
+# a process that died, so not started again
+INTERRUPTED = {130, 143, -signal.SIGINT, -signal.SIGTERM}
+
 
 class _Local:
-    """Runs jobs as subprocesses (``jobs`` at once); a process that dies is started again ``retries`` times."""
+    """Runs jobs as subprocesses (``jobs`` at once); a process that dies is started again ``retries`` times,
+    one that was interrupted is not, and none is started once the batch is closing (Ctrl-C)."""
 
     def __init__(self, jobs: int, retries: int):
         self.pool = ThreadPoolExecutor(max_workers=max(1, jobs))
         self.retries = retries
         self.futures: dict = {}
+        self.stopping = False
 
     def submit(self, job: dict, options: dict) -> None:
         self.futures[self.pool.submit(self._one, job, options)] = job
@@ -32,6 +39,8 @@ class _Local:
         write_json(spec, {"job": job, "options": options})
         code = None
         for _ in range(self.retries + 1):
+            if self.stopping:
+                break
             with open(logs / f"{job['name']}.log", "a") as log:
                 code = subprocess.run(
                     [sys.executable, "-m", "samplernn_lab.batch", str(spec)],
@@ -42,6 +51,8 @@ class _Local:
             state = read_json(logs / f"{job['name']}.json")
             if code == 0 and state.get("state") in ("done", "failed"):
                 return _result_from_state(job, state)
+            if code in INTERRUPTED or self.stopping:
+                return {**job, "status": "failed", "error": f"interrupted (exit {code}); run the batch again to resume"}
         return {**job, "status": "failed", "error": f"the run's process died (exit {code}) {self.retries + 1} times"}
 
     def done(self, timeout: float) -> list[dict]:
@@ -56,6 +67,7 @@ class _Local:
             return {**job, "status": "failed", "error": f"{type(e).__name__}: {e}"}
 
     def close(self) -> None:
+        self.stopping = True  # before waiting: a run stopped by Ctrl-C is not started again meanwhile
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -8,6 +8,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 from .files import atomic_path, write_text
 
@@ -39,7 +40,7 @@ def write_triage(out: Path, results: list[dict], grid_fields: Sequence[str] = ()
                 "copy_share": "" if r.get("copy_share") is None else f"{r['copy_share']:.3f}",
                 "epochs": r.get("epochs", ""),
                 "run": os.path.relpath(r["run"], out) if r.get("run") and r["status"] != "waiting" else "",
-                "renders": " ".join(os.path.relpath(Path(r["run"]) / x["file"], out) for x in renders),
+                "renders": [os.path.relpath(Path(r["run"]) / x["file"], out) for x in renders],  # CSV: space-joined
                 "figure": next(
                     (
                         os.path.relpath(Path(r["run"]) / f, out)
@@ -56,7 +57,7 @@ def write_triage(out: Path, results: list[dict], grid_fields: Sequence[str] = ()
     with atomic_path(out / "summary.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**r, "renders": " ".join(r["renders"])} for r in rows)
     write_text(out / "index.html", _index_html(rows, grid_fields))
 
 
@@ -95,16 +96,21 @@ def _group_row(label: str, members: list[dict], n_columns: int) -> str:
     return f"<tr class='group'><th colspan='{n_columns}'>{e(label)} &nbsp; <small>{e(summary)}</small></th></tr>"
 
 
+def _url(path: str) -> str:
+    """A relative file path as an attribute's URL: quoted (a space, ``#`` or ``?`` in a name is part of the path,
+    not a fragment or a query), then HTML-escaped."""
+    return html.escape(quote(path))
+
+
 def _row_html(r: dict, grid_fields: list[str]) -> str:
     """One run's row: its settings, category, numbers, players and figure."""
     e = html.escape
     players = "".join(
-        f"<div><audio controls preload='none' src='{e(p)}'></audio><br><small>{e(Path(p).name)}</small></div>"
-        for p in r["renders"].split()
+        f"<div><audio controls preload='none' src='{_url(p)}'></audio><br><small>{e(Path(p).name)}</small></div>"
+        for p in r["renders"]
     )
-    fig = (
-        f"<a href='{e(r['figure'])}'><img src='{e(r['figure'])}' width='360' loading='lazy'></a>" if r["figure"] else ""
-    )
+    fig = f"<a href='{_url(r['figure'])}'><img src='{_url(r['figure'])}' width='360' loading='lazy'></a>"
+    fig = fig if r["figure"] else ""
     category = r["category"] or r["status"]
     cells = [
         f"<td>{e(r['name'])}</td>",

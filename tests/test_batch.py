@@ -218,6 +218,76 @@ def test_a_folder_the_lab_did_not_make_is_left_alone(tmp_path, sources):
     assert Path(report["csv"]).exists()
 
 
+def test_run_names_never_repeat_so_every_source_gets_its_own_run():
+    from samplernn_lab.batch import _unique_names
+
+    files = [Path("x/take-2.wav"), Path("x/take.flac"), Path("x/take.wav"), Path("y/take.wav")]
+    assert _unique_names(files) == ["take-2", "take", "take-3", "take-4"]
+    assert _unique_names([Path("a.wav"), Path("a.flac")]) == ["a", "a-2"]
+
+
+def test_a_finished_run_of_another_source_or_settings_is_reported_not_taken_as_done(tmp_path, sources):
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    # a run a batch finished before, of another recording called a.wav
+    marker = {"name": "a", "source": str(tmp_path / "elsewhere" / "a.wav"), "grid": {}, "overrides": TINY}
+    (out / "a" / "batch-run.json").write_text(json.dumps(marker))
+    (out / "a" / "summary.json").write_text(json.dumps({"best_val_bits": 1.0, "renders": []}))
+    report = batch([sources / "a.wav"], out, max_steps=5, overrides=TINY, progress=False)
+    (result,) = report["results"]
+    assert result["status"] == "failed" and "other settings" in result["error"], result
+    assert json.loads((out / "a" / "summary.json").read_text())["best_val_bits"] == 1.0  # left alone
+
+
+def test_triage_page_links_names_with_spaces_and_hashes(tmp_path):
+    out = tmp_path / "tri"
+    results = {}
+    for name in ("my song", "Track #3"):
+        run = out / name
+        (run / "renders" / "listen").mkdir(parents=True)
+        (run / "renders" / "listen" / "t1.0-0.wav").write_bytes(b"")
+        results[name] = {
+            "name": name,
+            "source": f"{name}.wav",
+            "grid": {},
+            "status": "ok",
+            "run": str(run),
+            "category": "varied",
+            "renders": [{"file": "renders/listen/t1.0-0.wav", "category": "varied"}],
+            "figures": ["figures/poster.png"],
+        }
+    write_triage(out, list(results.values()))
+    page = (out / "index.html").read_text()
+    assert "src='my%20song/renders/listen/t1.0-0.wav'" in page
+    assert "src='Track%20%233/renders/listen/t1.0-0.wav'" in page and "href='Track%20%233/figures/poster.png'" in page
+    assert page.count("<audio") == 2
+    rows = {r["name"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert rows["my song"]["renders"] == "my song/renders/listen/t1.0-0.wav"
+
+
+@pytest.mark.parametrize("code", [130, -signal.SIGINT, 1])
+def test_a_local_run_stopped_by_ctrl_c_is_not_started_again(tmp_path, monkeypatch, code):
+    """Ctrl-C reaches every run of a local batch: an interrupted run is reported, not restarted ``retries`` times
+    (each restart went on training until Ctrl-C was pressed again); a run that died (exit 1) is retried."""
+    import subprocess
+
+    from samplernn_lab import batch_runners
+
+    calls = []
+    monkeypatch.setattr(
+        batch_runners.subprocess, "run", lambda *a, **k: calls.append(a) or subprocess.CompletedProcess(a, code)
+    )
+    runner = batch_runners._Local(jobs=1, retries=2)
+    runner.submit({"name": "a", "run": str(tmp_path / "a")}, {})
+    (result,) = runner.done(timeout=30)
+    runner.close()
+    assert result["status"] == "failed"
+    if code == 1:
+        assert len(calls) == 3 and "died" in result["error"]
+    else:
+        assert len(calls) == 1 and "interrupted" in result["error"]
+
+
 def test_metrics_tail_reads_what_was_appended_and_waits_for_a_half_written_line(tmp_path):
     tail = MetricsTail(tmp_path)
     assert tail.read().line() == "preparing" and not tail.started
