@@ -436,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"samplernn-lab {args.verb}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"samplernn-lab {args.verb}: interrupted", file=sys.stderr)
+        again = " (the same command with --resume goes on from where it stopped)" if args.verb == "run" else ""
+        print(f"samplernn-lab {args.verb}: interrupted{again}", file=sys.stderr)
         return 130
     except OSError as e:  # the machine's doing, not a bug: a full disk, a read-only folder, no permission
         if e.errno not in _MACHINE_ERRORS:

@@ -21,6 +21,12 @@ def _add_pipeline(sub) -> None:
                 action="store_true",
                 help="replace a run that --out holds (only a folder samplernn-lab made)",
             )
+            p.add_argument(
+                "--resume",
+                action="store_true",
+                help="go on with a run that --out holds and that stopped part-way (Ctrl-C, a crash): its finished "
+                "notebooks are kept, training goes on from its last checkpoint",
+            )
     p = sub.add_parser("demo", help="the whole chain on the bundled example, within minutes on a CPU")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--max-minutes", type=float, default=None)
@@ -107,7 +113,9 @@ def _pipeline_kwargs(a) -> dict:
 def _run(a) -> None:
     from .pipeline import run
 
-    summary = run(a.sources[0], a.out, overwrite=a.overwrite, **_pipeline_kwargs(a))
+    if a.resume and a.overwrite:
+        raise LabError("--resume and --overwrite: choose one (--overwrite replaces the run --resume would go on with)")
+    summary = run(a.sources[0], a.out, overwrite=a.overwrite, resume=a.resume, **_pipeline_kwargs(a))
     print(f"done: {summary['run']} (see summary.json, notebooks/ and figures/ there)")
 
 

@@ -255,7 +255,10 @@ def _claim_out(out: Path, resume: bool, overwrite: bool) -> None:
         raise LabError(f"{out}: folder is not empty and was not made by samplernn-lab; choose a new or empty --out")
     if holds_run(RunDir(out)) and not resume:
         if not overwrite:
-            raise LabError(f"{out}: already holds a run; choose another --out (or --overwrite to replace it)")
+            raise LabError(
+                f"{out}: already holds a run; choose another --out, --resume to go on with it, or --overwrite to "
+                "replace it"
+            )
         replace_lab_folder(out, "run")
     out.mkdir(parents=True, exist_ok=True)
     if marker_kind(out) is None:

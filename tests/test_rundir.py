@@ -123,13 +123,26 @@ def test_run_overwrite_replaces_a_previous_run_only_when_asked(tmp_path, monkeyp
     (out / "checkpoints").mkdir()
     (out / "checkpoints" / "last.pt").write_bytes(b"old")
     assert main(["run", str(src), "--out", str(out)]) == 2
-    assert "already holds a run" in one_line(capsys) and (out / "checkpoints" / "last.pt").read_bytes() == b"old"
+    said = one_line(capsys)
+    assert (
+        "already holds a run" in said
+        and "--resume" in said
+        and (out / "checkpoints" / "last.pt").read_bytes() == b"old"
+    )
     executed = []
-    monkeypatch.setattr(pipeline_mod, "execute", lambda nb, dst, params, cwd: executed.append(nb.stem))
+    monkeypatch.setattr(pipeline_mod, "execute", lambda nb, dst, params, cwd: executed.append((nb.stem, params)))
     monkeypatch.setattr(pipeline_mod, "write_summary", lambda run_dir, *a: {"run": str(run_dir)})
+    assert main(["run", str(src), "--out", str(out), "--resume", "--overwrite"]) == 2 and "choose one" in one_line(
+        capsys
+    )
+    # --resume goes on with the run: its checkpoint kept, training resumed from it
+    assert main(["run", str(src), "--out", str(out), "--resume"]) == 0
+    assert (out / "checkpoints" / "last.pt").read_bytes() == b"old"
+    assert dict(executed)["02_train"]["resume"] is True
+    executed.clear()
     assert main(["run", str(src), "--out", str(out), "--overwrite"]) == 0
     assert not (out / "checkpoints").exists() and not (out / "config.json").exists()
-    assert marker_kind(out) == "run" and executed[0] == "01_prepare_dataset"
+    assert marker_kind(out) == "run" and executed[0][0] == "01_prepare_dataset"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run")]  # nothing left aside
 
 
