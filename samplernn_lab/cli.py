@@ -288,8 +288,12 @@ def _export(a) -> None:
     from .live import export
     from .rundir import resolve
 
+    if os.path.isdir(a.out):
+        raise LabError(f"{a.out}: is a folder; --out names the .ts file to write")
     if not a.overwrite:
         refuse_existing([a.out])
+    if a.prime_seconds < 0:
+        raise LabError(f"--prime-seconds must not be negative, got {a.prime_seconds:g}")
     checkpoint = resolve(a.run, a.checkpoint)  # named in the message: auto's pick is not obvious
     path = export(
         a.run,

@@ -324,6 +324,29 @@ def test_export_and_figures_refuse_to_overwrite_a_file(run, tmp_path, capsys):
     assert (tmp_path / "fig.pdf").read_bytes()[:4] == b"%PDF"
 
 
+def test_export_refuses_a_prime_it_cannot_read_and_a_folder_out(run, tmp_path, capsys):
+    """With the run's dataset gone the module would start from silence without a word: refused, as generate
+    refuses; so are a negative --prime-seconds and an --out that is a folder (it was a traceback)."""
+    own = tmp_path / "run"
+    shutil.copytree(run, own)
+    state = torch.load(own / "checkpoints" / "last.pt", weights_only=True)
+    state["config"]["dataset"] = str(tmp_path / "moved")
+    torch.save(state, own / "checkpoints" / "last.pt")
+    for extra, said in [
+        ([], "moved: the run's dataset is not there"),
+        (["--prime-seconds", "-1"], "must not be negative"),
+        (["--out", tmp_path, "--overwrite"], "is a folder"),
+    ]:
+        args = ["export", own, "--checkpoint", "last", "--out", tmp_path / "m.ts", *extra]
+        code, _, err = cli(args, capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and said in err, err
+        assert not (tmp_path / "m.ts").exists()
+    code, _, err = cli(
+        ["export", own, "--checkpoint", "last", "--out", tmp_path / "m.ts", "--prime-seconds", "0"], capsys
+    )
+    assert code == 0, err
+
+
 def _auto_is_epoch_7(run, tmp_path):
     """A copy of ``run`` whose ``auto`` checkpoint is epoch 7 (a render event closer than any other)."""
     own = tmp_path / "run"

@@ -122,6 +122,8 @@ def export(
     """
     from ..checkpoint import load_model
 
+    if prime_seconds < 0:
+        raise LabError(f"--prime-seconds must not be negative, got {prime_seconds:g}")
     out = Path(out)
     model, info = load_model(run, which)
     sr = int(info["config"]["sample_rate"])
@@ -134,8 +136,12 @@ def export(
         dataset = Path(info["config"].get("dataset", ""))
         if not (dataset / "manifest.json").exists():
             dataset = Path(run) / "dataset"
-        if (dataset / "manifest.json").exists():
-            prime_audio = excerpts(dataset, prime_seconds, 1, seed)[0]
+        if not (dataset / "manifest.json").exists():  # a module that starts from silence would not say so
+            raise LabError(
+                f"{info['config'].get('dataset', run)}: the run's dataset is not there to prime from; give "
+                "--prime FILE, or --prime-seconds 0 to start from silence"
+            )
+        prime_audio = excerpts(dataset, prime_seconds, 1, seed)[0]
     live = build(model, sr, host_rate, precision, prime_audio)
     live.set_seed(seed)
     scripted = script(live)
