@@ -160,6 +160,8 @@ def prepare(
     """
     cfg = config or DataConfig()
     cfg.validate()
+    if cfg.chunk_samples < 1:
+        raise LabError(f"chunk_seconds={cfg.chunk_seconds:g}: less than one sample at {cfg.sample_rate} Hz")
     out = Path(out)
     _check_out(out, overwrite)
     loaded = [load_source(p, cfg.sample_rate) for p in find_sources(sources)]

@@ -154,6 +154,8 @@ def run(
     source, out = Path(source).resolve(), Path(out).resolve()
     if not source.exists():
         raise LabError(f"{source}: no such file")
+    if source.is_dir():
+        raise LabError(f"{source}: is a folder; run takes one audio file (batch takes folders)")
     chosen = get_preset(preset, list(overrides))  # fail early on a bad preset or field
     seconds = chosen.train.render_seconds * 2 if seconds is None else seconds
     temperatures = list(temperatures) if temperatures else [1.0, 0.9]

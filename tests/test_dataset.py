@@ -338,6 +338,12 @@ def test_bad_input_one_line_error_nothing_left(case, tmp_path, make_wav, capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no dataset folder, no temporary left
 
 
+def test_a_chunk_under_one_sample_is_refused_in_one_line(bell_wav, tmp_path, capsys):
+    code, _, err = run_cli(["prepare", str(bell_wav), "--out", str(tmp_path / "ds"), "--chunk-seconds", "1e-5"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "chunk_seconds=1e-05" in err, err
+    assert not (tmp_path / "ds").exists()
+
+
 def test_non_empty_out_refused_and_overwrite_replaces_only_a_dataset(bell_wav, tmp_path, capsys):
     out = tmp_path / "ds"
     out.mkdir()

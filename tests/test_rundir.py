@@ -132,6 +132,8 @@ def test_run_overwrite_replaces_a_previous_run_only_when_asked(tmp_path, monkeyp
     executed = []
     monkeypatch.setattr(pipeline_mod, "execute", lambda nb, dst, params, cwd: executed.append((nb.stem, params)))
     monkeypatch.setattr(pipeline_mod, "write_summary", lambda run_dir, *a: {"run": str(run_dir)})
+    assert main(["run", str(tmp_path), "--out", str(tmp_path / "elsewhere")]) == 2  # a folder: that is batch's
+    assert "is a folder" in one_line(capsys) and not (tmp_path / "elsewhere").exists()
     assert main(["run", str(src), "--out", str(out), "--resume", "--overwrite"]) == 2 and "choose one" in one_line(
         capsys
     )
