@@ -79,7 +79,8 @@ def load_source(path: Path, sample_rate: int) -> Source:
     audio, _ = audio_io.load(path, sample_rate)
     if float(np.max(np.abs(audio))) < SILENT_PEAK:
         raise LabError(f"{path}: source is silent (peak below -80 dBFS)")
-    return Source(str(path), path.stem, len(audio) / sample_rate, hashlib.sha256(data).hexdigest(), audio)
+    # the absolute path: the manifest is read from other folders (training, the notebooks) to find the source again
+    return Source(str(path.resolve()), path.stem, len(audio) / sample_rate, hashlib.sha256(data).hexdigest(), audio)
 
 
 def split_source(audio: np.ndarray, val_fraction: float, test_fraction: float) -> dict[str, list[tuple[int, int]]]:
@@ -480,8 +481,9 @@ def excerpts(folder: str | os.PathLike, seconds: float, n: int, seed: int = 0, s
 def source_audio(folder: str | os.PathLike, max_seconds: float = 60.0) -> np.ndarray:
     """The sound a dataset was made from, at the dataset's rate, to judge renders against.
 
-    The manifest's source files, joined, where they still exist; otherwise the training chunks
-    (copies of the same material), joined. At most ``max_seconds``.
+    The manifest's source files, joined, where they still exist unchanged (their sha256 as recorded; a path
+    relative to where ``prepare`` ran, as older manifests hold, may name another file from elsewhere); otherwise
+    the training chunks (copies of the same material), joined. At most ``max_seconds``.
 
     Returns
     -------
@@ -490,9 +492,18 @@ def source_audio(folder: str | os.PathLike, max_seconds: float = 60.0) -> np.nda
     folder = Path(folder)
     manifest = read_manifest(folder)
     sr = manifest["sample_rate"]
-    paths = [Path(s["path"]) for s in manifest["sources"] if isinstance(s, dict) and isinstance(s.get("path"), str)]
-    if paths and all(p.is_file() for p in paths):
+    sources = [s for s in manifest["sources"] if isinstance(s, dict) and isinstance(s.get("path"), str)]
+    paths = [Path(s["path"]) for s in sources]
+    if paths and all(_unchanged(Path(s["path"]), s.get("sha256")) for s in sources):
         parts = [audio_io.load(p, sr)[0] for p in paths]
     else:
         parts = [audio_io.load(folder / c["path"])[0] for c in manifest["chunks"] if c["split"] == "train"]
     return np.concatenate(parts)[: int(max_seconds * sr)].astype(np.float32)
+
+
+def _unchanged(path: Path, sha256: object) -> bool:
+    """Whether ``path`` is a file whose bytes hash to ``sha256`` (a manifest's record of its source)."""
+    try:
+        return isinstance(sha256, str) and hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+    except OSError:
+        return False

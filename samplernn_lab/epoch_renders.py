@@ -93,7 +93,7 @@ def render_event(
     }
 
 
-_PROFILES: dict[tuple[str, int], object] = {}
+_PROFILES: dict[tuple[str, int, int], object] = {}
 
 
 def _source_profile(dataset: Path, sample_rate: int):
@@ -101,7 +101,8 @@ def _source_profile(dataset: Path, sample_rate: int):
     from .dataset import source_audio
     from .resemblance import SourceProfile
 
-    key = (str(dataset.resolve()), sample_rate)
+    # the manifest's time too: a dataset prepared again in the same folder (a re-run notebook 01) is another sound
+    key = (str(dataset.resolve()), sample_rate, (Path(dataset) / "manifest.json").stat().st_mtime_ns)
     if key not in _PROFILES:
         _PROFILES.clear()
         _PROFILES[key] = SourceProfile(source_audio(dataset), sample_rate)

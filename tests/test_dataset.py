@@ -416,3 +416,36 @@ def test_batch_order_fills_every_batch_and_covers_every_chunk():
     again = batch_order(19, 16, seed=3, epoch=2)
     assert all(torch.equal(a, b) for a, b in zip(batch_order(19, 16, seed=3, epoch=2), again))
     assert not torch.equal(batch_order(19, 16, seed=3, epoch=3)[0], again[0])
+
+
+def test_the_source_is_found_again_from_another_folder_and_only_unchanged(tmp_path, monkeypatch):
+    """The manifest keeps the source's absolute path, and its bytes are checked: judged against another file of
+    the same name (a relative path read from another folder) the renders would be judged against the wrong sound."""
+    from samplernn_lab.dataset import source_audio
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    sf.write(tmp_path / "a" / "take.wav", bell(16000, 1.0, seed=1), 16000)
+    sf.write(tmp_path / "b" / "take.wav", noise(16000, 1.0), 16000)
+    monkeypatch.chdir(tmp_path / "a")
+    prepare(["take.wav"], tmp_path / "ds", CFG)
+    source, _ = sf.read(tmp_path / "a" / "take.wav", dtype="float32")
+    monkeypatch.chdir(tmp_path / "b")
+    assert np.array_equal(source_audio(tmp_path / "ds"), source)
+    sf.write(tmp_path / "a" / "take.wav", noise(16000, 1.0), 16000)  # the file changed since: the chunks stand in
+    assert not np.array_equal(source_audio(tmp_path / "ds"), sf.read(tmp_path / "a" / "take.wav", dtype="float32")[0])
+
+
+def test_a_dataset_prepared_again_in_the_same_folder_is_judged_against_its_new_source(tmp_path):
+    import time
+
+    from samplernn_lab.epoch_renders import _source_profile
+
+    sf.write(tmp_path / "one.wav", bell(16000, 1.0, seed=1), 16000)
+    sf.write(tmp_path / "two.wav", noise(16000, 1.0), 16000)
+    prepare([tmp_path / "one.wav"], tmp_path / "ds", CFG)
+    first = _source_profile(tmp_path / "ds", 16000)
+    assert _source_profile(tmp_path / "ds", 16000) is first  # made once per dataset
+    time.sleep(0.01)
+    prepare([tmp_path / "two.wav"], tmp_path / "ds", CFG, overwrite=True)
+    assert _source_profile(tmp_path / "ds", 16000) is not first
