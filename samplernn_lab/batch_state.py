@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections import Counter
 from pathlib import Path
 
@@ -43,6 +44,19 @@ def pending_row(job: dict, out: Path, tails: dict | None = None) -> dict:
     return {**job, "status": "waiting"}
 
 
+def _gone(state: dict) -> bool:
+    """Whether a run recorded as running was on this machine and its process is no more (Ctrl-C, kill -9)."""
+    if state.get("host") != socket.gethostname() or not isinstance(state.get("pid"), int):
+        return False  # on another machine (Ray): not for this one to say
+    try:
+        os.kill(state["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def status(out: str | os.PathLike) -> list[dict]:
     """Every run of the batch in ``out`` as it stands: name, grid values, state (done, failed,
     ``running (epoch, step, bits, minutes)``, ``stopped (...)`` for a run that stopped part-way, waiting),
@@ -53,7 +67,7 @@ def status(out: str | os.PathLike) -> list[dict]:
         raise LabError(f"{out}: no batch here (no batch.json)")
     rows = []
     for job in spec["jobs"]:
-        run_dir = Path(job["run"])
+        run_dir = out / job["name"]  # where plan put it, wherever the batch's folder has moved since
         row = {"name": job["name"], **job.get("grid", {})}
         if (run_dir / "summary.json").exists():
             s = run_summary(run_dir)
@@ -72,7 +86,7 @@ def status(out: str | os.PathLike) -> list[dict]:
         tail = MetricsTail(run_dir).read()
         if state.get("state") == "failed":
             now = "failed"
-        elif state.get("state") == "running":
+        elif state.get("state") == "running" and not _gone(state):
             now = f"running ({tail.line()})"
         else:
             now = f"stopped ({tail.line()})" if tail.started else "waiting"

@@ -318,3 +318,29 @@ def test_batch_shares_every_setting_of_a_run_with_its_defaults(tmp_path):
     with pytest.raises(LabError, match="checkpont: not a setting of a run"):
         batch([tmp_path / "a.wav"], tmp_path / "out", checkpont="last")
     assert not (tmp_path / "out").exists()  # refused before anything is made
+
+
+def test_status_of_a_moved_batch_and_of_a_run_whose_process_is_gone(tmp_path):
+    """``--status`` reads the runs where the batch's folder is now, and a run recorded as running whose process
+    on this machine is gone (Ctrl-C, kill -9) is stopped, not running for ever."""
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "moved"
+    jobs = [{"name": n, "run": str(tmp_path / "before" / n), "grid": {}} for n in ("done", "killed")]
+    (out / "logs").mkdir(parents=True)
+    (out / "batch.json").write_text(json.dumps({"jobs": jobs}))
+    (out / "done").mkdir()
+    (out / "done" / "summary.json").write_text(json.dumps({"best_val_bits": 4.2, "renders": []}))
+    (out / "killed").mkdir()
+    (out / "killed" / "metrics.jsonl").write_text('{"step": 1, "epoch": 1, "split": "train", "nll_bits": 5.0}\n')
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    state = {"state": "running", "pid": int(dead.stdout), "host": socket.gethostname()}
+    (out / "logs" / "killed.json").write_text(json.dumps(state))
+    rows = {r["name"]: r for r in status(out)}
+    assert rows["done"]["state"] == "done" and rows["done"]["best_val_bits"] == 4.2
+    assert rows["killed"]["state"].startswith("stopped"), rows["killed"]
+    state["pid"] = os.getpid()  # alive: running
+    (out / "logs" / "killed.json").write_text(json.dumps(state))
+    assert status(out)[1]["state"].startswith("running")
