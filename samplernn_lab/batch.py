@@ -129,8 +129,7 @@ def run_one(job: dict, options: dict) -> dict:
     logs = run_dir.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     state_file = logs / f"{job['name']}.json"
-    # a finished run is this job's only if it holds this source with these settings (else reported, left alone)
-    if (run_dir / "summary.json").exists() and not _foreign(run_dir, job):
+    if _finished_here(run_dir, job):
         return {**job, "status": "skipped (done)", **run_summary(run_dir)}
     previous = read_json(state_file)
     attempt = int(previous.get("attempt", 0)) + 1
@@ -180,6 +179,17 @@ def run_one(job: dict, options: dict) -> dict:
             {**job, "status": "failed", "error": first if isinstance(e, LabError) else f"{type(e).__name__}: {first}"}
         )
     return finish({**job, "status": "ok", **summary, "run": str(run_dir)})
+
+
+def _finished_here(run_dir: Path, job: dict) -> bool:
+    """Whether ``run_dir`` holds this job's finished run: this source with these settings, as the batch's mark says
+    (or, for a run ``samplernn-lab run`` made and put in place, its summary). Another finished run there is not
+    this batch's result: it is reported (:func:`_foreign`) and left alone."""
+    summary = read_json(run_dir / "summary.json")
+    if not summary:
+        return False
+    mine = read_json(run_dir / MARKER) or summary
+    return mine.get("source") == job["source"] and list(mine.get("overrides") or []) == list(job["overrides"])
 
 
 def _foreign(run_dir: Path, job: dict) -> str | None:
