@@ -188,8 +188,12 @@ def _finished_here(run_dir: Path, job: dict) -> bool:
     summary = read_json(run_dir / "summary.json")
     if not summary:
         return False
-    mine = read_json(run_dir / MARKER) or summary
-    return mine.get("source") == job["source"] and list(mine.get("overrides") or []) == list(job["overrides"])
+    return _same_job(read_json(run_dir / MARKER) or summary, job)
+
+
+def _same_job(record: dict, job: dict) -> bool:
+    """Whether a run's record (the batch's mark, or a summary) names ``job``'s source and settings."""
+    return record.get("source") == job["source"] and list(record.get("overrides") or []) == list(job["overrides"])
 
 
 def _foreign(run_dir: Path, job: dict) -> str | None:
@@ -199,7 +203,7 @@ def _foreign(run_dir: Path, job: dict) -> str | None:
     mine = read_json(run_dir / MARKER)
     if not mine:
         return f"{run_dir}: holds files the batch did not make; move them or choose another --out"
-    if mine.get("source") != job["source"] or mine.get("overrides") != job["overrides"]:
+    if not _same_job(mine, job):
         return (
             f"{run_dir}: holds a run of {Path(mine.get('source', '?')).name} with other settings; choose another --out"
         )

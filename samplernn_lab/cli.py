@@ -292,8 +292,6 @@ def _export(a) -> None:
         raise LabError(f"{a.out}: is a folder; --out names the .ts file to write")
     if not a.overwrite:
         refuse_existing([a.out])
-    if a.prime_seconds < 0:
-        raise LabError(f"--prime-seconds must not be negative, got {a.prime_seconds:g}")
     checkpoint = resolve(a.run, a.checkpoint)  # named in the message: auto's pick is not obvious
     path = export(
         a.run,
