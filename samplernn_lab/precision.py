@@ -54,12 +54,6 @@ def int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.contiguous(), scales.contiguous()
 
 
-def int8_linear(x: torch.Tensor, q: torch.Tensor, scales_bf16: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """``x @ (q * scales).T + b`` in float32 out; ``x`` (rows, in) float32, ``scales_bf16`` (out,) bfloat16."""
-    y = torch._weight_int8pack_mm(x.to(torch.bfloat16), q, scales_bf16).float()
-    return y if b is None else y + b
-
-
 def pack(w: torch.Tensor, rows: int) -> torch.Tensor | None:
     """``w`` (out, in), float32 or bfloat16, reordered for oneDNN's matmul at ``rows`` rows, or None where that
     is unavailable (no oneDNN, the op changed, or its result differs from ``F.linear``'s)."""
@@ -89,6 +83,7 @@ class LowPrecisionDense:
         if precision == "int8" and not int8_fits(w.shape[1]):
             precision = "fp32"
         self.precision, self.b, self.packed = precision, b, None
+        self.bb = None if b is None else b.to(torch.bfloat16)  # the bias where it is added in bfloat16
         if precision == "bf16":
             self.wb = w.to(torch.bfloat16).contiguous()
             self.w = self.wb.float()
@@ -104,19 +99,27 @@ class LowPrecisionDense:
             self.w = w.contiguous()
 
     def __call__(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
-        if self.precision == "bf16":
-            xb = x.to(torch.bfloat16)
-            # on oneDNN where packed: several times F.linear's speed with AVX-512 BF16 or AMX
-            y = F.linear(xb, self.wb) if self.packed is None else self._onednn(xb)
-            y = y.float() if self.b is None else y.float().add_(self.b)
-        elif self.precision == "int8":
-            y = int8_linear(x, self.q, self.s, self.b)
-        else:
-            y = F.linear(x, self.w, self.b)
-        return torch.relu_(y) if relu else y
+        """Float32 ``x`` gives float32 out; bfloat16 ``x`` gives bfloat16 out, so that a chain of layers (the MLP)
+        casts once on the way in and once on the way out. The values are the same either way: the product
+        is rounded to bfloat16 where it leaves the kernel (bias and ReLU applied before that)."""
+        if self.precision == "fp32":  # an int8 layer the kernel cannot take: F.linear's result, in x's type
+            y = F.linear(x.float(), self.w, self.b)
+            return (torch.relu_(y) if relu else y).to(x.dtype)
+        if x.dtype == torch.bfloat16:
+            return self.bf16(x, relu)
+        return self.bf16(x.to(torch.bfloat16), relu).float()
 
-    def _onednn(self, xb: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(xb, self.packed, None, "none", [], "")
+    def bf16(self, xb: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        """bfloat16 (rows, in) -> bfloat16 (rows, out), for a bf16 or int8 layer."""
+        if self.precision == "int8":
+            y = torch._weight_int8pack_mm(xb, self.q, self.s)
+            if self.b is not None:
+                y = y.add_(self.bb)
+            return torch.relu_(y) if relu else y
+        if self.packed is not None:  # oneDNN: bias and ReLU in the kernel, on its float32 sums
+            return torch.ops.mkldnn._linear_pointwise(xb, self.packed, self.b, "relu" if relu else "none", [], "")
+        y = F.linear(xb, self.wb, None if self.b is None else self.bb)
+        return torch.relu_(y) if relu else y
 
 
 @torch.no_grad()

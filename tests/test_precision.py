@@ -102,6 +102,18 @@ def test_sampler_uses_the_precision(model, precision, backend):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_the_sampler_draws_from_the_distribution_the_kl_bound_holds_for(model, precision):
+    """The sampler keeps the MLP's activations in bfloat16 between its layers; the KL test measures the layers
+    called on float32: both must be the same distribution. Greedy codes are the argmax of it at every step."""
+    sampler = Sampler(model, 2, 0.0, seed=0, backend="torch", precision=precision)
+    codes = torch.cat(list(sampler.run(160)), 1)
+    lp = folded_log_probs(fold(model, rows=2, precision=precision), codes)
+    assert torch.equal(lp.argmax(-1), codes)
+    f32 = folded_log_probs(fold(model, rows=2), codes)
+    assert not torch.equal(lp, f32)  # the low-precision weights were used
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_export_with_precision_plays(model, precision):
     m = script(build(model, 16000, 48000, precision))
     with torch.inference_mode():

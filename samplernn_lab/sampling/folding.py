@@ -71,6 +71,7 @@ class Folded:
     q_levels: int
     lookback: int
     frame_size: int  # bottom frame size: samples per MLP window
+    mlp_dtype: torch.dtype = torch.float32  # between the MLP's layers: bfloat16 where they are low precision
 
 
 @torch.no_grad()
@@ -119,7 +120,8 @@ def fold(
     lut = position_tables(mlp.embedding.weight, mlp.input.weight)
     hidden = [dense(layer.weight, layer.bias) for layer in mlp.hidden]
     out = dense(mlp.output.weight, mlp.output.bias)
-    return Folded(tiers, t(lut), hidden, out, model.config.q_levels, model.lookback, mlp.frame_size)
+    mlp_dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    return Folded(tiers, t(lut), hidden, out, model.config.q_levels, model.lookback, mlp.frame_size, mlp_dtype)
 
 
 def tier_step(tier: Tier, frame: torch.Tensor, cond: torch.Tensor | None, state: list, q: int) -> torch.Tensor:

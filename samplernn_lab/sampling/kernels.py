@@ -156,9 +156,10 @@ def mlp_frame_torch(
     for j in range(fs):
         # the first layer is a sum of lookup-table rows: one fused gather-and-add
         x = F.embedding_bag(window[:, j : j + fs] + offsets, lut, mode="sum").add_(cond[:, j]).relu_()
+        x = x.to(f.mlp_dtype)  # low precision: one cast in, one out, none between the layers
         for layer in f.hidden:
             x = layer(x, relu=True)
-        logits = f.out(x).mul_(inv_t[:, j : j + 1])
+        logits = f.out(x).float().mul_(inv_t[:, j : j + 1])
         probs = torch.softmax(logits, dim=1)
         if top_p < 1.0:
             probs = nucleus(probs, top_p)
