@@ -337,7 +337,11 @@ def _diagnose(a) -> None:
         except RuntimeError:
             sr = load(path)[1]
         if sr not in profiles:
-            profiles[sr] = SourceProfile(load(a.source, sr)[0], sr)
+            audio = load(a.source, sr)[0]
+            try:
+                profiles[sr] = SourceProfile(audio, sr)
+            except LabError as err:
+                raise LabError(f"{a.source}: {err}") from None
         return profiles[sr]
 
     rows = [diagnose_file(f, source_at(f)) for f in a.files]

@@ -36,10 +36,10 @@ from .config import DataConfig
 from .errors import LabError
 from .files import plain_mode
 from .rundir import marker_kind
+from .spectral import SILENT_PEAK
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
-SILENT_PEAK = 1e-4  # -80 dBFS: a source quieter than this everywhere is treated as silent
 
 
 @dataclass

@@ -16,6 +16,7 @@ import numpy as np
 from .errors import LabError
 
 FLOOR_DB = -100.0  # spectrogram floor, dBFS: about the noise of 16-bit audio, below anything audible
+SILENT_PEAK = 1e-4  # -80 dBFS: a source quieter than this everywhere is treated as silent
 
 
 def as_mono(audio: np.ndarray, label: str = "audio", dtype: type = np.float64) -> np.ndarray:

@@ -184,6 +184,9 @@ def test_diagnose_cli_table_and_json(tmp_path, capsys):
     assert code == 0 and "resemblance" in out.splitlines()[0] and "copied" in out.splitlines()[0]
     code, _, err = cli(["diagnose", tmp_path / "nope.wav"], capsys)
     assert code == 2 and "nope.wav" in err
+    # a silent source sets no level to compare against (it read ~1.6e6): refused, naming it
+    code, out, err = cli(["diagnose", tmp_path / "bells.wav", "--source", tmp_path / "silence.wav"], capsys)
+    assert code == 2 and out == "" and "silence.wav" in err and "silent" in err and len(err.strip().splitlines()) == 1
 
 
 def test_figures_cli(tmp_path, capsys):
