@@ -79,7 +79,9 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a SampleRNN on a dataset folder")
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--preset", default="sketch", help="sketch (CPU, minutes) or poster (the study's, GPU)")
+    p.add_argument(
+        "--preset", help="sketch (CPU, minutes; the default) or poster (the study's, GPU); with --resume, the run's own"
+    )
     p.add_argument("--max-minutes", type=float, help="stop after this many minutes (in all)")
     p.add_argument("--epochs", type=int, help="stop after this many epochs (in all)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (in all)")
@@ -110,8 +112,8 @@ def _train(a) -> int:
     for name in ("max_minutes", "epochs", "max_steps", "seed"):
         if getattr(a, name) is not None:
             overrides.append(f"train.{name}={getattr(a, name)}")
-    preset = _resumed_preset(a.out, overrides) if a.resume else None
-    preset = preset or get_preset(a.preset, overrides)
+    preset = _resumed_preset(a.out, overrides, a.preset) if a.resume else None
+    preset = preset or get_preset(a.preset or "sketch", overrides)
     result = train(
         a.dataset, a.out, preset.model, preset.train, resume=a.resume, device=a.device, progress=not a.no_progress
     )
@@ -128,12 +130,14 @@ def _train(a) -> int:
     return 0
 
 
-def _resumed_preset(out: str, overrides: list[str]):
+def _resumed_preset(out: str, overrides: list[str], preset: str | None = None):
     """For ``--resume``: the run's own training settings (its budgets among them) with what is given now on top,
     not a preset's: a run resumed with no flags goes on to the budget it was started with. A setting given now
     that differs from the run's own is refused unless a resume may change it (``train_start.RESUMABLE``): it
-    would be dropped. None where the run folder has no settings to read (training then says what is missing)."""
+    would be dropped; so is a ``preset`` (with the overrides on it) whose settings are not the run's. None where
+    the run folder has no settings to read (training then says what is missing)."""
     from .config import DataConfig, ModelConfig, Preset, TrainConfig, apply_overrides, parse_overrides, setting_owner
+    from .presets import get_preset
     from .rundir import RunDir
     from .train_start import RESUMABLE
 
@@ -154,10 +158,19 @@ def _resumed_preset(out: str, overrides: list[str]):
         was = recorded.get(part, {}).get(name) if isinstance(recorded.get(part), dict) else None
         if _plain(getattr(getattr(given, part), name)) != _plain(was):  # the same value again is no change
             fixed.append(f"{part}.{name}")
+    if preset is not None:  # the original command with --resume added names the run's own preset: no change
+        chosen = apply_overrides(get_preset(preset), overrides)
+        for part in ("model", "train"):
+            for name, was in (recorded.get(part) or {}).items():
+                if (part == "train" and name in RESUMABLE) or not hasattr(getattr(chosen, part), name):
+                    continue
+                if _plain(getattr(getattr(chosen, part), name)) != _plain(was) and f"{part}.{name}" not in fixed:
+                    fixed.append(f"{part}.{name}")
     if fixed:
+        named = f"--preset {preset} sets " if preset is not None else ""
         raise LabError(
-            f"train --resume: {', '.join(fixed)} cannot change in a resumed run (it keeps its own settings); "
-            f"a resume may change {', '.join(RESUMABLE)}"
+            f"train --resume: {named}{', '.join(fixed)}, which cannot change in a resumed run (it keeps its own "
+            f"settings); a resume may change {', '.join(RESUMABLE)}"
         )
     return given
 

@@ -353,6 +353,7 @@ def test_train_resume_refuses_settings_it_would_drop_and_takes_the_machines_own(
         (["--seed", "5"], "train.seed"),
         (["--set", "model.dim=64"], "model.dim"),
         (["--set", "gain_jitter_db=1", "max_steps=5"], "data.gain_jitter_db"),
+        (["--preset", "poster"], "model.dim"),  # a preset's settings were dropped silently too
     ]:
         assert main(args + extra) == 2
         err = capsys.readouterr().err.strip()
@@ -364,6 +365,12 @@ def test_train_resume_refuses_settings_it_would_drop_and_takes_the_machines_own(
     assert main(args + same + ["--max-steps", "5", "--set", "amp=false"]) == 0
     assert load(run / "checkpoints/last.pt")["step"] == 5
     assert json.loads((run / "config.json").read_text())["train"]["amp"] is False
+    # a run started from a preset resumes with the same command, preset named, --resume added
+    start = ["train", str(dataset), "--out", str(tmp_path / "run2"), "--preset", "sketch", "--no-progress", "--set"]
+    start += ["dim=16", "embed_size=8", "q_levels=64", "seq_len=256", "batch_size=4", "render_seconds=0"]
+    assert main(start + ["--max-steps", "2"]) == 0
+    assert main(start + ["--max-steps", "3", "--resume"]) == 0
+    assert load(tmp_path / "run2/checkpoints/last.pt")["step"] == 3
 
 
 def test_ddp_two_gloo_ranks_stay_in_step(dataset, tmp_path):
