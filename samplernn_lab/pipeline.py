@@ -15,6 +15,7 @@ the triage view ``OUT/summary.csv`` and ``OUT/index.html``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
@@ -161,7 +162,11 @@ def run(
     temperatures = list(temperatures) if temperatures else [1.0, 0.9]
     _claim_out(out, resume, overwrite)
     chain_file = out / "chain.json"
-    done = set(json.loads(chain_file.read_text())["done"]) if resume and chain_file.exists() else set()
+    chain = json.loads(chain_file.read_text()) if resume and chain_file.exists() else {}
+    done = set(chain.get("done", []))
+    started = {"source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(), "preset": preset}
+    started.update({"overrides": list(overrides), "seed": seed})
+    _check_resumed(out, chain.get("settings"), started)
     train_resume = False
     if resume and "02_train" not in done:
         train_resume = _resume_training(out)
@@ -176,7 +181,7 @@ def run(
         "rescue": rescue,
     }
     steps = _chain_steps(source, out, settings, training, listening)
-    _run_chain(steps, source, out, done, chain_file, progress)
+    _run_chain(steps, source, out, done, chain_file, started, progress)
     return write_summary(out, source, preset, list(overrides))
 
 
@@ -232,10 +237,32 @@ def _chain_steps(source: Path, out: Path, settings: dict, training: dict, listen
     ]
 
 
+def _check_resumed(out: Path, was: dict | None, now: dict) -> None:
+    """A resumed run goes on with what it was started with: another source (by content), preset, settings or seed
+    given now would be dropped for the finished steps and taken for the rest. Refused, naming what differs.
+    ``was`` is None for a run that recorded nothing (not started, or by a version that did not record it)."""
+    if not was:
+        return
+    names = {"source_sha256": "the source", "preset": "--preset", "overrides": "--set", "seed": "--seed"}
+    differ = [names[k] for k in names if k in was and was[k] != now[k]]
+    if differ:
+        raise LabError(
+            f"{out}: holds a run started with another {', '.join(differ)}; --resume goes on with what it was started "
+            f"with: give the same, or choose another --out"
+        )
+
+
 def _run_chain(
-    steps: list[tuple[str, dict]], source: Path, out: Path, done: set[str], chain_file: Path, progress: bool
+    steps: list[tuple[str, dict]],
+    source: Path,
+    out: Path,
+    done: set[str],
+    chain_file: Path,
+    settings: dict,
+    progress: bool,
 ) -> None:
-    """Execute the steps not already done, recording each finished one in ``chain_file``."""
+    """Execute the steps not already done, recording each finished one (and what the chain was started with) in
+    ``chain_file``."""
     nb_in, nb_out = notebooks_dir(), out / "notebooks"
     bar = tqdm(steps, desc=source.name, unit="notebook", disable=not progress)
     for name, params in bar:
@@ -248,7 +275,7 @@ def _run_chain(
         else:
             execute(nb_in / f"{name}.ipynb", nb_out / f"{name}.ipynb", params, out)
         done.add(name)
-        write_text(chain_file, json.dumps({"done": sorted(done)}) + "\n")
+        write_text(chain_file, json.dumps({"done": sorted(done), "settings": settings}) + "\n")
 
 
 def _claim_out(out: Path, resume: bool, overwrite: bool) -> None:

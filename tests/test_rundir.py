@@ -141,6 +141,20 @@ def test_run_overwrite_replaces_a_previous_run_only_when_asked(tmp_path, monkeyp
     assert main(["run", str(src), "--out", str(out), "--resume"]) == 0
     assert (out / "checkpoints" / "last.pt").read_bytes() == b"old"
     assert dict(executed)["02_train"]["resume"] is True
+    # it goes on with what it was started with: another source, seed or setting is refused, not half taken
+    other = tmp_path / "b.wav"
+    sf.write(other, tone_plus_noise(16000, 1.5), 16000)
+    capsys.readouterr()
+    for extra, named in [(["--seed", "3"], "--seed"), (["--set", "lr=0.01"], "--set"), (["--preset", "poster"], "--preset")]:
+        assert main(["run", str(src), "--out", str(out), "--resume", *extra]) == 2
+        said = one_line(capsys)
+        assert named in said and "another" in said, said
+    assert main(["run", str(other), "--out", str(out), "--resume"]) == 2 and "the source" in one_line(capsys)
+    moved = tmp_path / "moved" / "a.wav"  # the same sound found at another path is the same source
+    moved.parent.mkdir()
+    moved.write_bytes(src.read_bytes())
+    assert main(["run", str(moved), "--out", str(out), "--resume"]) == 0
+    assert (out / "checkpoints" / "last.pt").read_bytes() == b"old"
     executed.clear()
     assert main(["run", str(src), "--out", str(out), "--overwrite"]) == 0
     assert not (out / "checkpoints").exists() and not (out / "config.json").exists()
