@@ -178,6 +178,9 @@ def run_one(job: dict, options: dict) -> dict:
         return finish(
             {**job, "status": "failed", "error": first if isinstance(e, LabError) else f"{type(e).__name__}: {first}"}
         )
+    except BaseException:  # Ctrl-C, SIGTERM: the state file says stopped, not running for ever (on any machine)
+        write_json(state_file, {**read_json(state_file), "state": "stopped", "stopped": time.time()})
+        raise
     return finish({**job, "status": "ok", **summary, "run": str(run_dir)})
 
 

@@ -344,3 +344,27 @@ def test_status_of_a_moved_batch_and_of_a_run_whose_process_is_gone(tmp_path):
     state["pid"] = os.getpid()  # alive: running
     (out / "logs" / "killed.json").write_text(json.dumps(state))
     assert status(out)[1]["state"].startswith("running")
+
+
+def test_a_run_stopped_by_ctrl_c_says_stopped_in_its_state_file(tmp_path, monkeypatch):
+    """Ctrl-C in a run's process used to leave its state file saying "running" for ever (only this machine could
+    tell from the dead pid); now the file says stopped, and the interrupt goes on up."""
+    from samplernn_lab import batch as batch_mod
+    from samplernn_lab import pipeline
+
+    sf.write(tmp_path / "a.wav", bell(16000, 1.0), 16000)
+    out = tmp_path / "out"
+    (job,) = plan([tmp_path / "a.wav"], out)
+    (out / "batch.json").parent.mkdir(parents=True)
+    (out / "batch.json").write_text(json.dumps({"jobs": [job]}))
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        batch_mod.run_one(job, {})
+    state = json.loads((out / "logs" / "a.json").read_text())
+    assert state["state"] == "stopped" and state["attempt"] == 1
+    (Path(job["run"]) / "metrics.jsonl").write_text('{"step": 1, "epoch": 1, "split": "train", "nll_bits": 5.0}\n')
+    assert status(out)[0]["state"].startswith("stopped")
