@@ -37,8 +37,8 @@ import math
 
 import numpy as np
 
-from .frame_features import features
 from .errors import LabError
+from .frame_features import features
 from .spectral import SILENT_PEAK, as_mono, pad_to_window
 
 # Levels below the source's loudest mel band minus this many dB are held at that floor: about the range

@@ -145,7 +145,11 @@ def test_run_overwrite_replaces_a_previous_run_only_when_asked(tmp_path, monkeyp
     other = tmp_path / "b.wav"
     sf.write(other, tone_plus_noise(16000, 1.5), 16000)
     capsys.readouterr()
-    for extra, named in [(["--seed", "3"], "--seed"), (["--set", "lr=0.01"], "--set"), (["--preset", "poster"], "--preset")]:
+    for extra, named in [
+        (["--seed", "3"], "--seed"),
+        (["--set", "lr=0.01"], "--set"),
+        (["--preset", "poster"], "--preset"),
+    ]:
         assert main(["run", str(src), "--out", str(out), "--resume", *extra]) == 2
         said = one_line(capsys)
         assert named in said and "another" in said, said
