@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -237,6 +238,8 @@ def _unreadable(source: str, run_dir: Path) -> str | None:
 def _worker_main(job_file: str) -> int:
     """``python -m samplernn_lab.batch JOB.json``: one run in a process of its own (batch without Ray)."""
     spec = json.loads(Path(job_file).read_text())
+    # SIGTERM as an exception (exit 143, one of batch_runners.INTERRUPTED), so run_one records the run as stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run_one(spec["job"], spec["options"])
     return 0
 

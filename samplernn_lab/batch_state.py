@@ -41,7 +41,7 @@ def pending_row(job: dict, out: Path, tails: dict | None = None) -> dict:
         return {**job, "status": f"running ({tail.line()})"}
     if state.get("state") == "failed":
         return {**job, "status": "failed", "error": state.get("error", "")}
-    return {**job, "status": "waiting"}
+    return {**job, "status": "stopped" if state.get("state") == "stopped" else "waiting"}
 
 
 def _gone(state: dict) -> bool:

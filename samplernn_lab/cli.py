@@ -335,8 +335,11 @@ def _add_diagnose(sub) -> None:
 
 
 def _diagnose(a) -> None:
+    import numpy as np
+
     from .analysis import SourceProfile, diagnose_file
     from .audio import load
+    from .spectral import SILENT_PEAK
 
     profiles: dict[int, SourceProfile] = {}  # one per sample rate among the files
 
@@ -351,10 +354,9 @@ def _diagnose(a) -> None:
             sr = load(path)[1]
         if sr not in profiles:
             audio = load(a.source, sr)[0]
-            try:
-                profiles[sr] = SourceProfile(audio, sr)
-            except LabError as err:
-                raise LabError(f"{a.source}: {err}") from None
+            if float(np.max(np.abs(audio))) < SILENT_PEAK:  # no level to compare at: every render would read ~1e6
+                raise LabError(f"{a.source}: source is silent (peak below -80 dBFS): nothing to compare a render with")
+            profiles[sr] = SourceProfile(audio, sr)
         return profiles[sr]
 
     rows = [diagnose_file(f, source_at(f)) for f in a.files]

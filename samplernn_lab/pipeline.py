@@ -238,16 +238,32 @@ def _chain_steps(source: Path, out: Path, settings: dict, training: dict, listen
 
 
 def _check_resumed(out: Path, was: dict | None, now: dict) -> None:
-    """A resumed run goes on with what it was started with: another source (by content), preset, settings or seed
-    given now would be dropped for the finished steps and taken for the rest. Refused, naming what differs.
-    ``was`` is None for a run that recorded nothing (not started, or by a version that did not record it)."""
+    """A resumed run goes on with what it was started with: another source (by content), seed or setting (the
+    preset with its ``--set`` applied, compared field by field: order and spelling do not count, budgets may
+    change as in ``train --resume``) would be dropped for the finished steps and taken for the rest. Refused,
+    naming what differs. ``was`` is None for a run that recorded nothing (not started, or an older version)."""
+    from dataclasses import asdict
+
+    from .presets import get_preset
+    from .train_start import RESUMABLE
+
     if not was:
         return
-    names = {"source_sha256": "the source", "preset": "--preset", "overrides": "--set", "seed": "--seed"}
-    differ = [names[k] for k in names if k in was and was[k] != now[k]]
+    differ = []
+    if was.get("source_sha256") not in (None, now["source_sha256"]):
+        differ.append("another source (its sound differs)")
+    if "seed" in was and was["seed"] != now["seed"]:
+        differ.append(f"seed {was['seed']} ({now['seed']} given now)")
+    if "preset" in was and "overrides" in was:
+        before = asdict(get_preset(was["preset"], was["overrides"]))
+        after = asdict(get_preset(now["preset"], now["overrides"]))
+        for part, fields in before.items():
+            for name, value in fields.items():
+                if value != after[part][name] and not (part == "train" and name in RESUMABLE):
+                    differ.append(f"{part}.{name}={value} ({after[part][name]} given now)")
     if differ:
         raise LabError(
-            f"{out}: holds a run started with another {', '.join(differ)}; --resume goes on with what it was started "
+            f"{out}: holds a run started with {'; '.join(differ)}; a resumed run goes on with what it was started "
             f"with: give the same, or choose another --out"
         )
 

@@ -37,9 +37,8 @@ import math
 
 import numpy as np
 
-from .errors import LabError
 from .frame_features import features
-from .spectral import SILENT_PEAK, as_mono, pad_to_window
+from .spectral import as_mono, pad_to_window
 
 # Levels below the source's loudest mel band minus this many dB are held at that floor: about the range
 # between a loud passage and the room around a listener.
@@ -184,8 +183,6 @@ class SourceProfile:
 
     def __init__(self, source: np.ndarray, sr: int, seed: int = 0):
         s = _mono(source, "source")
-        if float(np.max(np.abs(s))) < SILENT_PEAK:  # no level to set a floor from: every distance would be huge
-            raise LabError("source is silent (peak below -80 dBFS): there is nothing to compare a render with")
         self.sr, self.audio = int(sr), s
         frames = log_mel_frames(s, sr)
         top = float(frames.max())

@@ -368,3 +368,15 @@ def test_a_run_stopped_by_ctrl_c_says_stopped_in_its_state_file(tmp_path, monkey
     assert state["state"] == "stopped" and state["attempt"] == 1
     (Path(job["run"]) / "metrics.jsonl").write_text('{"step": 1, "epoch": 1, "split": "train", "nll_bits": 5.0}\n')
     assert status(out)[0]["state"].startswith("stopped")
+    # SIGTERM to a local run's process too (it used to end the process before anything was written)
+    spec = tmp_path / "a.job.json"
+    spec.write_text(json.dumps({"job": job, "options": {}}))
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM) or time.sleep(30))
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            batch_mod._worker_main(str(spec))
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    state = json.loads((out / "logs" / "a.json").read_text())
+    assert stop.value.code == 143 and state["state"] == "stopped" and state["attempt"] == 2

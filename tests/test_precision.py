@@ -113,6 +113,16 @@ def test_the_sampler_draws_from_the_distribution_the_kl_bound_holds_for(model, p
     assert not torch.equal(lp, f32)  # the low-precision weights were used
 
 
+def test_int8_layers_the_kernel_cannot_take_keep_the_mlp_in_float32():
+    """A width that is not a multiple of 16 leaves the MLP's layers float32 in int8: no bfloat16 between them."""
+    torch.manual_seed(0)
+    m = SampleRNN(ModelConfig(frame_sizes=(4, 2), dim=40, n_rnn=1, embed_size=16, q_levels=64)).eval()
+    sampler = Sampler(m, 2, 0.0, seed=0, backend="torch", precision="int8")
+    assert sampler.f.mlp_dtype == torch.float32
+    codes = torch.cat(list(sampler.run(160)), 1)
+    assert torch.equal(folded_log_probs(fold(m, rows=2, precision="int8"), codes).argmax(-1), codes)
+
+
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_export_with_precision_plays(model, precision):
     m = script(build(model, 16000, 48000, precision))

@@ -146,19 +146,24 @@ def test_run_overwrite_replaces_a_previous_run_only_when_asked(tmp_path, monkeyp
     sf.write(other, tone_plus_noise(16000, 1.5), 16000)
     capsys.readouterr()
     for extra, named in [
-        (["--seed", "3"], "--seed"),
-        (["--set", "lr=0.01"], "--set"),
-        (["--preset", "poster"], "--preset"),
+        (["--seed", "3"], "seed 0 (3 given now)"),
+        (["--set", "lr=0.01"], "train.lr="),
+        (["--preset", "poster"], "model.dim=256 (1024 given now)"),
     ]:
         assert main(["run", str(src), "--out", str(out), "--resume", *extra]) == 2
         said = one_line(capsys)
-        assert named in said and "another" in said, said
-    assert main(["run", str(other), "--out", str(out), "--resume"]) == 2 and "the source" in one_line(capsys)
+        assert named in said and "goes on with what it was started with" in said, said
+    assert main(["run", str(other), "--out", str(out), "--resume"]) == 2 and "another source" in one_line(capsys)
     moved = tmp_path / "moved" / "a.wav"  # the same sound found at another path is the same source
     moved.parent.mkdir()
     moved.write_bytes(src.read_bytes())
     assert main(["run", str(moved), "--out", str(out), "--resume"]) == 0
     assert (out / "checkpoints" / "last.pt").read_bytes() == b"old"
+    # the same settings in another order or spelling, and a budget, are no change
+    out2 = tmp_path / "run2"
+    assert main(["run", str(src), "--out", str(out2), "--set", "lr=0.001", "dim=64"]) == 0
+    assert main(["run", str(src), "--out", str(out2), "--resume", "--set", "model.dim=64", "train.lr=1e-3"]) == 0
+    assert main(["run", str(src), "--out", str(out2), "--resume", "--set", "dim=64", "lr=0.001", "max_steps=50"]) == 0
     executed.clear()
     assert main(["run", str(src), "--out", str(out), "--overwrite"]) == 0
     assert not (out / "checkpoints").exists() and not (out / "config.json").exists()

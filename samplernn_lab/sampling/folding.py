@@ -120,7 +120,10 @@ def fold(
     lut = position_tables(mlp.embedding.weight, mlp.input.weight)
     hidden = [dense(layer.weight, layer.bias) for layer in mlp.hidden]
     out = dense(mlp.output.weight, mlp.output.bias)
-    mlp_dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    # bfloat16 between the MLP's layers only where they are low precision (int8 layers the kernel cannot take,
+    # width not a multiple of 16, stay float32 and must see float32: the distribution the KL bound is held on)
+    low = all(getattr(d, "precision", "fp32") != "fp32" for d in (*hidden, out))
+    mlp_dtype = torch.bfloat16 if low else torch.float32
     return Folded(tiers, t(lut), hidden, out, model.config.q_levels, model.lookback, mlp.frame_size, mlp_dtype)
 
 
