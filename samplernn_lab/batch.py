@@ -130,7 +130,7 @@ def run_one(job: dict, options: dict) -> dict:
     logs = run_dir.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     state_file = logs / f"{job['name']}.json"
-    if _finished_here(run_dir, job):
+    if _finished_here(run_dir, job, options):
         return {**job, "status": "skipped (done)", **run_summary(run_dir)}
     previous = read_json(state_file)
     attempt = int(previous.get("attempt", 0)) + 1
@@ -151,13 +151,14 @@ def run_one(job: dict, options: dict) -> dict:
         )
         return result
 
-    error = job.get("error") or _foreign(run_dir, job) or _unreadable(job["source"], run_dir)
+    error = job.get("error") or _foreign(run_dir, job, options) or _unreadable(job["source"], run_dir)
     if error:
         return finish({**job, "status": "failed", "error": error})
     run_dir.mkdir(parents=True, exist_ok=True)
     if marker_kind(run_dir) is None:  # the lab's mark, so that run (and its --overwrite) know the folder
         write_marker(run_dir, "run")
-    write_json(run_dir / MARKER, {k: job[k] for k in ("name", "source", "grid", "overrides")})
+    mark = {k: job[k] for k in ("name", "source", "grid", "overrides")}
+    write_json(run_dir / MARKER, {**mark, **{k: options[k] for k in ("preset", "seed") if k in options}})
     write_json(
         state_file,
         {
@@ -185,29 +186,31 @@ def run_one(job: dict, options: dict) -> dict:
     return finish({**job, "status": "ok", **summary, "run": str(run_dir)})
 
 
-def _finished_here(run_dir: Path, job: dict) -> bool:
+def _finished_here(run_dir: Path, job: dict, options: dict) -> bool:
     """Whether ``run_dir`` holds this job's finished run: this source with these settings, as the batch's mark says
     (or, for a run ``samplernn-lab run`` made and put in place, its summary). Another finished run there is not
     this batch's result: it is reported (:func:`_foreign`) and left alone."""
     summary = read_json(run_dir / "summary.json")
     if not summary:
         return False
-    return _same_job(read_json(run_dir / MARKER) or summary, job)
+    return _same_job(read_json(run_dir / MARKER) or summary, job, options)
 
 
-def _same_job(record: dict, job: dict) -> bool:
-    """Whether a run's record (the batch's mark, or a summary) names ``job``'s source and settings."""
-    return record.get("source") == job["source"] and list(record.get("overrides") or []) == list(job["overrides"])
+def _same_job(record: dict, job: dict, options: dict) -> bool:
+    """Whether a run's record (the batch's mark, or a summary) names ``job``'s source and settings, and the batch's
+    preset and seed where it records them (marks of older versions do not)."""
+    same = record.get("source") == job["source"] and list(record.get("overrides") or []) == list(job["overrides"])
+    return same and all(record[k] == options[k] for k in ("preset", "seed") if k in record and k in options)
 
 
-def _foreign(run_dir: Path, job: dict) -> str | None:
+def _foreign(run_dir: Path, job: dict, options: dict) -> str | None:
     """Why ``run_dir`` cannot take this job: it holds files the lab did not make, or another run."""
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return None
     mine = read_json(run_dir / MARKER)
     if not mine:
         return f"{run_dir}: holds files the batch did not make; move them or choose another --out"
-    if not _same_job(mine, job):
+    if not _same_job(mine, job, options):
         return (
             f"{run_dir}: holds a run of {Path(mine.get('source', '?')).name} with other settings; choose another --out"
         )

@@ -226,16 +226,27 @@ def test_run_names_never_repeat_so_every_source_gets_its_own_run():
     assert _unique_names([Path("a.wav"), Path("a.flac")]) == ["a", "a-2"]
 
 
-def test_a_finished_run_of_another_source_or_settings_is_reported_not_taken_as_done(tmp_path, sources):
+@pytest.mark.parametrize("other", ["source", "seed", "preset", None])
+def test_a_finished_run_of_another_source_or_settings_is_reported_not_taken_as_done(tmp_path, sources, other):
     out = tmp_path / "out"
     (out / "a").mkdir(parents=True)
-    # a run a batch finished before, of another recording called a.wav
-    marker = {"name": "a", "source": str(tmp_path / "elsewhere" / "a.wav"), "grid": {}, "overrides": TINY}
+    # a run a batch finished before: of another recording called a.wav, or with another seed or preset
+    source, overrides = str((sources / "a.wav").resolve()), [*TINY, "train.max_steps=5"]  # as the batch plans it
+    marker = {"name": "a", "source": source, "grid": {}, "overrides": overrides, "preset": "sketch", "seed": 0}
+    if other == "seed":
+        marker["seed"] = 7
+    if other == "source":
+        marker["source"] = str(tmp_path / "elsewhere" / "a.wav")
+    if other == "preset":
+        marker["preset"] = "poster"
     (out / "a" / "batch-run.json").write_text(json.dumps(marker))
     (out / "a" / "summary.json").write_text(json.dumps({"best_val_bits": 1.0, "renders": []}))
     report = batch([sources / "a.wav"], out, max_steps=5, overrides=TINY, progress=False)
     (result,) = report["results"]
-    assert result["status"] == "failed" and "other settings" in result["error"], result
+    if other is None:  # this job's own finished run
+        assert result["status"] == "skipped (done)", result
+    else:
+        assert result["status"] == "failed" and "other settings" in result["error"], result
     assert json.loads((out / "a" / "summary.json").read_text())["best_val_bits"] == 1.0  # left alone
 
 
