@@ -99,27 +99,37 @@ class LowPrecisionDense:
             self.w = w.contiguous()
 
     def __call__(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
-        """Float32 ``x`` gives float32 out; bfloat16 ``x`` gives bfloat16 out, so that a chain of layers (the MLP)
-        casts once on the way in and once on the way out. The values are the same either way: the product
-        is rounded to bfloat16 where it leaves the kernel (bias and ReLU applied before that)."""
+        """Float32 ``x`` gives float32 out: the product rounded to bfloat16 where it leaves the kernel, the bias
+        added after in float32 (a bias much larger than the product, as the GRU gates' can be, would otherwise
+        take the product's bits). Bfloat16 ``x`` gives bfloat16 out (:meth:`bf16`), so that a chain of layers
+        (the MLP) casts once on the way in and once on the way out."""
         if self.precision == "fp32":  # an int8 layer the kernel cannot take: F.linear's result, in x's type
             y = F.linear(x.float(), self.w, self.b)
             return (torch.relu_(y) if relu else y).to(x.dtype)
         if x.dtype == torch.bfloat16:
             return self.bf16(x, relu)
-        return self.bf16(x.to(torch.bfloat16), relu).float()
+        y = self._product(x.to(torch.bfloat16)).float()
+        if self.b is not None:
+            y.add_(self.b)
+        return torch.relu_(y) if relu else y
 
     def bf16(self, xb: torch.Tensor, relu: bool = False) -> torch.Tensor:
-        """bfloat16 (rows, in) -> bfloat16 (rows, out), for a bf16 or int8 layer."""
-        if self.precision == "int8":
-            y = torch._weight_int8pack_mm(xb, self.q, self.s)
-            if self.b is not None:
-                y = y.add_(self.bb)
-            return torch.relu_(y) if relu else y
-        if self.packed is not None:  # oneDNN: bias and ReLU in the kernel, on its float32 sums
+        """bfloat16 (rows, in) -> bfloat16 (rows, out), for a bf16 or int8 layer: product, bias and ReLU rounded
+        to bfloat16 once (the output is bfloat16 whatever the order)."""
+        if self.precision == "bf16" and self.packed is not None:  # oneDNN: bias and ReLU on its float32 sums
             return torch.ops.mkldnn._linear_pointwise(xb, self.packed, self.b, "relu" if relu else "none", [], "")
-        y = F.linear(xb, self.wb, None if self.b is None else self.bb)
+        y = self._product(xb)
+        if self.b is not None:
+            y = y.add_(self.bb)
         return torch.relu_(y) if relu else y
+
+    def _product(self, xb: torch.Tensor) -> torch.Tensor:
+        """``xb @ w.T`` without the bias, bfloat16 in and out."""
+        if self.precision == "int8":
+            return torch._weight_int8pack_mm(xb, self.q, self.s)
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(xb, self.packed, None, "none", [], "")
+        return F.linear(xb, self.wb)
 
 
 @torch.no_grad()
@@ -168,7 +178,8 @@ def folded_log_probs(f, codes: torch.Tensor) -> torch.Tensor:
             for k in range(fs):
                 x[:, j] += f.lut[k, window[:, k]]
         firsts.append(x)
-    x = torch.relu(torch.cat(firsts, 1).reshape(b * n, -1))
+    # in the MLP's own type, as the sampler: bfloat16 between low-precision layers, their bias inside the rounding
+    x = torch.relu(torch.cat(firsts, 1).reshape(b * n, -1)).to(f.mlp_dtype)
     for layer in f.hidden:
         x = layer(x, relu=True)
     return torch.log_softmax(f.out(x).float(), -1).reshape(b, n, -1)

@@ -103,8 +103,8 @@ def test_sampler_uses_the_precision(model, precision, backend):
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_the_sampler_draws_from_the_distribution_the_kl_bound_holds_for(model, precision):
-    """The sampler keeps the MLP's activations in bfloat16 between its layers; the KL test measures the layers
-    called on float32: both must be the same distribution. Greedy codes are the argmax of it at every step."""
+    """The sampler keeps the MLP's activations in bfloat16 between its layers, and so does the KL test's measure:
+    both must be the same distribution. Greedy codes are the argmax of it at every step."""
     sampler = Sampler(model, 2, 0.0, seed=0, backend="torch", precision=precision)
     codes = torch.cat(list(sampler.run(160)), 1)
     lp = folded_log_probs(fold(model, rows=2, precision=precision), codes)
@@ -161,3 +161,15 @@ def test_int8_only_where_the_kernel_is_right():
         layer = LowPrecisionDense(w, None, "int8")
         assert layer.precision == "fp32"
         torch.testing.assert_close(layer(x), x @ w.T)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_a_large_bias_does_not_take_the_products_bits(precision):
+    """Float32 in and out: only the product is rounded to bfloat16, so the error scales with the product, not with
+    a bias a thousand times larger (as a GRU gate's can be)."""
+    torch.manual_seed(0)
+    w, b, x = torch.randn(16, 64) * 1e-3, torch.full((16,), 4.0), torch.randn(2, 64)
+    layer = LowPrecisionDense(w, b, precision, rows=2)
+    exact = x @ layer.w.T + b  # the stored weights' own product, unrounded
+    # bfloat16 inputs and products: a few parts in a thousand of the product; the bias inside the rounding gave 75%
+    assert float((layer(x) - exact).abs().max()) < 2e-2 * float((x @ layer.w.T).abs().max())
