@@ -197,10 +197,24 @@ def _finished_here(run_dir: Path, job: dict, options: dict) -> bool:
 
 
 def _same_job(record: dict, job: dict, options: dict) -> bool:
-    """Whether a run's record (the batch's mark, or a summary) names ``job``'s source and settings, and the batch's
-    preset and seed where it records them (marks of older versions do not)."""
-    same = record.get("source") == job["source"] and list(record.get("overrides") or []) == list(job["overrides"])
-    return same and all(record[k] == options[k] for k in ("preset", "seed") if k in record and k in options)
+    """Whether a run's record (the batch's mark, or a summary) names ``job``'s source and settings."""
+    return not _job_differences(record, job, options)
+
+
+def _job_differences(record: dict, job: dict, options: dict) -> list[str]:
+    """How a run's record differs from ``job``: its source (by path), then its preset, ``--set`` and seed compared as
+    ``run --resume`` compares them (:func:`samplernn_lab.pipeline.setting_differences`), where it records them
+    (marks of older versions lack the preset and seed)."""
+    from .pipeline import setting_differences
+
+    differ = [] if record.get("source") == job["source"] else [f"source {Path(record.get('source') or '?').name}"]
+    was = {k: record[k] for k in ("preset", "seed") if k in record}
+    was["overrides"] = list(record.get("overrides") or [])
+    now = {"preset": options.get("preset", "sketch"), "overrides": job["overrides"], "seed": options.get("seed")}
+    try:
+        return differ + setting_differences(was, now)
+    except LabError as e:  # a recorded --set this version no longer knows
+        return differ + [str(e)]
 
 
 def _foreign(run_dir: Path, job: dict, options: dict) -> str | None:
@@ -210,10 +224,9 @@ def _foreign(run_dir: Path, job: dict, options: dict) -> str | None:
     mine = read_json(run_dir / MARKER)
     if not mine:
         return f"{run_dir}: holds files the batch did not make; move them or choose another --out"
-    if not _same_job(mine, job, options):
-        return (
-            f"{run_dir}: holds a run of {Path(mine.get('source', '?')).name} with other settings; choose another --out"
-        )
+    differ = _job_differences(mine, job, options)
+    if differ:
+        return f"{run_dir}: holds another run ({'; '.join(differ)}); choose another --out"
     return None
 
 

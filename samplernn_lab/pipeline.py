@@ -238,34 +238,48 @@ def _chain_steps(source: Path, out: Path, settings: dict, training: dict, listen
 
 
 def _check_resumed(out: Path, was: dict | None, now: dict) -> None:
-    """A resumed run goes on with what it was started with: another source (by content), seed or setting (the
-    preset with its ``--set`` applied, compared field by field: order and spelling do not count, budgets may
-    change as in ``train --resume``) would be dropped for the finished steps and taken for the rest. Refused,
-    naming what differs. ``was`` is None for a run that recorded nothing (not started, or an older version)."""
-    from dataclasses import asdict
-
-    from .presets import get_preset
-    from .train_start import RESUMABLE
-
+    """A resumed run goes on with what it was started with: another source (by content), seed or setting would be
+    dropped for the finished steps and taken for the rest. Refused, naming what differs (:func:`setting_differences`).
+    ``was`` is None for a run that recorded nothing (not started, or an older version)."""
     if not was:
         return
     differ = []
     if was.get("source_sha256") not in (None, now["source_sha256"]):
         differ.append("another source (its sound differs)")
-    if "seed" in was and was["seed"] != now["seed"]:
-        differ.append(f"seed {was['seed']} ({now['seed']} given now)")
-    if "preset" in was and "overrides" in was:
-        before = asdict(get_preset(was["preset"], was["overrides"]))
-        after = asdict(get_preset(now["preset"], now["overrides"]))
-        for part, fields in before.items():
-            for name, value in fields.items():
-                if value != after[part][name] and not (part == "train" and name in RESUMABLE):
-                    differ.append(f"{part}.{name}={value} ({after[part][name]} given now)")
+    differ += setting_differences(was, now)
     if differ:
         raise LabError(
             f"{out}: holds a run started with {'; '.join(differ)}; a resumed run goes on with what it was started "
             f"with: give the same, or choose another --out"
         )
+
+
+def setting_differences(was: dict, now: dict) -> list[str]:
+    """What differs between a run's recorded settings and those given now, each ``{"preset", "overrides", "seed"}``.
+
+    The preset with its ``--set`` applied is compared field by field: order and spelling do not count, and budgets
+    (``train_start.RESUMABLE``) may change, as in ``train --resume``. A key ``was`` lacks (a record of an older
+    version) is not compared; ``was`` without a preset is read under ``now``'s. Returns lines like
+    ``"seed 0 (7 given now)"``, empty when they are the same run.
+    """
+    from dataclasses import asdict
+
+    from .presets import get_preset
+    from .train_start import RESUMABLE
+
+    differ = []
+    if was.get("seed") is not None and was["seed"] != now.get("seed"):
+        differ.append(f"seed {was['seed']} ({now.get('seed')} given now)")
+    if "overrides" in was:
+        before = asdict(get_preset(was.get("preset", now["preset"]), was["overrides"]))
+        after = asdict(get_preset(now["preset"], now["overrides"]))
+        for part, fields in before.items():
+            for name, value in fields.items():
+                if value != after[part][name] and not (part == "train" and name in RESUMABLE):
+                    differ.append(f"{part}.{name}={value} ({after[part][name]} given now)")
+    if len(differ) > 4:  # another preset: its first few fields say enough
+        differ = [*differ[:3], f"{len(differ) - 3} more settings"]
+    return differ
 
 
 def _run_chain(

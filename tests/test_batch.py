@@ -226,7 +226,7 @@ def test_run_names_never_repeat_so_every_source_gets_its_own_run():
     assert _unique_names([Path("a.wav"), Path("a.flac")]) == ["a", "a-2"]
 
 
-@pytest.mark.parametrize("other", ["source", "seed", "preset", None])
+@pytest.mark.parametrize("other", ["source", "seed", "preset", "spelling", None])
 def test_a_finished_run_of_another_source_or_settings_is_reported_not_taken_as_done(tmp_path, sources, other):
     out = tmp_path / "out"
     (out / "a").mkdir(parents=True)
@@ -239,14 +239,17 @@ def test_a_finished_run_of_another_source_or_settings_is_reported_not_taken_as_d
         marker["source"] = str(tmp_path / "elsewhere" / "a.wav")
     if other == "preset":
         marker["preset"] = "poster"
+    if other == "spelling":  # the same settings in another order, and another budget: the same run, as run --resume
+        marker["overrides"] = [*reversed(TINY), "max_steps=3"]
     (out / "a" / "batch-run.json").write_text(json.dumps(marker))
     (out / "a" / "summary.json").write_text(json.dumps({"best_val_bits": 1.0, "renders": []}))
     report = batch([sources / "a.wav"], out, max_steps=5, overrides=TINY, progress=False)
     (result,) = report["results"]
-    if other is None:  # this job's own finished run
+    if other in (None, "spelling"):  # this job's own finished run
         assert result["status"] == "skipped (done)", result
-    else:
-        assert result["status"] == "failed" and "other settings" in result["error"], result
+    else:  # the refusal names what differs
+        named = {"source": "source a.wav", "seed": "seed 7 (0 given now)", "preset": "model.n_rnn=2 (1 given now)"}
+        assert result["status"] == "failed" and named[other] in result["error"], result
     assert json.loads((out / "a" / "summary.json").read_text())["best_val_bits"] == 1.0  # left alone
 
 
