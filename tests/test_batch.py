@@ -387,6 +387,11 @@ def test_a_run_stopped_by_ctrl_c_says_stopped_in_its_state_file(tmp_path, monkey
     spec.write_text(json.dumps({"job": job, "options": {}}))
     monkeypatch.setattr(pipeline, "run", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM) or time.sleep(30))
     before = signal.getsignal(signal.SIGTERM)
+
+    def unhandled(*_):  # what the test's own process gets if _worker_main left SIGTERM alone: a failure, not death
+        raise AssertionError("_worker_main did not take SIGTERM")
+
+    signal.signal(signal.SIGTERM, unhandled)
     try:
         with pytest.raises(SystemExit) as stop:
             batch_mod._worker_main(str(spec))
