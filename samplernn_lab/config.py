@@ -149,6 +149,9 @@ class ModelConfig(Checked):
     mlp_hidden_layers: int = _rule(1, ge=0)
     learn_h0: bool = True
     weight_norm: bool = True
+    # initialisation: "port" as the study's PyTorch port (module docstring of samplernn_lab.model), "torch" PyTorch's
+    # own layer defaults: smaller weights, a model that learns a short source by heart more slowly per step
+    init: str = _rule("port", choices=("port", "torch"))
     # dropout on the frame tiers' outputs and the sample MLP's activations, in training only (sampling and
     # validation never drop). 0.2 stops the sketch learning a short source by heart (held-out NLL) but makes its
     # renders noisier on some sources, so it is off (benchmarks/RESULTS.md, "Dropout")

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from samplernn_lab import ModelConfig, SampleRNN
+from samplernn_lab.config import SettingError
 from samplernn_lab.model import embed_window, nll_bits, port_forward
 
 TINY = ModelConfig(frame_sizes=(4, 2), dim=24, n_rnn=1, embed_size=8, q_levels=32)
@@ -153,3 +154,19 @@ def test_embedding_table_gradients_keep_float32_under_bf16_autocast():
     exact = grads(torch.float64, False)
     for got, want in zip(grads(torch.float32, True), exact):
         assert ((got - want).norm() / want.norm()).item() < 1e-3
+
+
+def test_init_torch_keeps_pytorchs_layer_defaults_and_port_the_ports():
+    cfg = dict(frame_sizes=(4, 2), dim=32, n_rnn=1, embed_size=8, q_levels=64, weight_norm=False)
+    torch.manual_seed(0)
+    port = SampleRNN(ModelConfig(**cfg))
+    torch.manual_seed(0)
+    mine = SampleRNN(ModelConfig(**cfg, init="torch"))
+    bound = 32**-0.5  # PyTorch's GRU and Linear(32, .) defaults: uniform in +-1/sqrt(32), biases drawn
+    for model, default in ((mine, True), (port, False)):
+        rnn, hidden = model.tiers[0].rnn, model.mlp.hidden[0]
+        within = float(rnn.weight_hh_l0.abs().max()) <= bound and float(hidden.weight.abs().max()) <= bound
+        drawn = float(rnn.bias_ih_l0.abs().sum()) > 0 and float(hidden.bias.abs().sum()) > 0
+        assert within == default and drawn == default  # the port: orthogonal and Kaiming, biases zero
+    with pytest.raises(SettingError, match="init"):
+        ModelConfig(**cfg, init="xavier")
