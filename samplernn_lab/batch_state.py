@@ -34,14 +34,17 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def pending_row(job: dict, out: Path, tails: dict | None = None) -> dict:
-    """A row for a run that has not finished: waiting, or running with its progress."""
+    """A row for a run this batch has not finished: running with its progress, or waiting for its turn.
+
+    A run an earlier batch stopped part-way (Ctrl-C, kill) or saw fail is queued again by this one, so its old
+    state file's "stopped" or "failed" is not what it is now: it is ``waiting to resume (...)``, with where it
+    stopped, until it starts.
+    """
     state = read_json(out / "logs" / f"{job['name']}.json")
+    tail = (tails or {}).setdefault(job["name"], MetricsTail(job["run"])).read()
     if state.get("state") == "running":
-        tail = (tails or {}).setdefault(job["name"], MetricsTail(job["run"])).read()
         return {**job, "status": f"running ({tail.line()})"}
-    if state.get("state") == "failed":
-        return {**job, "status": "failed", "error": state.get("error", "")}
-    return {**job, "status": "stopped" if state.get("state") == "stopped" else "waiting"}
+    return {**job, "status": f"waiting to resume ({tail.line()})" if tail.started else "waiting"}
 
 
 def _gone(state: dict) -> bool:

@@ -360,6 +360,31 @@ def test_status_of_a_moved_batch_and_of_a_run_whose_process_is_gone(tmp_path):
     assert status(out)[1]["state"].startswith("running")
 
 
+def test_a_restarted_batch_shows_runs_it_queued_again_as_waiting_not_as_they_ended_before(tmp_path):
+    """A batch started again queues the runs an earlier one stopped or saw fail; its live table and page said
+    "stopped" / "failed" for them until they started. Now: waiting to resume (with where it stopped), or
+    waiting; a running run shows its progress."""
+    from samplernn_lab.batch_state import pending_row
+
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)
+    jobs = {
+        n: {"name": n, "run": str(out / n), "grid": {}, "source": f"{n}.wav"} for n in ("stop", "fail", "run", "new")
+    }
+    for name, state in (("stop", "stopped"), ("fail", "failed"), ("run", "running")):
+        (out / "logs" / f"{name}.json").write_text(json.dumps({"state": state, "error": "bad"}))
+    for name in ("stop", "run"):
+        (out / name).mkdir()
+        (out / name / "metrics.jsonl").write_text('{"step": 40, "epoch": 3, "split": "train", "nll_bits": 5.0}\n')
+    rows = {n: pending_row(j, out) for n, j in jobs.items()}
+    assert rows["stop"]["status"].startswith("waiting to resume (") and "40" in rows["stop"]["status"], rows["stop"]
+    assert rows["fail"]["status"] == "waiting" and rows["new"]["status"] == "waiting"
+    assert rows["run"]["status"].startswith("running (")
+    write_triage(out, list(rows.values()))
+    page = {r["name"]: r["status"] for r in csv.DictReader(open(out / "summary.csv"))}
+    assert not any(v.startswith(("stopped", "failed")) for v in page.values()), page
+
+
 def test_a_run_stopped_by_ctrl_c_says_stopped_in_its_state_file(tmp_path, monkeypatch):
     """Ctrl-C in a run's process used to leave its state file saying "running" for ever (only this machine could
     tell from the dead pid); now the file says stopped, and the interrupt goes on up."""
