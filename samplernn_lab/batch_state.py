@@ -36,14 +36,16 @@ def write_json(path: Path, data: dict) -> None:
 def pending_row(job: dict, out: Path, tails: dict | None = None) -> dict:
     """A row for a run this batch has not finished: running with its progress, or waiting for its turn.
 
-    A run an earlier batch stopped part-way (Ctrl-C, kill) or saw fail is queued again by this one, so its old
+    A run an earlier batch stopped part-way (Ctrl-C, kill, kill -9) or saw fail is queued again by this one, so its old
     state file's "stopped" or "failed" is not what it is now: it is ``waiting to resume (...)``, with where it
     stopped, until it starts.
     """
     state = read_json(out / "logs" / f"{job['name']}.json")
-    tail = (tails or {}).setdefault(job["name"], MetricsTail(job["run"])).read()
-    if state.get("state") == "running":
+    if state.get("state") == "running" and not _gone(state):  # gone: killed (-9) before, retried or queued now
+        tail = (tails or {}).setdefault(job["name"], MetricsTail(job["run"])).read()
         return {**job, "status": f"running ({tail.line()})"}
+    # a fresh reader, not kept: a run that stopped before its first checkpoint starts its metrics again
+    tail = MetricsTail(job["run"]).read()
     return {**job, "status": f"waiting to resume ({tail.line()})" if tail.started else "waiting"}
 
 

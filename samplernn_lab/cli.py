@@ -158,6 +158,7 @@ def _resumed_preset(out: str, overrides: list[str], preset: str | None = None):
         was = recorded.get(part, {}).get(name) if isinstance(recorded.get(part), dict) else None
         if _plain(getattr(getattr(given, part), name)) != _plain(was):  # the same value again is no change
             fixed.append(f"{part}.{name}")
+    by_preset = []
     if preset is not None:  # the original command with --resume added names the run's own preset: no change
         chosen = apply_overrides(get_preset(preset), overrides)
         for part in ("model", "train"):
@@ -165,12 +166,14 @@ def _resumed_preset(out: str, overrides: list[str], preset: str | None = None):
                 if (part == "train" and name in RESUMABLE) or not hasattr(getattr(chosen, part), name):
                     continue
                 if _plain(getattr(getattr(chosen, part), name)) != _plain(was) and f"{part}.{name}" not in fixed:
-                    fixed.append(f"{part}.{name}")
-    if fixed:
-        named = f"--preset {preset} sets " if preset is not None else ""
+                    by_preset.append(f"{part}.{name}")
+    if fixed or by_preset:
+        named = ", ".join(fixed + ([f"--preset {preset} sets {', '.join(by_preset)}"] if by_preset else []))
+        # a preset's defaults may have moved since the run began (a newer lab): leaving --preset out resumes it
+        leave = "; leave out --preset to resume with the run's own" if by_preset else ""
         raise LabError(
-            f"train --resume: {named}{', '.join(fixed)}, which cannot change in a resumed run (it keeps its own "
-            f"settings); a resume may change {', '.join(RESUMABLE)}"
+            f"train --resume: {named}, which cannot change in a resumed run (it keeps its own settings); a resume "
+            f"may change {', '.join(RESUMABLE)}{leave}"
         )
     return given
 

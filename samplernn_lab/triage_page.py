@@ -20,7 +20,7 @@ def write_triage(out: Path, results: list[dict], grid_fields: Sequence[str] = ()
     grouped by grid setting when there is a grid, else by category; sortable). Both written atomically.
 
     ``results`` are :func:`run_one`'s results; rows of runs not finished have only the job's fields
-    and a ``status`` (``waiting`` or ``running (...)``).
+    and a ``status`` (``waiting``, ``waiting to resume (...)`` or ``running (...)``).
     """
     grid_fields = list(grid_fields)
     rows = []

@@ -364,22 +364,29 @@ def test_a_restarted_batch_shows_runs_it_queued_again_as_waiting_not_as_they_end
     """A batch started again queues the runs an earlier one stopped or saw fail; its live table and page said
     "stopped" / "failed" for them until they started. Now: waiting to resume (with where it stopped), or
     waiting; a running run shows its progress."""
+    import socket
+    import subprocess
+    import sys
+
     from samplernn_lab.batch_state import pending_row
 
     out = tmp_path / "out"
     (out / "logs").mkdir(parents=True)
-    jobs = {
-        n: {"name": n, "run": str(out / n), "grid": {}, "source": f"{n}.wav"} for n in ("stop", "fail", "run", "new")
-    }
+    names = ("stop", "fail", "run", "new", "killed")
+    jobs = {n: {"name": n, "run": str(out / n), "grid": {}, "source": f"{n}.wav"} for n in names}
     for name, state in (("stop", "stopped"), ("fail", "failed"), ("run", "running")):
         (out / "logs" / f"{name}.json").write_text(json.dumps({"state": state, "error": "bad"}))
-    for name in ("stop", "run"):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = {"state": "running", "pid": int(dead.stdout), "host": socket.gethostname()}  # kill -9: no one wrote
+    (out / "logs" / "killed.json").write_text(json.dumps(killed))
+    for name in ("stop", "run", "killed"):
         (out / name).mkdir()
         (out / name / "metrics.jsonl").write_text('{"step": 40, "epoch": 3, "split": "train", "nll_bits": 5.0}\n')
     rows = {n: pending_row(j, out) for n, j in jobs.items()}
     assert rows["stop"]["status"].startswith("waiting to resume (") and "40" in rows["stop"]["status"], rows["stop"]
     assert rows["fail"]["status"] == "waiting" and rows["new"]["status"] == "waiting"
     assert rows["run"]["status"].startswith("running (")
+    assert rows["killed"]["status"].startswith("waiting to resume ("), rows["killed"]
     write_triage(out, list(rows.values()))
     page = {r["name"]: r["status"] for r in csv.DictReader(open(out / "summary.csv"))}
     assert not any(v.startswith(("stopped", "failed")) for v in page.values()), page

@@ -358,6 +358,7 @@ def test_train_resume_refuses_settings_it_would_drop_and_takes_the_machines_own(
         assert main(args + extra) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and named in err and "cannot change" in err, err
+        assert ("leave out --preset" in err) == ("--preset" in extra), err  # what to do instead
         assert load(run / "checkpoints/last.pt")["step"] == 3  # nothing trained, nothing lost
     # the run's own settings given again are no change (the command it started with, --resume added); a budget
     # and mixed precision are taken
@@ -371,6 +372,10 @@ def test_train_resume_refuses_settings_it_would_drop_and_takes_the_machines_own(
     assert main(start + ["--max-steps", "2"]) == 0
     assert main(start + ["--max-steps", "3", "--resume"]) == 0
     assert load(tmp_path / "run2/checkpoints/last.pt")["step"] == 3
+    capsys.readouterr()
+    assert main(start + ["--max-steps", "4", "--resume", "--seed", "5"]) == 2  # refused for --seed, not the preset
+    err = capsys.readouterr().err.strip()
+    assert "train.seed" in err and "leave out --preset" not in err and "--preset sketch sets" not in err, err
 
 
 def test_ddp_two_gloo_ranks_stay_in_step(dataset, tmp_path):
