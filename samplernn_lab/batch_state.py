@@ -41,12 +41,15 @@ def pending_row(job: dict, out: Path, tails: dict | None = None) -> dict:
     stopped, until it starts.
     """
     state = read_json(out / "logs" / f"{job['name']}.json")
-    if state.get("state") == "running" and not _gone(state):  # gone: killed (-9) before, retried or queued now
-        tail = (tails or {}).setdefault(job["name"], MetricsTail(job["run"])).read()
+    tail = (tails or {}).setdefault(job["name"], MetricsTail(job["run"])).read()
+    if _running(state):
         return {**job, "status": f"running ({tail.line()})"}
-    # a fresh reader, not kept: a run that stopped before its first checkpoint starts its metrics again
-    tail = MetricsTail(job["run"]).read()
     return {**job, "status": f"waiting to resume ({tail.line()})" if tail.started else "waiting"}
+
+
+def _running(state: dict) -> bool:
+    """Whether a run's state file says running and its process is not known to be gone (killed with -9 here)."""
+    return state.get("state") == "running" and not _gone(state)
 
 
 def _gone(state: dict) -> bool:
@@ -91,7 +94,7 @@ def status(out: str | os.PathLike) -> list[dict]:
         tail = MetricsTail(run_dir).read()
         if state.get("state") == "failed":
             now = "failed"
-        elif state.get("state") == "running" and not _gone(state):
+        elif _running(state):
             now = f"running ({tail.line()})"
         else:
             now = f"stopped ({tail.line()})" if tail.started else "waiting"

@@ -28,6 +28,10 @@ class MetricsTail:
     def __init__(self, run_dir: str | os.PathLike):
         self.reader = MetricsReader(RunDir(Path(run_dir)).metrics)
         self.path = self.reader.path
+        self._forget()
+
+    def _forget(self) -> None:
+        self.restarts = self.reader.restarts
         self.epoch = 0
         self.step = 0
         self.bits: float | None = None
@@ -35,8 +39,12 @@ class MetricsTail:
         self.minutes = 0.0
 
     def read(self) -> MetricsTail:
-        """Take in the complete lines written since the last call; returns self."""
-        for _, m in self.reader.read_new():  # a line still being written waits for the next read
+        """Take in the complete lines written since the last call; returns self. A run that started over (its
+        file removed or replaced) is followed from its new start."""
+        lines = self.reader.read_new()  # a line still being written waits for the next read
+        if self.reader.restarts != self.restarts:
+            self._forget()
+        for _, m in lines:
             if "seconds" in m:
                 self.minutes = float(m["seconds"]) / 60
             if m.get("split") == "train":

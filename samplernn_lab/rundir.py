@@ -197,15 +197,24 @@ class MetricsReader:
         self.path = Path(path)
         self.offset = 0  # bytes read so far (always the end of a line)
         self.lineno = 0  # lines read so far
+        self.restarts = 0  # times the file was gone or replaced since a look, and read again from its start
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file last read
 
     def read_new(self, *, strict: bool = False, final: bool = False) -> list[tuple[int, dict]]:
-        """``(line number, object)`` for each line appended since the last call; ``[]`` if no file."""
+        """``(line number, object)`` for each line appended since the last call; ``[]`` if no file.
+
+        A file removed or replaced since the last call (a run started over before its first checkpoint) is
+        read from its start again, and ``restarts`` counts it."""
         try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                data = fh.read()
+            fh = open(self.path, "rb")
         except OSError:
+            self._start_over_if_replaced(None, 0)
             return []
+        with fh:
+            st = os.fstat(fh.fileno())
+            self._start_over_if_replaced((st.st_dev, st.st_ino), st.st_size)
+            fh.seek(self.offset)
+            data = fh.read()
         end = data.rfind(b"\n") + 1
         out = [item for raw in data[:end].splitlines() if (item := self._take(raw, strict)) is not None]
         self.offset += end
@@ -219,6 +228,12 @@ class MetricsReader:
             if isinstance(obj, dict):
                 out.append((self.lineno, obj))
         return out
+
+    def _start_over_if_replaced(self, file: tuple[int, int] | None, size: int) -> None:
+        if self.offset and (file != self._file or size < self.offset):  # size: a new file may reuse the inode
+            self.offset = self.lineno = 0
+            self.restarts += 1
+        self._file = file
 
     def _take(self, raw: bytes, strict: bool) -> tuple[int, dict] | None:
         self.lineno += 1

@@ -316,6 +316,24 @@ def test_metrics_tail_reads_what_was_appended_and_waits_for_a_half_written_line(
     assert tail.line() == "epoch 1, step 3, 7.52 bits, 0.4 min"
 
 
+def test_metrics_tail_follows_a_run_that_started_over(tmp_path):
+    """A run stopped before its first checkpoint starts its metrics.jsonl again when resumed (a batch's retry or
+    restart); a tail kept from before used to go on showing the old steps until the new file outgrew them."""
+    line = '{{"step": {0}, "epoch": {1}, "split": "train", "nll_bits": 5.0, "seconds": {0}}}\n'
+    (tmp_path / "metrics.jsonl").write_text("".join(line.format(s, 2) for s in range(1, 41)))
+    tail = MetricsTail(tmp_path)
+    assert tail.read().step == 40 and tail.epoch == 1
+    (tmp_path / "metrics.jsonl").unlink()  # the run starts over
+    assert not tail.read().started and tail.step == 0 and tail.line() == "preparing"
+    (tmp_path / "metrics.jsonl").write_text(line.format(1, 1) + line.format(2, 1))
+    assert tail.read().step == 2 and tail.epoch == 0
+    (tmp_path / "metrics.jsonl").write_text(line.format(1, 1))  # started over again between two looks: shorter
+    assert tail.read().step == 1 and tail.reader.restarts == 2
+    os.replace(tmp_path / "metrics.jsonl", tmp_path / "old.jsonl")  # or another file in its place, as long
+    (tmp_path / "metrics.jsonl").write_text("".join(line.format(s, 1) for s in range(5, 9)))
+    assert tail.read().step == 8 and tail.reader.restarts == 3
+
+
 def test_batch_shares_every_setting_of_a_run_with_its_defaults(tmp_path):
     # one place holds a run's settings and their defaults (pipeline.run); batch forwards them, checked by name
     import inspect
