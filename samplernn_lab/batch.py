@@ -9,6 +9,7 @@ a task whose worker or node dies is retried ``retries`` times and resumes the sa
 What a batch writes into ``OUT``::
 
     OUT/batch.json           the plan: every run's name, source and grid setting, and the options
+    OUT/batch-driver.json    the batch's own process while it runs (pid, host, start), and when it ended
     OUT/<name>/              each run's folder (see samplernn_lab.pipeline); <name>/batch-run.json says
                              which source and setting it holds
     OUT/logs/<name>.log      what the run printed; OUT/logs/<name>.json its state (running, done, failed)
@@ -37,8 +38,8 @@ from tqdm.auto import tqdm
 
 from .batch_runners import _Local, _Ray
 from .batch_runners import start_local_ray as start_local_ray  # re-exported: the old import path
+from .batch_state import DRIVER, pending_row, read_json, run_summary, write_json
 from .batch_state import format_status as format_status  # re-exported
-from .batch_state import pending_row, read_json, run_summary, write_json
 from .batch_state import status as status  # re-exported
 from .errors import LabError
 from .progress import MetricsTail
@@ -145,6 +146,7 @@ def run_one(job: dict, options: dict) -> dict:
                 **{k: v for k, v in result.items() if k in ("status", "error", "minutes")},
                 "state": "done" if result["status"] == "ok" else "failed",
                 "attempt": attempt,
+                "ended": time.time(),
                 "host": socket.gethostname(),
                 "node": _ray_node(),
             },
@@ -306,8 +308,14 @@ def batch(
     _claim_batch_out(out)
     (out / "logs").mkdir(exist_ok=True)
     write_json(out / "batch.json", {"grid": grid, "options": options, "jobs": todo})
-    runner = _runner(ray, jobs, cpus_per_run, gpus_per_run, retries)
-    results = _schedule(runner, out, todo, options, grid, progress, max_steps, poll_seconds)
+    # so that --status, from another process, knows the runs an earlier batch left are queued again, not stopped
+    driver = {"state": "running", "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    write_json(out / DRIVER, driver)
+    try:
+        runner = _runner(ray, jobs, cpus_per_run, gpus_per_run, retries)
+        results = _schedule(runner, out, todo, options, grid, progress, max_steps, poll_seconds)
+    finally:
+        write_json(out / DRIVER, {**driver, "state": "ended", "ended": time.time()})
     ordered = [results[j["name"]] for j in todo]
     failed = sum(r["status"] == "failed" for r in ordered)
     return {

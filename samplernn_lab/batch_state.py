@@ -12,6 +12,8 @@ from .errors import LabError
 from .files import write_text
 from .progress import MetricsTail
 
+DRIVER = "batch-driver.json"  # in a batch's folder: the batch process, while it runs, and when it ended
+
 
 def run_summary(run_dir: Path) -> dict:
     """A finished run's ``summary.json``, with where the run is now."""
@@ -68,11 +70,16 @@ def _gone(state: dict) -> bool:
 def status(out: str | os.PathLike) -> list[dict]:
     """Every run of the batch in ``out`` as it stands: name, grid values, state (done, failed,
     ``running (epoch, step, bits, minutes)``, ``stopped (...)`` for a run that stopped part-way, waiting),
-    category, epochs, best validation bits and error."""
+    category, epochs, best validation bits and error.
+
+    While a batch runs there (``batch-driver.json``), a run an earlier batch stopped or saw fail is queued again:
+    ``waiting to resume (...)`` or ``waiting``, as the batch's own table says (:func:`pending_row`)."""
     out = Path(out).resolve()
     spec = read_json(out / "batch.json")
     if not spec:
         raise LabError(f"{out}: no batch here (no batch.json)")
+    driver = read_json(out / DRIVER)
+    live = _running(driver)
     rows = []
     for job in spec["jobs"]:
         run_dir = out / job["name"]  # where plan put it, wherever the batch's folder has moved since
@@ -92,12 +99,16 @@ def status(out: str | os.PathLike) -> list[dict]:
             continue
         state = read_json(out / "logs" / f"{job['name']}.json")
         tail = MetricsTail(run_dir).read()
-        if state.get("state") == "failed":
+        # a failure before this batch started (or recorded without a time, by an older version) is queued again
+        failed_before = live and state.get("ended", 0) < driver.get("started", 0)
+        if state.get("state") == "failed" and not failed_before:
             now = "failed"
         elif _running(state):
             now = f"running ({tail.line()})"
+        elif tail.started:
+            now = f"{'waiting to resume' if live else 'stopped'} ({tail.line()})"
         else:
-            now = f"stopped ({tail.line()})" if tail.started else "waiting"
+            now = "waiting"
         rows.append(
             {
                 **row,

@@ -148,7 +148,8 @@ def test_ray_batch_of_a_grid_reports_a_broken_source_and_shows_status_while_runn
     assert [r["status"] for r in report["results"]].count("skipped (done)") == 4 and report["failed"] == 2
     assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("*__lr=*/**/*") if p.is_file()}
     lines = format_status(status(out)).splitlines()
-    assert lines[-1] == "4 done, 2 failed"
+    assert lines[-1] == "4 done, 2 failed"  # the broken source failed in this batch: failed, though it was before
+    assert json.loads((out / "batch-driver.json").read_text())["state"] == "ended"
 
 
 def test_a_killed_worker_is_retried_by_ray_and_resumes_from_its_checkpoint(local_ray, sources, tmp_path):
@@ -408,6 +409,45 @@ def test_a_restarted_batch_shows_runs_it_queued_again_as_waiting_not_as_they_end
     write_triage(out, list(rows.values()))
     page = {r["name"]: r["status"] for r in csv.DictReader(open(out / "summary.csv"))}
     assert not any(v.startswith(("stopped", "failed")) for v in page.values()), page
+
+
+def test_status_while_a_restarted_batch_runs_shows_the_runs_it_queued_again_as_waiting(tmp_path):
+    """``batch OUT --status``, from another process, said "stopped" / "failed" for the runs a restarted batch had
+    queued again (only the batch's own table knew better): the batch now records its process in
+    batch-driver.json. A failure in this batch stays failed; with no batch running, runs are as they ended."""
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)
+    names = ("stop", "fail_before", "fail_now", "new")
+    jobs = [{"name": n, "run": str(out / n), "grid": {}, "source": f"{n}.wav"} for n in names]
+    (out / "batch.json").write_text(json.dumps({"jobs": jobs}))
+    t0 = time.time()
+    for name, state in (
+        ("stop", {"state": "stopped", "stopped": t0 - 60}),
+        ("fail_before", {"state": "failed", "error": "died", "ended": t0 - 60}),
+        ("fail_now", {"state": "failed", "error": "no such file", "ended": t0 + 1}),
+    ):
+        (out / "logs" / f"{name}.json").write_text(json.dumps(state))
+    (out / "stop").mkdir()
+    (out / "stop" / "metrics.jsonl").write_text('{"step": 40, "epoch": 3, "split": "train", "nll_bits": 5.0}\n')
+
+    def states(driver: dict | None) -> dict:
+        if driver is not None:
+            (out / "batch-driver.json").write_text(json.dumps(driver))
+        return {r["name"]: r["state"] for r in status(out)}
+
+    before = states(None)  # no batch has run here with this version: as they ended
+    assert before["stop"].startswith("stopped (") and before["fail_before"] == before["fail_now"] == "failed"
+    here = {"pid": os.getpid(), "host": socket.gethostname(), "started": t0}
+    live = states({**here, "state": "running"})
+    assert live["stop"].startswith("waiting to resume (") and "40" in live["stop"], live
+    assert live["fail_before"] == "waiting" and live["new"] == "waiting" and live["fail_now"] == "failed"
+    assert states({**here, "state": "ended", "ended": t0 + 2}) == before
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert states({**here, "pid": int(dead.stdout), "state": "running"}) == before  # the batch killed with -9
 
 
 def test_a_run_stopped_by_ctrl_c_says_stopped_in_its_state_file(tmp_path, monkeypatch):
