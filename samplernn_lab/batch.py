@@ -28,6 +28,7 @@ import signal
 import socket
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import redirect_stderr, redirect_stdout
@@ -38,7 +39,7 @@ from tqdm.auto import tqdm
 
 from .batch_runners import _Local, _Ray
 from .batch_runners import start_local_ray as start_local_ray  # re-exported: the old import path
-from .batch_state import DRIVER, pending_row, read_json, run_summary, write_json
+from .batch_state import DRIVER, driver_live, pending_row, read_json, run_summary, write_json
 from .batch_state import format_status as format_status  # re-exported
 from .batch_state import status as status  # re-exported
 from .errors import LabError
@@ -146,7 +147,6 @@ def run_one(job: dict, options: dict) -> dict:
                 **{k: v for k, v in result.items() if k in ("status", "error", "minutes")},
                 "state": "done" if result["status"] == "ok" else "failed",
                 "attempt": attempt,
-                "ended": time.time(),
                 "host": socket.gethostname(),
                 "node": _ray_node(),
             },
@@ -306,16 +306,16 @@ def batch(
     overrides = list(options.pop("overrides")) + ([f"train.max_steps={max_steps}"] if max_steps is not None else [])
     todo = plan(sources, out, grid, overrides, options["preset"])
     _claim_batch_out(out)
+    driver = _start_driver(out)
+    todo = [{**job, "batch": driver["batch"]} for job in todo]  # each run's state file says which batch wrote it
     (out / "logs").mkdir(exist_ok=True)
     write_json(out / "batch.json", {"grid": grid, "options": options, "jobs": todo})
-    # so that --status, from another process, knows the runs an earlier batch left are queued again, not stopped
-    driver = {"state": "running", "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-    write_json(out / DRIVER, driver)
     try:
         runner = _runner(ray, jobs, cpus_per_run, gpus_per_run, retries)
-        results = _schedule(runner, out, todo, options, grid, progress, max_steps, poll_seconds)
+        results = _schedule(runner, out, todo, options, grid, progress, max_steps, poll_seconds, driver)
     finally:
-        write_json(out / DRIVER, {**driver, "state": "ended", "ended": time.time()})
+        if read_json(out / DRIVER).get("batch") == driver["batch"]:
+            write_json(out / DRIVER, {**driver, "state": "ended", "ended": time.time()})
     ordered = [results[j["name"]] for j in todo]
     failed = sum(r["status"] == "failed" for r in ordered)
     return {
@@ -366,8 +366,10 @@ def _schedule(
     progress: bool,
     max_steps: int | None,
     poll_seconds: float,
+    driver: dict,
 ) -> dict[str, dict]:
-    """Submit every job, wait for them all while rewriting the triage and the bars; every run's result by name."""
+    """Submit every job, wait for them all while rewriting the triage and the bars (and ``driver``'s record, as a
+    heartbeat); every run's result by name."""
     results: dict[str, dict] = {}
     bars: dict[str, Any] = {}
     tails: dict[str, MetricsTail] = {}
@@ -386,10 +388,12 @@ def _schedule(
                 results[r["name"]] = r
                 if r["status"] == "failed":
                     tqdm.write(f"{r['name']}: failed: {r['error']}")
+                    _record_failure(out, r, driver)
                 if r["name"] in bars:
                     bars.pop(r["name"]).close()
             if finished or time.monotonic() - written > 30:  # and the running runs' progress now and then
                 _record(out, todo, results, grid, overall, tails)
+                write_json(out / DRIVER, {**driver, "seen": time.time()})
                 written = time.monotonic()
             if progress:
                 _run_bars(out, todo, results, bars, tails, max_steps)
@@ -401,11 +405,36 @@ def _schedule(
     return results
 
 
+def _start_driver(out: Path) -> dict:
+    """Record this batch's process in ``out/batch-driver.json``, so that ``--status`` from another process knows
+    the runs an earlier batch left are queued again; refuse a folder where another batch runs now."""
+    was = read_json(out / DRIVER)
+    if driver_live(was):
+        raise LabError(
+            f"{out}: another batch runs here (pid {was.get('pid')} on {was.get('host')}); let it finish, or choose "
+            "another --out"
+        )
+    now = time.time()
+    driver = {"state": "running", "batch": uuid.uuid4().hex, "pid": os.getpid(), "host": socket.gethostname()}
+    driver.update(started=now, seen=now)
+    write_json(out / DRIVER, driver)
+    return driver
+
+
+def _record_failure(out: Path, result: dict, driver: dict) -> None:
+    """Say failed in the state file of a run the runner saw fail where the run could not say so itself (its
+    process killed too often, interrupted alone, its worker lost), as the batch's table says."""
+    path = out / "logs" / f"{result['name']}.json"
+    state = read_json(path)
+    if state.get("state") != "failed" or state.get("batch") != driver["batch"]:
+        write_json(path, {**state, "state": "failed", "error": result.get("error", ""), "batch": driver["batch"]})
+
+
 def _claim_batch_out(out: Path) -> None:
     """Make and mark ``out``; refuse one the lab did not make that holds a file the batch would overwrite
     (its run folders are checked one by one, see :func:`_foreign`)."""
     if marker_kind(out) != "batch" and not (out / "batch.json").is_file():  # batch.json: made before the mark
-        mine = [name for name in ("logs", "summary.csv", "index.html") if (out / name).exists()]
+        mine = [name for name in ("logs", "summary.csv", "index.html", DRIVER) if (out / name).exists()]
         if mine:
             raise LabError(f"{out}: holds {', '.join(mine)}, not made by samplernn-lab batch; choose another --out")
     out.mkdir(parents=True, exist_ok=True)

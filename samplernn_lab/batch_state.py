@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from .files import write_text
 from .progress import MetricsTail
 
 DRIVER = "batch-driver.json"  # in a batch's folder: the batch process, while it runs, and when it ended
+# a batch rewrites its record at least every 30 s; one not rewritten for this long is gone (killed on another host)
+DRIVER_STALE_SECONDS = 120.0
 
 
 def run_summary(run_dir: Path) -> dict:
@@ -49,6 +52,16 @@ def pending_row(job: dict, out: Path, tails: dict | None = None) -> dict:
     return {**job, "status": f"waiting to resume ({tail.line()})" if tail.started else "waiting"}
 
 
+def driver_live(driver: dict) -> bool:
+    """Whether a batch's record (``batch-driver.json``) says it runs and its process is alive: on this machine by
+    its pid, on another by a record rewritten lately."""
+    if not _running(driver):
+        return False
+    if driver.get("host") == socket.gethostname():
+        return True
+    return time.time() - driver.get("seen", driver.get("started", 0)) < DRIVER_STALE_SECONDS
+
+
 def _running(state: dict) -> bool:
     """Whether a run's state file says running and its process is not known to be gone (killed with -9 here)."""
     return state.get("state") == "running" and not _gone(state)
@@ -79,7 +92,7 @@ def status(out: str | os.PathLike) -> list[dict]:
     if not spec:
         raise LabError(f"{out}: no batch here (no batch.json)")
     driver = read_json(out / DRIVER)
-    live = _running(driver)
+    live = driver_live(driver)
     rows = []
     for job in spec["jobs"]:
         run_dir = out / job["name"]  # where plan put it, wherever the batch's folder has moved since
@@ -99,8 +112,8 @@ def status(out: str | os.PathLike) -> list[dict]:
             continue
         state = read_json(out / "logs" / f"{job['name']}.json")
         tail = MetricsTail(run_dir).read()
-        # a failure before this batch started (or recorded without a time, by an older version) is queued again
-        failed_before = live and state.get("ended", 0) < driver.get("started", 0)
+        # a failure an earlier batch recorded is queued again by this one
+        failed_before = live and state.get("batch") != driver.get("batch")
         if state.get("state") == "failed" and not failed_before:
             now = "failed"
         elif _running(state):

@@ -424,11 +424,10 @@ def test_status_while_a_restarted_batch_runs_shows_the_runs_it_queued_again_as_w
     names = ("stop", "fail_before", "fail_now", "new")
     jobs = [{"name": n, "run": str(out / n), "grid": {}, "source": f"{n}.wav"} for n in names]
     (out / "batch.json").write_text(json.dumps({"jobs": jobs}))
-    t0 = time.time()
     for name, state in (
-        ("stop", {"state": "stopped", "stopped": t0 - 60}),
-        ("fail_before", {"state": "failed", "error": "died", "ended": t0 - 60}),
-        ("fail_now", {"state": "failed", "error": "no such file", "ended": t0 + 1}),
+        ("stop", {"state": "stopped", "batch": "old"}),
+        ("fail_before", {"state": "failed", "error": "died", "batch": "old"}),
+        ("fail_now", {"state": "failed", "error": "no such file", "batch": "this"}),
     ):
         (out / "logs" / f"{name}.json").write_text(json.dumps(state))
     (out / "stop").mkdir()
@@ -441,13 +440,51 @@ def test_status_while_a_restarted_batch_runs_shows_the_runs_it_queued_again_as_w
 
     before = states(None)  # no batch has run here with this version: as they ended
     assert before["stop"].startswith("stopped (") and before["fail_before"] == before["fail_now"] == "failed"
-    here = {"pid": os.getpid(), "host": socket.gethostname(), "started": t0}
-    live = states({**here, "state": "running"})
+    here = {"batch": "this", "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    live = states({**here, "state": "running", "seen": time.time()})
     assert live["stop"].startswith("waiting to resume (") and "40" in live["stop"], live
     assert live["fail_before"] == "waiting" and live["new"] == "waiting" and live["fail_now"] == "failed"
-    assert states({**here, "state": "ended", "ended": t0 + 2}) == before
+    assert states({**here, "state": "ended"}) == before
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     assert states({**here, "pid": int(dead.stdout), "state": "running"}) == before  # the batch killed with -9
+    far = {**here, "host": "another-host", "state": "running"}  # not this machine's to check: its heartbeat tells
+    assert states({**far, "seen": time.time()}) == live
+    assert states({**far, "seen": time.time() - 600}) == before
+
+
+def test_a_batch_records_itself_and_the_failures_its_runner_saw_and_refuses_to_run_twice(tmp_path, monkeypatch):
+    """A run whose process died more often than ``retries`` could not say so in its state file (it still said
+    running, or an earlier batch's words): the batch writes "failed" there, as its table says, so --status agrees.
+    A second batch started on a folder where one runs now is refused, and the first batch's record is kept."""
+    import subprocess
+
+    from samplernn_lab import batch_runners
+
+    src = tmp_path / "a.wav"
+    sf.write(src, bell(16000, 1.0), 16000)
+    out = tmp_path / "out"
+    seen = {}
+
+    def dies(args, **kwargs):  # the run's process: writes "running" as run_one does, then is killed (-9)
+        spec = json.loads(Path(args[-1]).read_text())
+        state = {**spec["job"], "state": "running", "pid": 999999999, "host": "elsewhere"}
+        (out / "logs" / "a.json").write_text(json.dumps(state))
+        seen["driver"] = json.loads((out / "batch-driver.json").read_text())
+        with pytest.raises(LabError, match="another batch runs here"):  # meanwhile a second batch, same folder
+            batch([src], out, max_steps=5, overrides=TINY, progress=False)
+        return subprocess.CompletedProcess(args, -9)
+
+    monkeypatch.setattr(batch_runners.subprocess, "run", dies)
+    report = batch([src], out, max_steps=5, overrides=TINY, progress=False, retries=1)
+    assert report["failed"] == 1 and "died" in report["results"][0]["error"]
+    assert seen["driver"]["state"] == "running" and seen["driver"]["pid"] == os.getpid()
+    state = json.loads((out / "logs" / "a.json").read_text())
+    assert state["state"] == "failed" and state["batch"] == seen["driver"]["batch"]
+    driver = json.loads((out / "batch-driver.json").read_text())
+    assert driver["state"] == "ended" and driver["batch"] == seen["driver"]["batch"]
+    assert status(out)[0]["state"] == "failed"
+    (out / "batch-driver.json").write_text(json.dumps({**driver, "state": "running", "seen": time.time()}))
+    assert status(out)[0]["state"] == "failed"  # failed in this batch: not queued again while it runs
 
 
 def test_a_run_stopped_by_ctrl_c_says_stopped_in_its_state_file(tmp_path, monkeypatch):
