@@ -112,6 +112,9 @@ NOISE_RESEMBLANCE = 1.0
 # resemblance measure can score below 1 when it is quiet (benchmarks/RESULTS.md, "Dropout").
 HISS_MIN_NOISINESS = 0.2
 HISS_SOURCE_FACTOR = 3.0
+# Failures a source can itself be: a render of a drone that holds a tone, or of a hiss recording that is noise,
+# is the source's own kind of sound, not the study's tone or noise failure (``auto`` and the watchdog ask).
+OWN_KINDS = ("tone", "noise")
 
 
 @dataclass
@@ -212,7 +215,9 @@ def diagnose(audio: np.ndarray, sr: int, source: np.ndarray | SourceProfile | No
         ``resemblance`` and ``copy_share``, and a render further from its source than noise of the
         source's colour (resemblance above ``NOISE_RESEMBLANCE``) is not called varied but noise: a hiss
         band around the source's partials is the study's noise failure even when it moves. So is a steady
-        render much noisier than its source (``HISS_MIN_NOISINESS``, ``HISS_SOURCE_FACTOR``).
+        render much noisier than its source (``HISS_MIN_NOISINESS``, ``HISS_SOURCE_FACTOR``). A tone or
+        noise render of a source that is itself a tone or noise (:func:`source_kind`) keeps its category;
+        its sentence says it is the source's own kind, not a failure mode.
 
     Returns
     -------
@@ -233,7 +238,26 @@ def diagnose(audio: np.ndarray, sr: int, source: np.ndarray | SourceProfile | No
             return Diagnosis("noise", _far_sentence(f), f)
         if category == "varied" and _hiss_bed(f, profile):
             return Diagnosis("noise", _hiss_sentence(f), f)
+        if category in OWN_KINDS and category == source_kind(profile):
+            return Diagnosis(category, _own_kind_sentence(category, f), f)
     return Diagnosis(category=category, sentence=_sentence(category, f), features=f)
+
+
+def source_kind(profile: SourceProfile) -> str:
+    """The category of the source itself (:func:`categorize` on its whole length), measured once per profile.
+
+    A render in the source's own kind of ``OWN_KINDS`` (a steady tone from a drone, noise from a hiss
+    recording) is not that failure: :func:`samplernn_lab.rundir.pick_epoch` and the trap watchdog ask.
+    """
+    return categorize(profile.features)
+
+
+def _own_kind_sentence(category: str, f: dict[str, float]) -> str:
+    if category == "tone":
+        what = f"Steady tone at {_hz(f['dominant_hz'])}"
+    else:
+        what = f"Noise centred near {_hz(f['centroid_hz'])}"
+    return f"{what}, as its source is (resemblance {f['resemblance']:.2f}; the source's own kind of sound)."
 
 
 def _hiss_bed(f: dict[str, float], profile: SourceProfile) -> bool:

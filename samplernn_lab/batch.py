@@ -27,11 +27,12 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
-from contextlib import redirect_stderr, redirect_stdout
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -311,8 +312,9 @@ def batch(
     (out / "logs").mkdir(exist_ok=True)
     write_json(out / "batch.json", {"grid": grid, "options": options, "jobs": todo})
     try:
-        runner = _runner(ray, jobs, cpus_per_run, gpus_per_run, retries)
-        results = _schedule(runner, out, todo, options, grid, progress, max_steps, poll_seconds, driver)
+        with _sigterm_exits():
+            runner = _runner(ray, jobs, cpus_per_run, gpus_per_run, retries)
+            results = _schedule(runner, out, todo, options, grid, progress, max_steps, poll_seconds, driver)
     finally:
         if read_json(out / DRIVER).get("batch") == driver["batch"]:
             write_json(out / DRIVER, {**driver, "state": "ended", "ended": time.time()})
@@ -403,6 +405,26 @@ def _schedule(
         overall.close()
         runner.close()
     return results
+
+
+@contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM to the batch's process (``kill PID``) as SystemExit(143), as Ctrl-C is an exception: the batch
+    stops its runs and records itself ended instead of dying at once and leaving them orphaned. Main thread only
+    (where Python delivers signals); the handler before is put back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(*_):
+        raise SystemExit(143)
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        if before is not None:  # None: a handler set outside Python, which cannot be put back from here
+            signal.signal(signal.SIGTERM, before)
 
 
 def _start_driver(out: Path) -> dict:

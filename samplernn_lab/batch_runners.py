@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -17,17 +19,29 @@ from .errors import LabError
 # exit statuses of a run stopped by the user (Ctrl-C reaches the whole process group) or by a polite kill: not
 # a process that died, so not started again
 INTERRUPTED = {130, 143, -signal.SIGINT, -signal.SIGTERM}
+# seconds a closing batch gives its runs to end by themselves (Ctrl-C in a terminal reached them too) before it
+# stops them with SIGTERM (a `kill PID` of the batch alone did not)
+STOP_GRACE_SECONDS = 10.0
+
+
+def run_command(spec: Path) -> list[str]:
+    """The command line of one run's process (:func:`samplernn_lab.batch._worker_main`)."""
+    return [sys.executable, "-m", "samplernn_lab.batch", str(spec)]
 
 
 class _Local:
     """Runs jobs as subprocesses (``jobs`` at once); a process that dies is started again ``retries`` times,
-    one that was interrupted is not, and none is started once the batch is closing (Ctrl-C)."""
+    one that was interrupted is not, and none is started once the batch is closing (Ctrl-C, SIGTERM); closing
+    stops the runs still going after ``STOP_GRACE_SECONDS`` (SIGTERM: each says stopped and keeps its last
+    checkpoint), so none trains on as an orphan."""
 
     def __init__(self, jobs: int, retries: int):
         self.pool = ThreadPoolExecutor(max_workers=max(1, jobs))
         self.retries = retries
         self.futures: dict = {}
         self.stopping = False
+        self.lock = threading.Lock()  # stopping and procs change together: no process starts after close
+        self.procs: set[subprocess.Popen] = set()
 
     def submit(self, job: dict, options: dict) -> None:
         self.futures[self.pool.submit(self._one, job, options)] = job
@@ -39,20 +53,25 @@ class _Local:
         write_json(spec, {"job": job, "options": options})
         code = None
         for _ in range(self.retries + 1):
-            if self.stopping:
-                break
-            with open(logs / f"{job['name']}.log", "a") as log:
-                code = subprocess.run(
-                    [sys.executable, "-m", "samplernn_lab.batch", str(spec)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, "TQDM_DISABLE": "1"},
-                ).returncode
+            with open(logs / f"{job['name']}.log", "a") as log, self.lock:
+                if self.stopping:
+                    break
+                proc = subprocess.Popen(
+                    run_command(spec), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"}
+                )
+                self.procs.add(proc)
+            try:
+                code = proc.wait()
+            finally:
+                with self.lock:
+                    self.procs.discard(proc)
             state = read_json(logs / f"{job['name']}.json")
             if code == 0 and state.get("state") in ("done", "failed"):
                 return _result_from_state(job, state)
             if code in INTERRUPTED or self.stopping:
                 return {**job, "status": "failed", "error": f"interrupted (exit {code}); run the batch again to resume"}
+        if self.stopping:  # closed between two attempts, or before the first
+            return {**job, "status": "failed", "error": "interrupted; run the batch again to resume"}
         return {**job, "status": "failed", "error": f"the run's process died (exit {code}) {self.retries + 1} times"}
 
     def done(self, timeout: float) -> list[dict]:
@@ -67,7 +86,15 @@ class _Local:
             return {**job, "status": "failed", "error": f"{type(e).__name__}: {e}"}
 
     def close(self) -> None:
-        self.stopping = True  # before waiting: a run stopped by Ctrl-C is not started again meanwhile
+        with self.lock:
+            self.stopping = True  # before waiting: a run stopped by Ctrl-C is not started again meanwhile
+            procs = list(self.procs)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.terminate()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 

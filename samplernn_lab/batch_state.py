@@ -47,9 +47,20 @@ def pending_row(job: dict, out: Path, tails: dict | None = None) -> dict:
     """
     state = read_json(out / "logs" / f"{job['name']}.json")
     tail = (tails or {}).setdefault(job["name"], MetricsTail(job["run"])).read()
+    return {**job, "status": run_state(state, tail, live=True, failed_here=False)}
+
+
+def run_state(state: dict, tail: MetricsTail, live: bool, failed_here: bool) -> str:
+    """What an unfinished run is now, one rule for the live table and ``--status``: ``failed`` (in the batch
+    that runs, or the last one when none does), ``running (...)``, ``waiting to resume (...)`` while a batch that
+    will take it up runs, ``stopped (...)`` part-way when none does, or ``waiting`` (not started)."""
+    if failed_here:
+        return "failed"
     if _running(state):
-        return {**job, "status": f"running ({tail.line()})"}
-    return {**job, "status": f"waiting to resume ({tail.line()})" if tail.started else "waiting"}
+        return f"running ({tail.line()})"
+    if tail.started:
+        return f"{'waiting to resume' if live else 'stopped'} ({tail.line()})"
+    return "waiting"
 
 
 def driver_live(driver: dict) -> bool:
@@ -114,14 +125,7 @@ def status(out: str | os.PathLike) -> list[dict]:
         tail = MetricsTail(run_dir).read()
         # a failure an earlier batch recorded is queued again by this one
         failed_before = live and state.get("batch") != driver.get("batch")
-        if state.get("state") == "failed" and not failed_before:
-            now = "failed"
-        elif _running(state):
-            now = f"running ({tail.line()})"
-        elif tail.started:
-            now = f"{'waiting to resume' if live else 'stopped'} ({tail.line()})"
-        else:
-            now = "waiting"
+        now = run_state(state, tail, live, failed_here=state.get("state") == "failed" and not failed_before)
         rows.append(
             {
                 **row,

@@ -64,9 +64,10 @@ def render_event(
 ) -> dict[str, Any]:
     """The metrics event of an epoch's renders: the median stream's diagnosis (``path``, ``category``,
     ``sentence``, ``resemblance``: of the stream ranked ``(n - 1) // 2`` from the closest, so a real render
-    and the lower median of an even count), the largest ``copy_share`` of any stream, and ``streams``, each
-    stream's own (add further measures here)."""
-    from .analysis import diagnose
+    and the lower median of an even count), the largest ``copy_share`` of any stream, ``source_category``
+    (the source's own category, :func:`~samplernn_lab.analysis.source_kind`: ``auto`` does not hold a drone's
+    tone against it), and ``streams``, each stream's own (add further measures here)."""
+    from .analysis import diagnose, source_kind
     from .audio import load
 
     profile = _source_profile(dataset, sample_rate)
@@ -89,6 +90,7 @@ def render_event(
         "step": step,
         **{k: median[k] for k in ("path", "category", "sentence", "resemblance")},
         "copy_share": max(s["copy_share"] for s in streams),
+        "source_category": source_kind(profile),
         "streams": [{k: v for k, v in s.items() if k != "sentence"} for s in streams],
     }
 

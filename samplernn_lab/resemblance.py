@@ -195,10 +195,15 @@ class SourceProfile:
         self.noise_distance = max(_distance(noise, self.frames, self.silence), 1.0)
 
     @functools.cached_property
+    def features(self) -> dict[str, float]:
+        """The source's own :func:`~samplernn_lab.frame_features.features`, measured when first asked (a long
+        source costs ~0.5 s per minute): what kind of sound the source itself is, and how noisy."""
+        return features(self.audio, self.sr)
+
+    @property
     def noisiness(self) -> float:
-        """The source's own noisiness (:func:`~samplernn_lab.frame_features.features`), measured when first asked:
-        the diagnosis asks only about a render that is steady and noisy (a long source costs ~0.5 s per minute)."""
-        return features(self.audio, self.sr)["noisiness"]
+        """The source's own noisiness (its :attr:`features`')."""
+        return self.features["noisiness"]
 
     def _frames(self, audio: np.ndarray) -> _Frames:
         return _Frames(log_mel_frames(audio, self.sr), self.floor_db, self.gate_db)

@@ -337,8 +337,11 @@ def liveliest_epoch(run: RunDir) -> str | None:
     (0.65 on the demo) yet are a failure a listener hears, where struck attacks at 0.82 are the bells. A
     tone closer than noise is picked only when nothing varied is (the demo before the batch fix: its one
     render below 1, 0.75, was a tone; passing over it left a hiss at 1.7). A render diagnosed noise comes last
-    whatever its resemblance (a quiet hiss bed can score below 1, see ``analysis.HISS_MIN_NOISINESS``). Older
-    runs without the measure:
+    whatever its resemblance (a quiet hiss bed can score below 1, see ``analysis.HISS_MIN_NOISINESS``). Where
+    the source is itself a steady tone or noise (the event's ``source_category``: a drone, a rubbed glass, a
+    hiss recording), a render of that kind is not that failure and counts as a varied one, and noise no longer
+    comes last (the measure alone orders the rest): a rubbed glass's tones 4.8 from its source were passed over
+    for hiss at 12.6 before (benchmarks/RESULTS.md, "The source's own kind"). Older runs without the measure:
     the latest epoch diagnosed varied.
     """
     return pick_epoch([e for e in render_events(run) if run.epoch_checkpoint(int(e["epoch"])).exists()])
@@ -346,20 +349,27 @@ def liveliest_epoch(run: RunDir) -> str | None:
 
 def pick_epoch(events: list[dict]) -> str | None:
     """:func:`liveliest_epoch`'s rule on render events (``epoch``, ``category``, ``resemblance``,
-    ``copy_share``), whatever made them; None when none fits."""
+    ``copy_share``, ``source_category`` where known), whatever made them; None when none fits."""
+
+    def kind(e: dict) -> str:  # a tone of a steady-tone source, noise of a noise source: the source's own kind
+        c = e.get("category")
+        return "varied" if c in ("tone", "noise") and c == e.get("source_category") else c
+
     judged = [
         e
         for e in events
         if isinstance(e.get("resemblance"), (int, float))
-        and e.get("category") != "silence"
-        and not (e.get("category") == "tone" and e["resemblance"] >= AUTO_TONE_RESEMBLANCE)
+        and kind(e) != "silence"
+        and not (kind(e) == "tone" and e["resemblance"] >= AUTO_TONE_RESEMBLANCE)
         and e.get("copy_share", 0.0) <= AUTO_MAX_COPY
     ]
     if judged:
 
         def rank(e: dict) -> tuple:  # a moving render closer than noise, then tones, then noise; closest, latest
-            moving = e.get("category") == "varied" and e["resemblance"] < AUTO_TONE_RESEMBLANCE
-            return (not moving, e.get("category") == "noise", e["resemblance"], -int(e["epoch"]))
+            moving = kind(e) == "varied" and e["resemblance"] < AUTO_TONE_RESEMBLANCE
+            # a steady-tone or noise source: the measure alone orders its own kind and the rest
+            noise_last = kind(e) == "noise" and e.get("source_category") not in ("tone", "noise")
+            return (not moving, noise_last, e["resemblance"], -int(e["epoch"]))
 
         best = min(judged, key=rank)
         return epoch_name(int(best["epoch"]))

@@ -210,6 +210,22 @@ def test_vibrato_tone_is_still_tone():
     assert diagnose((0.4 * np.sin(phase)).astype(np.float32), sr).category == "tone"
 
 
+def test_a_tone_of_a_steady_tone_source_is_its_own_kind_not_the_failure():
+    from samplernn_lab.analysis import source_kind
+    from samplernn_lab.resemblance import SourceProfile
+
+    sr = 16000
+    drone, peal = SourceProfile(am_tone(sr, 0.3, f=740.0), sr), SourceProfile(bells(sr), sr)
+    assert source_kind(drone) == "tone" and source_kind(peal) == "varied"
+    held = sine(sr, f=740.0)
+    own, failure = diagnose(held, sr, drone), diagnose(held, sr, peal)
+    assert own.category == failure.category == "tone"  # what the render is does not change
+    assert "as its source is" in own.sentence and "failure" not in own.sentence
+    assert "failure mode" in failure.sentence
+    # noise of a tone source is still the noise failure
+    assert "failure mode" in diagnose(white(sr), sr, drone).sentence
+
+
 def test_dc_offset_does_not_change_the_category():
     sr = 16000
     for make, expected in [(sine, "tone"), (white, "noise"), (bells, "varied")]:

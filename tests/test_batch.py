@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -284,14 +285,18 @@ def test_triage_page_links_names_with_spaces_and_hashes(tmp_path):
 def test_a_local_run_stopped_by_ctrl_c_is_not_started_again(tmp_path, monkeypatch, code):
     """Ctrl-C reaches every run of a local batch: an interrupted run is reported, not restarted ``retries`` times
     (each restart went on training until Ctrl-C was pressed again); a run that died (exit 1) is retried."""
-    import subprocess
-
     from samplernn_lab import batch_runners
 
     calls = []
-    monkeypatch.setattr(
-        batch_runners.subprocess, "run", lambda *a, **k: calls.append(a) or subprocess.CompletedProcess(a, code)
-    )
+
+    class Exits:  # the run's process, exiting with `code`
+        def __init__(self, args, **kwargs):
+            calls.append(args)
+
+        def wait(self):
+            return code
+
+    monkeypatch.setattr(batch_runners.subprocess, "Popen", Exits)
     runner = batch_runners._Local(jobs=1, retries=2)
     runner.submit({"name": "a", "run": str(tmp_path / "a")}, {})
     (result,) = runner.done(timeout=30)
@@ -456,8 +461,6 @@ def test_a_batch_records_itself_and_the_failures_its_runner_saw_and_refuses_to_r
     """A run whose process died more often than ``retries`` could not say so in its state file (it still said
     running, or an earlier batch's words): the batch writes "failed" there, as its table says, so --status agrees.
     A second batch started on a folder where one runs now is refused, and the first batch's record is kept."""
-    import subprocess
-
     from samplernn_lab import batch_runners
 
     src = tmp_path / "a.wav"
@@ -465,16 +468,19 @@ def test_a_batch_records_itself_and_the_failures_its_runner_saw_and_refuses_to_r
     out = tmp_path / "out"
     seen = {}
 
-    def dies(args, **kwargs):  # the run's process: writes "running" as run_one does, then is killed (-9)
-        spec = json.loads(Path(args[-1]).read_text())
-        state = {**spec["job"], "state": "running", "pid": 999999999, "host": "elsewhere"}
-        (out / "logs" / "a.json").write_text(json.dumps(state))
-        seen["driver"] = json.loads((out / "batch-driver.json").read_text())
-        with pytest.raises(LabError, match="another batch runs here"):  # meanwhile a second batch, same folder
-            batch([src], out, max_steps=5, overrides=TINY, progress=False)
-        return subprocess.CompletedProcess(args, -9)
+    class Dies:  # the run's process: writes "running" as run_one does, then is killed (-9)
+        def __init__(self, args, **kwargs):
+            spec = json.loads(Path(args[-1]).read_text())
+            state = {**spec["job"], "state": "running", "pid": 999999999, "host": "elsewhere"}
+            (out / "logs" / "a.json").write_text(json.dumps(state))
+            seen["driver"] = json.loads((out / "batch-driver.json").read_text())
+            with pytest.raises(LabError, match="another batch runs here"):  # meanwhile a second batch, same folder
+                batch([src], out, max_steps=5, overrides=TINY, progress=False)
 
-    monkeypatch.setattr(batch_runners.subprocess, "run", dies)
+        def wait(self):
+            return -9
+
+    monkeypatch.setattr(batch_runners.subprocess, "Popen", Dies)
     report = batch([src], out, max_steps=5, overrides=TINY, progress=False, retries=1)
     assert report["failed"] == 1 and "died" in report["results"][0]["error"]
     assert seen["driver"]["state"] == "running" and seen["driver"]["pid"] == os.getpid()
@@ -485,6 +491,40 @@ def test_a_batch_records_itself_and_the_failures_its_runner_saw_and_refuses_to_r
     assert status(out)[0]["state"] == "failed"
     (out / "batch-driver.json").write_text(json.dumps({**driver, "state": "running", "seen": time.time()}))
     assert status(out)[0]["state"] == "failed"  # failed in this batch: not queued again while it runs
+
+
+def test_a_batch_sent_sigterm_stops_its_runs_instead_of_orphaning_them(tmp_path, monkeypatch):
+    """``kill PID`` of a local batch ended it at once while its run processes trained on, orphaned. Now SIGTERM is
+    an exit the batch handles, and closing its runner stops (SIGTERM) the runs still going."""
+    from samplernn_lab import batch as batch_mod
+    from samplernn_lab import batch_runners
+
+    started = tmp_path / "started"
+    # a run's process as _worker_main is: SIGTERM exits 143; it says when it has started, then trains "for ever"
+    body = (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)); "
+        f"open({str(started)!r}, 'w').close(); time.sleep(120)"
+    )
+    monkeypatch.setattr(batch_runners, "run_command", lambda spec: [sys.executable, "-c", body])
+    monkeypatch.setattr(batch_runners, "STOP_GRACE_SECONDS", 1.0)
+    runner = batch_runners._Local(jobs=1, retries=2)
+    runner.submit({"name": "a", "run": str(tmp_path / "a")}, {})
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (proc,) = runner.procs
+    t = time.monotonic()
+    runner.close()  # what the batch's `finally` does on Ctrl-C, an error, or now SIGTERM
+    assert 1.0 <= time.monotonic() - t < 30 and proc.returncode == 143  # given its grace, then stopped
+    (result,) = [runner._pop(f) for f in list(runner.futures)]
+    assert result["status"] == "failed" and "interrupted (exit 143)" in result["error"]  # and not started again
+    assert runner.procs == set()
+    # the batch's process: SIGTERM is an exit inside the batch (its `finally` runs), its own handler outside
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stop, batch_mod._sigterm_exits():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert stop.value.code == 143 and signal.getsignal(signal.SIGTERM) is before
 
 
 def test_a_run_stopped_by_ctrl_c_says_stopped_in_its_state_file(tmp_path, monkeypatch):

@@ -285,6 +285,43 @@ def test_auto_checkpoint_resembles_the_source_most_without_copying(tmp_path):
     assert resolve(run, "auto").name == "epoch-003.pt"
 
 
+def test_auto_takes_a_steady_tone_sources_tones_as_its_own_kind(tmp_path):
+    from samplernn_lab.checkpoint import resolve
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for e in range(1, 6):
+        (run / "checkpoints" / f"epoch-{e:03d}.pt").write_bytes(b"x")
+    # a rubbed glass's run (RESULTS, "The source's own kind"): hiss far off, its held tone nearer
+    events = [(1, "noise", 12.8), (2, "tone", 4.8), (3, "tone", 7.9), (4, "noise", 50.0), (5, "silence", 3.0)]
+
+    def write(source_category):
+        rows = [
+            {"event": "render", "epoch": e, "category": c, "resemblance": r, "copy_share": 0.0}
+            | ({"source_category": source_category} if source_category else {})
+            for e, c, r in events
+        ]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write(None)  # a run from before the events said what the source is: tones above 1 are the tone failure
+    assert resolve(run, "auto").name == "epoch-001.pt"
+    write("varied")  # a source that moves: the same
+    assert resolve(run, "auto").name == "epoch-001.pt"
+    write("tone")  # the source is a steady tone: its closest tone, never silence
+    assert resolve(run, "auto").name == "epoch-002.pt"
+    events[1:3] = [(2, "tone", 30.0), (3, "tone", 40.0)]  # by the measure: tones further off than the hiss are not
+    write("tone")  # taken over it
+    assert resolve(run, "auto").name == "epoch-001.pt"
+    # and a tone of it closer than coloured noise is a moving render: the closest of them wins, noise after them
+    events[:] = [(1, "varied", 0.7), (2, "tone", 0.5), (3, "noise", 0.4)]
+    write("tone")
+    assert resolve(run, "auto").name == "epoch-002.pt"
+    write("noise")  # a hiss recording: its noise is its own kind, the closest wins
+    assert resolve(run, "auto").name == "epoch-003.pt"
+    write(None)
+    assert resolve(run, "auto").name == "epoch-001.pt"
+
+
 def test_generate_rescue_flag_fills_the_sidecar(run, tmp_path, capsys):
     args = ["generate", run, "--checkpoint", "last", "--seconds", "3.5", "--temperature", "0", "--out"]
     assert cli(args + [tmp_path / "off"], capsys)[0] == 0

@@ -83,6 +83,18 @@ def test_a_stream_turned_to_noise_is_trapped_unless_noise_is_off():
     assert watch(bell_peal(SR, 8.0, seed=7), src).events == [[]]
 
 
+def test_a_steady_tone_source_makes_tones_no_trap_but_silence_still_is():
+    # a tone that swells (as a rubbed glass does: the fine test's 1.5 s windows see its level move)
+    t = np.arange(4 * SR) / SR
+    src = (0.5 * (0.6 + 0.4 * np.sin(2 * np.pi * 0.4 * t)) * np.sin(2 * np.pi * 740 * t)).astype(np.float32)
+    w = watch(tone(740, SR, 10.0), src, noise=False)
+    assert w.tone_seconds == np.inf and w.settings()["tone_seconds"] is None and w.events == [[]]
+    w = watch(np.concatenate([tone(740, SR, 2.0), np.zeros(4 * SR, np.float32)]), src, noise=False)
+    assert [e["reason"] for e in w.events[0]] == ["silence"]
+    # a source that only holds a tone for a while keeps the rule
+    assert np.isfinite(watch(tone(740, SR, 1.0), np.concatenate([bell_peal(SR, 4.0), src[: 2 * SR]])).tone_seconds)
+
+
 def test_a_source_with_long_pauses_makes_pauses_no_trap():
     src = np.concatenate([bell(SR, 1.0), np.zeros(4 * SR, np.float32), bell(SR, 1.0, seed=2)])
     w = watch(np.concatenate([bell(SR, 1.0), np.zeros(5 * SR, np.float32)]), src)

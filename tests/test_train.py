@@ -79,6 +79,7 @@ def test_run_folder_layout(dataset, tmp_path):
     assert len(renders) == 2 and all(r["category"] in ("silence", "tone", "noise", "varied") for r in renders)
     # judged against the source while training: the resemblance measure and the copied share
     assert all(r["resemblance"] >= 0 and 0 <= r["copy_share"] <= 1 for r in renders)
+    assert {r["source_category"] for r in renders} <= {"silence", "tone", "noise", "varied"}  # what `auto` asks
     # three streams an epoch, one event: the median stream's diagnosis, the most copied share of any
     for r in renders:
         assert len(list((run / "renders" / f"epoch-{r['epoch']:03d}").glob("*.wav"))) == 3

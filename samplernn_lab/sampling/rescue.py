@@ -18,7 +18,9 @@ top-tier frame boundary) the watchdog looks at the last seconds of each stream:
 The thresholds are the diagnosis's (:mod:`samplernn_lab.analysis`), on a cheaper analysis (non-overlapping
 46 ms frames, no median filter, attacks from frame levels): about a millisecond per stream and check.
 Both durations are ``trap_seconds`` (3 s) or longer where the source itself is silent, or holds a tone, for
-longer: 1.5 times its longest such stretch, so a source's own pauses and drones are never "traps". The
+longer: 1.5 times its longest such stretch, so a source's own pauses and drones are never "traps"; where the
+source is a steady tone as a whole (:func:`samplernn_lab.analysis.source_kind`: a rubbed glass, a hum), holding
+a tone is what it does and the tone rule is off (``tone_seconds`` None in the sidecar). The
 noise check costs a log-mel analysis of 3 s per stream and check: milliseconds with one BLAS thread, far
 more with many threads on a loaded machine.
 
@@ -53,6 +55,8 @@ from ..analysis import (
     TONE_MAX_ONSET_RATE,
     TONE_MIN_DOMINANCE,
     TONE_MIN_PITCH_STABILITY,
+    categorize,
+    features,
 )
 from ..errors import LabError
 from ..resemblance import SourceProfile, phase_randomised
@@ -225,7 +229,8 @@ class Watchdog:
     events : per stream, a list of ``{"seconds": s, "reason": "silence"|"tone"|"noise", "since": s0}``: the
         stream was re-primed ``s`` seconds into its output (the file), having been silent, on one tone or
         noise from ``s0`` on.
-    silence_seconds, tone_seconds, noise_seconds : the durations that make a trap for this source.
+    silence_seconds, tone_seconds, noise_seconds : the durations that make a trap for this source
+        (``tone_seconds`` infinite where the source is itself a steady tone: no tone traps).
     noise_limit : the resemblance above which ``noise_seconds`` of a stream are noise (:func:`noise_limit`);
         None when ``rescue.noise`` is off.
     """
@@ -235,7 +240,12 @@ class Watchdog:
         self.q_levels, self.quantization = q_levels, quantization
         sr = rescue.sample_rate
         self.silence_seconds = max(rescue.trap_seconds, SOURCE_MARGIN * longest_run(rescue.source, sr, is_silent))
-        self.tone_seconds = max(rescue.trap_seconds, SOURCE_MARGIN * longest_run(rescue.source, sr, is_steady_tone))
+        # a source that is one steady tone as a whole can still swell past the fine test's 1.5 s windows (a rubbed
+        # glass: 2.5 s of 18 held): its renders' tones are not traps (RESULTS, "The source's own kind")
+        if categorize(features(rescue.source, sr)) == "tone":
+            self.tone_seconds = math.inf
+        else:
+            self.tone_seconds = max(rescue.trap_seconds, SOURCE_MARGIN * longest_run(rescue.source, sr, is_steady_tone))
         self.noise_seconds = rescue.trap_seconds
         self.profile, self.noise_limit = None, None
         if rescue.noise:
@@ -243,7 +253,7 @@ class Watchdog:
             codes = audio_io.quantize(rescue.source, q_levels, quantization)
             self.profile = SourceProfile(audio_io.dequantize(codes, q_levels, quantization).numpy(), sr)
             self.noise_limit = noise_limit(self.profile, self.noise_seconds)
-        self.window = int(math.ceil(max(self.silence_seconds, self.tone_seconds, self.noise_seconds) * sr))
+        self.window = int(math.ceil(max(self.silence_seconds, self.noise_seconds, self._finite_tone_seconds) * sr))
         self.check_every = max(1, int(rescue.check_seconds * sr))
         self.prime_len = max(lookback, int(math.ceil(rescue.prime_seconds * sr / lookback)) * lookback)
         self.buf = np.zeros((n_streams, self.window), np.float32)  # the last `window` samples of each stream
@@ -254,11 +264,15 @@ class Watchdog:
         self.events: list[list[dict]] = [[] for _ in range(n_streams)]
         self.rng = np.random.default_rng(rescue.seed)
 
+    @property
+    def _finite_tone_seconds(self) -> float:  # 0 where the tone rule is off
+        return self.tone_seconds if math.isfinite(self.tone_seconds) else 0.0
+
     def settings(self) -> dict:
         """What the sidecar records of the settings."""
         return {
             "silence_seconds": round(self.silence_seconds, 3),
-            "tone_seconds": round(self.tone_seconds, 3),
+            "tone_seconds": round(self.tone_seconds, 3) if math.isfinite(self.tone_seconds) else None,
             "noise_seconds": round(self.noise_seconds, 3) if self.noise_limit is not None else None,
             "noise_limit": round(self.noise_limit, 3) if self.noise_limit is not None else None,
             "check_seconds": self.r.check_seconds,
@@ -293,11 +307,11 @@ class Watchdog:
         for s in range(self.b):
             reason = None
             n_sil, n_tone, n_noise = (
-                int(x * sr) for x in (self.silence_seconds, self.tone_seconds, self.noise_seconds)
+                int(x * sr) for x in (self.silence_seconds, self._finite_tone_seconds, self.noise_seconds)
             )
             if self.filled[s] >= n_sil and is_silent(self.buf[s, -n_sil:], sr):
                 reason, span = "silence", n_sil
-            elif self.filled[s] >= n_tone and is_steady_tone(self.buf[s, -n_tone:], sr):
+            elif n_tone and self.filled[s] >= n_tone and is_steady_tone(self.buf[s, -n_tone:], sr):
                 reason, span = "tone", n_tone
             elif self._noisy(s, n_noise):
                 reason, span = "noise", n_noise
