@@ -210,6 +210,7 @@ def make_epoch_grid(run_dir: str | os.PathLike) -> Figure:
                 "epoch": epoch,
                 "file": wav.name,
                 "category": event.get("category", d.category),
+                "source_category": event.get("source_category"),
                 "resemblance": event.get("resemblance"),
                 "copy": event.get("copy_share"),
                 "rms": d.features["rms_dbfs"],
@@ -226,9 +227,11 @@ def make_epoch_grid(run_dir: str | os.PathLike) -> Figure:
     mesh = None
     for ax, p in zip(axes.ravel(), panels):
         mesh = _draw_log_spectrogram(ax, p["log"], vmin, vmax)
-        failed = p["category"] != "varied"
+        own_kind = p["category"] in ("tone", "noise") and p["category"] == p["source_category"]  # a drone's tone
+        failed = p["category"] != "varied" and not own_kind
         level = "no signal" if p["rms"] <= -120 else f"{p['rms']:.0f} dBFS"
-        title = f"epoch {p['epoch']} \u00b7 {p['category']} \u00b7 {level}"
+        what = f"{p['category']}, as its source" if own_kind else p["category"]
+        title = f"epoch {p['epoch']} \u00b7 {what} \u00b7 {level}"
         if p["resemblance"] is not None:  # 0 = like the source, 1 = like noise of its colour
             # copied: the most of any of the epoch's streams (what auto passes over), not only this one's
             title += f"\nresemblance {p['resemblance']:.2f}" + (f" \u00b7 {p['copy']:.0%} copied" if p["copy"] else "")

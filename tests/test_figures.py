@@ -188,6 +188,19 @@ def test_epoch_grid_shows_the_stream_the_event_judged(tmp_path):
     assert title.startswith("epoch 1 \u00b7 tone") and "dBFS" in title and "resemblance" not in title
 
 
+def test_epoch_grid_marks_a_steady_tone_sources_tones_as_its_own_kind(tmp_path):
+    from samplernn_lab.figures import FAILURE_COLOUR
+
+    run = make_run(tmp_path)
+    event = {"event": "render", "epoch": 1, "category": "tone", "resemblance": 4.8, "copy_share": 0.0}
+    for source, words, colour in (("varied", "tone \u00b7", FAILURE_COLOUR), ("tone", "tone, as its source", "black")):
+        (run / "metrics.jsonl").write_text(
+            json.dumps({**event, "path": "renders/epoch-001/a.wav", "source_category": source}) + "\n"
+        )
+        ax = next(ax for ax in make_epoch_grid(run).axes if ax.get_title())
+        assert ax.get_title().startswith(f"epoch 1 \u00b7 {words}") and ax.title.get_color() == colour
+
+
 def test_epoch_grid_without_renders_names_the_run(tmp_path):
     run = tmp_path / "empty-run"
     (run / "renders" / "epoch-001").mkdir(parents=True)
