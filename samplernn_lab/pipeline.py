@@ -344,7 +344,7 @@ def write_summary(run_dir: Path, source: Path, preset: str, overrides: list[str]
     """Gather the run's settings, best validation NLL and the diagnosis of every render."""
     import soundfile as sf
 
-    from .analysis import SourceProfile, diagnose_file
+    from .analysis import SourceProfile, diagnose_file, source_kind
     from .audio import load
 
     config = RunDir(run_dir).read_config()
@@ -372,6 +372,8 @@ def write_summary(run_dir: Path, source: Path, preset: str, overrides: list[str]
         # 0 = like another stretch of the source, 1 = like noise of its colour (median over renders)
         "resemblance": statistics.median(r["resemblance"] for r in renders) if renders else None,
         "copy_share": max((r["copy_share"] for r in renders), default=None),
+        # what the source itself is: a steady-tone source's tone renders are its own kind, not the tone failure
+        "source_category": source_kind(profile) if profile is not None else None,
         "renders": renders,
         "figures": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "figures").glob("*.png")),
         "notebooks": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "notebooks").glob("*.ipynb")),

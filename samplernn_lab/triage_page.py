@@ -50,15 +50,24 @@ def write_triage(out: Path, results: list[dict], grid_fields: Sequence[str] = ()
                     "",
                 ),
                 "error": r.get("error", ""),
+                "source_category": r.get("source_category")
+                or "",  # last: the CSV's columns before it keep their places
             }
         )
-    rows.sort(key=lambda x: ([_value_key(x[f]) for f in grid_fields], CATEGORY_ORDER.get(x["category"], 5), x["name"]))
+    rows.sort(key=lambda x: ([_value_key(x[f]) for f in grid_fields], CATEGORY_ORDER.get(_judged(x), 5), x["name"]))
     fields = list(rows[0]) if rows else ["source", "name", *grid_fields]
     with atomic_path(out / "summary.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows({**r, "renders": " ".join(r["renders"])} for r in rows)
     write_text(out / "index.html", _index_html(rows, grid_fields))
+
+
+def _judged(row: dict) -> str:
+    """The category the triage sorts and colours a run by: a tone or noise render of a source that is itself a
+    tone or noise (a drone, a hiss recording) is its own kind, sorted with the varied ones."""
+    own = row["category"] in ("tone", "noise") and row["category"] == row.get("source_category")
+    return "varied" if own else row["category"]
 
 
 def _value_key(value: str) -> tuple:
@@ -112,6 +121,8 @@ def _row_html(r: dict, grid_fields: list[str]) -> str:
     fig = f"<a href='{_url(r['figure'])}'><img src='{_url(r['figure'])}' width='360' loading='lazy'></a>"
     fig = fig if r["figure"] else ""
     category = r["category"] or r["status"]
+    if r["category"] and _judged(r) != r["category"]:
+        category += ", as its source"
     cells = [
         f"<td>{e(r['name'])}</td>",
         *(f"<td>{e(str(r[f]))}</td>" for f in grid_fields),
@@ -125,7 +136,7 @@ def _row_html(r: dict, grid_fields: list[str]) -> str:
         f"<td>{fig}</td>",
         f"<td>{e(r['error'])}</td>",
     ]
-    return f"<tr class='{e(r['category'] or 'unfinished')}'>{''.join(cells)}</tr>"
+    return f"<tr class='{e(_judged(r) or 'unfinished')}'>{''.join(cells)}</tr>"
 
 
 def _page(rows: list[dict], grid_fields: list[str], columns: list[str], bodies: list[str]) -> str:

@@ -83,6 +83,25 @@ def test_triage_groups_and_sorts_by_the_grid(tmp_path):
     assert page.count("<tbody>") == 2 and "<th>lr</th>" in page
 
 
+def test_triage_sorts_a_drones_own_tone_with_the_varied_runs(tmp_path):
+    results = [
+        {"name": n, "source": f"{n}.wav", "status": "ok", "category": c, "run": str(tmp_path / n)} | extra
+        for n, c, extra in [
+            ("bells", "tone", {"source_category": "varied"}),  # the study's tone failure
+            ("drone", "tone", {"source_category": "tone"}),  # the source's own kind
+            ("hiss", "noise", {}),  # a run from before summaries said what the source is
+            ("loop", "varied", {"source_category": "varied"}),
+        ]
+    ]
+    write_triage(tmp_path, results)
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert [r["name"] for r in rows] == ["drone", "loop", "hiss", "bells"]
+    assert list(rows[0])[-1] == "source_category" and rows[0]["source_category"] == "tone"
+    page = (tmp_path / "index.html").read_text()
+    assert "<tr class='varied'><td>drone</td>" in page and "tone, as its source" in page
+    assert "<tr class='tone'><td>bells</td>" in page and page.count("as its source") == 1
+
+
 def test_ray_batch_of_a_grid_reports_a_broken_source_and_shows_status_while_running(
     local_ray, sources, tmp_path, capsys
 ):
