@@ -191,6 +191,11 @@ def _sentence(category: str, f: dict[str, float]) -> str:
             what.append("noisy but uneven")
         detail = ", ".join(what) if what else "it changes over time"
         s = f"Varied ({detail}): the mix of tones and transients of a training that learned something."
+    return _with_notes(s, f)
+
+
+def _with_notes(s: str, f: dict[str, float]) -> str:
+    """``s`` with what any render's sentence notes: samples that are not finite, a DC offset, clipping."""
     notes = []
     if f.get("nonfinite_fraction", 0.0) > 0:
         notes.append(f"{100 * f['nonfinite_fraction']:.1f}% of samples are NaN or infinite")
@@ -235,11 +240,11 @@ def diagnose(audio: np.ndarray, sr: int, source: np.ndarray | SourceProfile | No
         f["resemblance"] = profile.resemblance(as_mono(audio))
         f["copy_share"] = copy_share(as_mono(audio), profile.audio, sr)
         if category == "varied" and f["resemblance"] > NOISE_RESEMBLANCE:
-            return Diagnosis("noise", _far_sentence(f), f)
+            return Diagnosis("noise", _with_notes(_far_sentence(f), f), f)
         if category == "varied" and _hiss_bed(f, profile):
-            return Diagnosis("noise", _hiss_sentence(f), f)
+            return Diagnosis("noise", _with_notes(_hiss_sentence(f), f), f)
         if category in OWN_KINDS and category == source_kind(profile):
-            return Diagnosis(category, _own_kind_sentence(category, f), f)
+            return Diagnosis(category, _with_notes(_own_kind_sentence(category, f), f), f)
     return Diagnosis(category=category, sentence=_sentence(category, f), features=f)
 
 

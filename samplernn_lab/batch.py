@@ -417,6 +417,8 @@ def _sigterm_exits() -> Iterator[None]:
         return
 
     def stop(*_):
+        # a second SIGTERM while the batch stops its runs would abandon them half-stopped: ignored until then
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise SystemExit(143)
 
     before = signal.signal(signal.SIGTERM, stop)

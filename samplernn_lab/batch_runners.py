@@ -33,7 +33,7 @@ class _Local:
     """Runs jobs as subprocesses (``jobs`` at once); a process that dies is started again ``retries`` times,
     one that was interrupted is not, and none is started once the batch is closing (Ctrl-C, SIGTERM); closing
     stops the runs still going after ``STOP_GRACE_SECONDS`` (SIGTERM: each says stopped and keeps its last
-    checkpoint), so none trains on as an orphan."""
+    checkpoint; SIGKILL after as long again), so none trains on as an orphan."""
 
     def __init__(self, jobs: int, retries: int):
         self.pool = ThreadPoolExecutor(max_workers=max(1, jobs))
@@ -89,12 +89,22 @@ class _Local:
         with self.lock:
             self.stopping = True  # before waiting: a run stopped by Ctrl-C is not started again meanwhile
             procs = list(self.procs)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.terminate()
+        # each step gives the runs still going STOP_GRACE_SECONDS: to end by themselves (Ctrl-C reached them too),
+        # then after SIGTERM (a run says stopped, its last checkpoint whole), then after SIGKILL (one that ignores
+        # SIGTERM would otherwise keep the batch waiting on it for as long as it trains)
+        for stop in (None, "terminate", "kill"):
+            going = [p for p in procs if p.poll() is None]
+            if not going:
+                break
+            for proc in going:
+                if stop:
+                    getattr(proc, stop)()
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            for proc in going:
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 

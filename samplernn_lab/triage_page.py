@@ -70,6 +70,11 @@ def _judged(row: dict) -> str:
     return "varied" if own else row["category"]
 
 
+def _shown(row: dict) -> str:
+    """The category as the page shows it: "tone, as its source" for a source's own kind (see :func:`_judged`)."""
+    return row["category"] + (", as its source" if _judged(row) != row["category"] else "")
+
+
 def _value_key(value: str) -> tuple:
     """Numbers in numeric order (9 before 10), then words."""
     try:
@@ -99,8 +104,8 @@ def _index_html(rows: list[dict], grid_fields: Sequence[str] = ()) -> str:
 def _group_row(label: str, members: list[dict], n_columns: int) -> str:
     """The heading row of a group: its setting and how many of its runs fell in each category."""
     e = html.escape
-    counts = Counter(r["category"] or "unfinished" for r in members)
-    ordered = sorted(counts.items(), key=lambda kv: CATEGORY_ORDER.get(kv[0], 5))
+    counts = Counter((_judged(r) or "unfinished", _shown(r) if r["category"] else "unfinished") for r in members)
+    ordered = [(shown, v) for (_, shown), v in sorted(counts.items(), key=lambda kv: CATEGORY_ORDER.get(kv[0][0], 5))]
     summary = ", ".join(f"{v} {k}" for k, v in ordered)
     return f"<tr class='group'><th colspan='{n_columns}'>{e(label)} &nbsp; <small>{e(summary)}</small></th></tr>"
 
@@ -120,9 +125,7 @@ def _row_html(r: dict, grid_fields: list[str]) -> str:
     )
     fig = f"<a href='{_url(r['figure'])}'><img src='{_url(r['figure'])}' width='360' loading='lazy'></a>"
     fig = fig if r["figure"] else ""
-    category = r["category"] or r["status"]
-    if r["category"] and _judged(r) != r["category"]:
-        category += ", as its source"
+    category = _shown(r) if r["category"] else r["status"]
     cells = [
         f"<td>{e(r['name'])}</td>",
         *(f"<td>{e(str(r[f]))}</td>" for f in grid_fields),

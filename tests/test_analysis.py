@@ -224,6 +224,8 @@ def test_a_tone_of_a_steady_tone_source_is_its_own_kind_not_the_failure():
     assert "failure mode" in failure.sentence
     # noise of a tone source is still the noise failure
     assert "failure mode" in diagnose(white(sr), sr, drone).sentence
+    # what any sentence notes, this one too
+    assert "DC offset" in diagnose(held + 0.05, sr, drone).sentence
 
 
 def test_dc_offset_does_not_change_the_category():

@@ -100,6 +100,11 @@ def test_triage_sorts_a_drones_own_tone_with_the_varied_runs(tmp_path):
     page = (tmp_path / "index.html").read_text()
     assert "<tr class='varied'><td>drone</td>" in page and "tone, as its source" in page
     assert "<tr class='tone'><td>bells</td>" in page and page.count("as its source") == 1
+    # a group's heading counts it as the rows show it
+    (tmp_path / "g").mkdir()
+    write_triage(tmp_path / "g", [r | {"lr": "1"} for r in results], ["lr"])
+    heading = (tmp_path / "g" / "index.html").read_text().split("<small>")[1].split("</small>")[0]
+    assert heading.endswith("1 noise, 1 tone") and "1 tone, as its source" in heading
 
 
 def test_ray_batch_of_a_grid_reports_a_broken_source_and_shows_status_while_running(
@@ -538,12 +543,41 @@ def test_a_batch_sent_sigterm_stops_its_runs_instead_of_orphaning_them(tmp_path,
     (result,) = [runner._pop(f) for f in list(runner.futures)]
     assert result["status"] == "failed" and "interrupted (exit 143)" in result["error"]  # and not started again
     assert runner.procs == set()
-    # the batch's process: SIGTERM is an exit inside the batch (its `finally` runs), its own handler outside
-    before = signal.getsignal(signal.SIGTERM)
+    # the batch's process: SIGTERM is an exit inside the batch (its `finally` runs), its own handler outside; a
+    # second SIGTERM while it stops its runs is ignored (it would abandon them half-stopped)
+    before, cleaned = signal.getsignal(signal.SIGTERM), False
     with pytest.raises(SystemExit) as stop, batch_mod._sigterm_exits():
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)
-    assert stop.value.code == 143 and signal.getsignal(signal.SIGTERM) is before
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+            cleaned = True
+    assert stop.value.code == 143 and cleaned and signal.getsignal(signal.SIGTERM) is before
+
+
+def test_closing_a_batch_kills_a_run_that_ignores_sigterm(tmp_path, monkeypatch):
+    from samplernn_lab import batch_runners
+
+    started = tmp_path / "started"
+    body = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"open({str(started)!r}, 'w').close(); time.sleep(120)"
+    )
+    monkeypatch.setattr(batch_runners, "run_command", lambda spec: [sys.executable, "-c", body])
+    monkeypatch.setattr(batch_runners, "STOP_GRACE_SECONDS", 0.5)
+    runner = batch_runners._Local(jobs=1, retries=0)
+    runner.submit({"name": "a", "run": str(tmp_path / "a")}, {})
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (proc,) = runner.procs
+    t = time.monotonic()
+    runner.close()
+    assert 1.0 <= time.monotonic() - t < 30 and proc.returncode == -signal.SIGKILL
+    (result,) = [runner._pop(f) for f in list(runner.futures)]
+    assert result["status"] == "failed" and "interrupted" in result["error"]
 
 
 def test_a_run_stopped_by_ctrl_c_says_stopped_in_its_state_file(tmp_path, monkeypatch):
