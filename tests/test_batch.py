@@ -517,26 +517,34 @@ def test_a_batch_records_itself_and_the_failures_its_runner_saw_and_refuses_to_r
     assert status(out)[0]["state"] == "failed"  # failed in this batch: not queued again while it runs
 
 
-def test_a_batch_sent_sigterm_stops_its_runs_instead_of_orphaning_them(tmp_path, monkeypatch):
-    """``kill PID`` of a local batch ended it at once while its run processes trained on, orphaned. Now SIGTERM is
-    an exit the batch handles, and closing its runner stops (SIGTERM) the runs still going."""
-    from samplernn_lab import batch as batch_mod
+def _runner_with_a_started_run(tmp_path, monkeypatch, on_sigterm: str, grace: float, retries: int):
+    """A local runner whose one run's process handles SIGTERM with ``on_sigterm`` (Python source), has started,
+    and then sleeps "for ever"; returns the runner and that process."""
     from samplernn_lab import batch_runners
 
     started = tmp_path / "started"
-    # a run's process as _worker_main is: SIGTERM exits 143; it says when it has started, then trains "for ever"
     body = (
-        "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)); "
+        f"import signal, sys, time; signal.signal(signal.SIGTERM, {on_sigterm}); "
         f"open({str(started)!r}, 'w').close(); time.sleep(120)"
     )
     monkeypatch.setattr(batch_runners, "run_command", lambda spec: [sys.executable, "-c", body])
-    monkeypatch.setattr(batch_runners, "STOP_GRACE_SECONDS", 1.0)
-    runner = batch_runners._Local(jobs=1, retries=2)
+    monkeypatch.setattr(batch_runners, "STOP_GRACE_SECONDS", grace)
+    runner = batch_runners._Local(jobs=1, retries=retries)
     runner.submit({"name": "a", "run": str(tmp_path / "a")}, {})
     deadline = time.monotonic() + 60
     while not started.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     (proc,) = runner.procs
+    return runner, proc
+
+
+def test_a_batch_sent_sigterm_stops_its_runs_instead_of_orphaning_them(tmp_path, monkeypatch):
+    """``kill PID`` of a local batch ended it at once while its run processes trained on, orphaned. Now SIGTERM is
+    an exit the batch handles, and closing its runner stops (SIGTERM) the runs still going."""
+    from samplernn_lab import batch as batch_mod
+
+    # a run's process as _worker_main is: SIGTERM exits 143
+    runner, proc = _runner_with_a_started_run(tmp_path, monkeypatch, "lambda *_: sys.exit(143)", 1.0, 2)
     t = time.monotonic()
     runner.close()  # what the batch's `finally` does on Ctrl-C, an error, or now SIGTERM
     assert 1.0 <= time.monotonic() - t < 30 and proc.returncode == 143  # given its grace, then stopped
@@ -558,21 +566,7 @@ def test_a_batch_sent_sigterm_stops_its_runs_instead_of_orphaning_them(tmp_path,
 
 
 def test_closing_a_batch_kills_a_run_that_ignores_sigterm(tmp_path, monkeypatch):
-    from samplernn_lab import batch_runners
-
-    started = tmp_path / "started"
-    body = (
-        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-        f"open({str(started)!r}, 'w').close(); time.sleep(120)"
-    )
-    monkeypatch.setattr(batch_runners, "run_command", lambda spec: [sys.executable, "-c", body])
-    monkeypatch.setattr(batch_runners, "STOP_GRACE_SECONDS", 0.5)
-    runner = batch_runners._Local(jobs=1, retries=0)
-    runner.submit({"name": "a", "run": str(tmp_path / "a")}, {})
-    deadline = time.monotonic() + 60
-    while not started.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    (proc,) = runner.procs
+    runner, proc = _runner_with_a_started_run(tmp_path, monkeypatch, "signal.SIG_IGN", 0.5, 0)
     t = time.monotonic()
     runner.close()
     assert 1.0 <= time.monotonic() - t < 30 and proc.returncode == -signal.SIGKILL
