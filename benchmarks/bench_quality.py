@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import report  # noqa: E402
 from samplernn_lab.analysis import diagnose  # noqa: E402
 from samplernn_lab.audio import dequantize, load, quantize, save  # noqa: E402
-from samplernn_lab.dataset import excerpts, load_split, prepare, read_manifest, windows  # noqa: E402
+from samplernn_lab.dataset import excerpts, load_split, prepare, read_manifest, source_category, windows  # noqa: E402
 from samplernn_lab.model import SampleRNN, nll_bits  # noqa: E402
 from samplernn_lab.presets import get_preset  # noqa: E402
 from samplernn_lab.resemblance import SourceProfile  # noqa: E402
@@ -139,7 +139,9 @@ def evaluate_renders(
     watch = None
     if rescue:
         source = training_audio(dataset)
-        watch = Watchdog(Rescue(source, sr, seed=seed), STREAMS, cfg.q_levels, cfg.quantization, model.lookback)
+        watch = Watchdog(
+            Rescue(source, sr, seed=seed, kind=profile.kind), STREAMS, cfg.q_levels, cfg.quantization, model.lookback
+        )
     codes = torch.cat(list(sampler.run(int(SECONDS * sr), watchdog=watch)), 1)
     audio = dequantize(codes, model.config.q_levels, model.config.quantization).numpy()
     keep.mkdir(parents=True, exist_ok=True)
@@ -179,7 +181,7 @@ def one_training(job: dict) -> list[dict]:
     preset = get_preset("sketch", job["overrides"])
     dataset, sr = Path(job["dataset"]), preset.data.sample_rate
     source, _ = load(job["source"], sr)
-    profile = SourceProfile(source, sr)
+    profile = SourceProfile(source, sr, kind=source_category(dataset))  # the kind measured at prepare time
     results = []
 
     def on_budget(minutes, model, val_bits, best_val_bits, steps):

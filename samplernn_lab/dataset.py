@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import audio as audio_io
+from .analysis import CATEGORIES, categorize, features
 from .augment import Piece, augment
 from .config import DataConfig
 from .errors import LabError
@@ -40,6 +41,7 @@ from .spectral import SILENT_PEAK
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
+SOURCE_SECONDS = 60.0  # the source judged against (and whose kind is measured): at most this long
 
 
 @dataclass
@@ -272,9 +274,17 @@ def _write_dataset(
             for s in loaded
         ],
         "counts": counts,
+        # what the source is as a whole, measured once here: every judge of its renders asks the same answer
+        "source_category": _category_of(loaded, cfg.sample_rate),
         "chunks": chunks,
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def _category_of(loaded: list[Source], sample_rate: int, max_seconds: float = SOURCE_SECONDS) -> str:
+    """:func:`~samplernn_lab.analysis.categorize` of the sources as recorded, joined (as :func:`source_audio`)."""
+    joined = np.concatenate([s.audio for s in loaded])[: int(max_seconds * sample_rate)]
+    return categorize(features(joined, sample_rate))
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -330,6 +340,8 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     ):
         if not isinstance(manifest.get(key), kind) or isinstance(manifest[key], bool):
             raise LabError(f"{path}: not a valid manifest ({key!r} missing or not a {kind.__name__})")
+    if "source_category" in manifest and manifest["source_category"] not in CATEGORIES:
+        raise LabError(f"{path}: not a valid manifest (source_category must be one of {', '.join(CATEGORIES)})")
     root = folder.resolve()
     for i, c in enumerate(manifest["chunks"]):
         if not (isinstance(c, dict) and isinstance(c.get("path"), str) and c.get("split") in SPLITS):
@@ -478,7 +490,21 @@ def excerpts(folder: str | os.PathLike, seconds: float, n: int, seed: int = 0, s
     return np.stack(rows)
 
 
-def source_audio(folder: str | os.PathLike, max_seconds: float = 60.0) -> np.ndarray:
+def source_category(folder: str | os.PathLike) -> str:
+    """What a dataset's source is as a whole: ``"silence"``, ``"tone"``, ``"noise"`` or ``"varied"``.
+
+    Measured once, when the dataset was prepared (the manifest's ``source_category``), so the epoch renders, the
+    watchdog and the summary judge a render against the same kind; a dataset prepared before that is measured
+    here from :func:`source_audio`. A render of a steady-tone source that holds a tone is its own kind of sound,
+    not the tone failure (:func:`samplernn_lab.analysis.source_kind`).
+    """
+    manifest = read_manifest(folder)
+    if "source_category" in manifest:
+        return manifest["source_category"]
+    return categorize(features(source_audio(folder), manifest["sample_rate"]))
+
+
+def source_audio(folder: str | os.PathLike, max_seconds: float = SOURCE_SECONDS) -> np.ndarray:
     """The sound a dataset was made from, at the dataset's rate, to judge renders against.
 
     The manifest's source files, joined, where they still exist unchanged (their sha256 as recorded; a path

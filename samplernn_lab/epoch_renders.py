@@ -100,12 +100,12 @@ _PROFILES: dict[tuple[str, int, int], object] = {}
 
 def _source_profile(dataset: Path, sample_rate: int):
     """The source's resemblance profile, made once per dataset and rate (every epoch's render uses it)."""
-    from .dataset import source_audio
+    from .dataset import source_audio, source_category
     from .resemblance import SourceProfile
 
     # the manifest's time too: a dataset prepared again in the same folder (a re-run notebook 01) is another sound
     key = (str(dataset.resolve()), sample_rate, (Path(dataset) / "manifest.json").stat().st_mtime_ns)
     if key not in _PROFILES:
         _PROFILES.clear()
-        _PROFILES[key] = SourceProfile(source_audio(dataset), sample_rate)
+        _PROFILES[key] = SourceProfile(source_audio(dataset), sample_rate, kind=source_category(dataset))
     return _PROFILES[key]

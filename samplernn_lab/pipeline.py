@@ -349,10 +349,12 @@ def write_summary(run_dir: Path, source: Path, preset: str, overrides: list[str]
 
     config = RunDir(run_dir).read_config()
     metrics = read_metrics(RunDir(run_dir).metrics, missing_ok=True)
+    kind = _dataset_kind(config)
     renders, profile = [], None
     for wav in sorted((run_dir / "renders" / "listen").glob("*.wav")):
         if profile is None or profile.sr != sf.info(wav).samplerate:  # judged against the source at its rate
-            profile = SourceProfile(load(source, sf.info(wav).samplerate)[0], sf.info(wav).samplerate)
+            sr = sf.info(wav).samplerate
+            profile = SourceProfile(load(source, sr)[0], sr, kind=kind)
         d = diagnose_file(wav, profile)
         d["file"] = str(wav.relative_to(run_dir))
         renders.append(d)
@@ -373,13 +375,24 @@ def write_summary(run_dir: Path, source: Path, preset: str, overrides: list[str]
         "resemblance": statistics.median(r["resemblance"] for r in renders) if renders else None,
         "copy_share": max((r["copy_share"] for r in renders), default=None),
         # what the source itself is: a steady-tone source's tone renders are its own kind, not the tone failure
-        "source_category": source_kind(profile) if profile is not None else None,
+        "source_category": source_kind(profile) if profile is not None else kind,
         "renders": renders,
         "figures": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "figures").glob("*.png")),
         "notebooks": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "notebooks").glob("*.ipynb")),
     }
     write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _dataset_kind(config: dict) -> str | None:
+    """The source's kind as its dataset measured it when prepared (the epoch renders and the watchdog judged by
+    it); None where the run's dataset is gone, and the summary measures the source file itself."""
+    from .dataset import source_category
+
+    dataset = config.get("dataset")
+    if not isinstance(dataset, str) or not (Path(dataset) / "manifest.json").is_file():
+        return None
+    return source_category(dataset)
 
 
 # batch lives in its own module; these names stay importable from here

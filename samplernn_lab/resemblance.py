@@ -179,11 +179,14 @@ class SourceProfile:
     source : (m,) float, mono, in [-1, 1].
     sr : sample rate in Hz (renders are compared at this rate).
     seed : seed of the phase-randomised reference.
+    kind : what the source is as a whole (``"silence"``, ``"tone"``, ``"noise"``, ``"varied"``) where already
+        known, e.g. measured when its dataset was prepared; None: measured from ``source`` when asked
+        (:func:`samplernn_lab.analysis.source_kind`).
     """
 
-    def __init__(self, source: np.ndarray, sr: int, seed: int = 0):
+    def __init__(self, source: np.ndarray, sr: int, seed: int = 0, kind: str | None = None):
         s = _mono(source, "source")
-        self.sr, self.audio = int(sr), s
+        self.sr, self.audio, self.kind = int(sr), s, kind
         frames = log_mel_frames(s, sr)
         top = float(frames.max())
         self.floor_db, self.gate_db = top - FLOOR_DB, top - GATE_DB

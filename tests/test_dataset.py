@@ -16,6 +16,7 @@ from samplernn_lab.dataset import (
     excerpts,
     prepare,
     read_manifest,
+    source_category,
     split_source,
     windows,
 )
@@ -259,6 +260,43 @@ def test_manifest_records_sources(bell_wav, tmp_path):
     assert src["sha256"] == hashlib.sha256(bell_wav.read_bytes()).hexdigest()
     assert src["seconds"] == pytest.approx(3.0)
     assert m["settings"]["copies"] == 4
+
+
+def test_the_source_kind_is_measured_once_when_prepared(make_wav, tmp_path):
+    drone = prepare([make_wav("drone.wav", tone(440, 16000, 3.0))], tmp_path / "drone", CFG, progress=False)
+    peal = prepare([make_wav("peal.wav", bell(16000, 3.0))], tmp_path / "peal", CFG, progress=False)
+    assert read_manifest(drone)["source_category"] == source_category(drone) == "tone"
+    assert read_manifest(peal)["source_category"] == source_category(peal) == "varied"
+    # what the manifest says is what every judge reads, not a second measurement
+    path = peal / "manifest.json"
+    m = json.loads(path.read_text())
+    path.write_text(json.dumps({**m, "source_category": "tone"}))
+    assert source_category(peal) == "tone"
+    # a dataset prepared before the kind was recorded is measured from its source
+    path.write_text(json.dumps({k: v for k, v in m.items() if k != "source_category"}))
+    assert source_category(peal) == "varied"
+    path.write_text(json.dumps({**m, "source_category": "bells"}))
+    with pytest.raises(LabError, match=r"manifest\.json: .*source_category must be one of silence, tone"):
+        read_manifest(peal)
+
+
+def test_the_epoch_renders_and_the_summary_judge_by_the_manifest_kind(make_wav, tmp_path):
+    from samplernn_lab.epoch_renders import render_event
+    from samplernn_lab.pipeline import write_summary
+    from samplernn_lab.rundir import RunDir
+
+    src = make_wav("peal.wav", bell(16000, 3.0))
+    ds = prepare([src], tmp_path / "ds", CFG, progress=False)
+    path = ds / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "source_category": "tone"}))  # a drone's dataset
+    run = tmp_path / "run"
+    (run / "renders" / "listen").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": {}, "train": {}, "sample_rate": 16000, "dataset": str(ds)}))
+    held = make_wav("run/renders/listen/held.wav", tone(440, 16000, 3.0))
+    event = render_event([held], RunDir(run), ds, 16000, 1, 10)
+    assert event["source_category"] == "tone" and event["category"] == "tone" and "as its source" in event["sentence"]
+    summary = write_summary(run, src, "sketch", [])
+    assert summary["source_category"] == "tone" and "as its source" in summary["renders"][0]["sentence"]
 
 
 def test_several_sources_and_folders(tmp_path, make_wav):

@@ -95,6 +95,14 @@ def test_a_steady_tone_source_makes_tones_no_trap_but_silence_still_is():
     assert np.isfinite(watch(tone(740, SR, 1.0), np.concatenate([bell_peal(SR, 4.0), src[: 2 * SR]])).tone_seconds)
 
 
+def test_a_known_kind_is_taken_not_measured_again():
+    # a dataset's kind, measured when it was prepared, decides the tone rule whatever the audio at hand says
+    peal = bell_peal(SR, 6.0)
+    assert np.isfinite(Watchdog(Rescue(peal, SR), 1, 256, "linear", 64).tone_seconds)
+    assert Watchdog(Rescue(peal, SR, kind="tone"), 1, 256, "linear", 64).tone_seconds == np.inf
+    assert np.isfinite(Watchdog(Rescue(tone(740, SR, 6.0), SR, kind="varied"), 1, 256, "linear", 64).tone_seconds)
+
+
 def test_a_source_with_long_pauses_makes_pauses_no_trap():
     src = np.concatenate([bell(SR, 1.0), np.zeros(4 * SR, np.float32), bell(SR, 1.0, seed=2)])
     w = watch(np.concatenate([bell(SR, 1.0), np.zeros(5 * SR, np.float32)]), src)

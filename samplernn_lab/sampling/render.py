@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .. import audio as audio_io
+from ..dataset import source_category
 from ..errors import LabError
 from ..files import atomic_path, refuse_existing, write_text, writing
 from ..model import SampleRNN
@@ -243,7 +244,7 @@ def render_checkpoint(
         "prime_file": str(prime) if prime else None,
         "prime_seconds": prime_audio.shape[-1] / sr if prime_audio is not None else 0.0,
     }
-    watch = Rescue(training_audio(dataset), sr, seed=seed) if rescue else None
+    watch = Rescue(training_audio(dataset), sr, seed=seed, kind=source_category(dataset)) if rescue else None
     return render(
         model,
         out_dir,

@@ -172,6 +172,8 @@ class Rescue:
     check_seconds : how often to look, in seconds of output.
     prime_seconds : how much source audio a re-primed stream continues (rounded up to whole top-tier frames).
     seed : picks the places in the source.
+    kind : what the source is as a whole where known (its dataset's ``source_category``, measured when it was
+        prepared); None: measured from ``source``. A steady-tone source turns the tone rule off.
     """
 
     source: np.ndarray
@@ -181,6 +183,7 @@ class Rescue:
     prime_seconds: float = PRIME_SECONDS
     seed: int = 0
     noise: bool = False
+    kind: str | None = None
 
     def __post_init__(self):
         self.source = np.asarray(self.source, np.float32).reshape(-1)
@@ -242,7 +245,8 @@ class Watchdog:
         self.silence_seconds = max(rescue.trap_seconds, SOURCE_MARGIN * longest_run(rescue.source, sr, is_silent))
         # a source that is one steady tone as a whole can still swell past the fine test's 1.5 s windows (a rubbed
         # glass: 2.5 s of 18 held): its renders' tones are not traps (RESULTS, "The source's own kind")
-        if categorize(features(rescue.source, sr)) == "tone":
+        kind = rescue.kind if rescue.kind is not None else categorize(features(rescue.source, sr))
+        if kind == "tone":
             self.tone_seconds = math.inf
         else:
             self.tone_seconds = max(rescue.trap_seconds, SOURCE_MARGIN * longest_run(rescue.source, sr, is_steady_tone))
