@@ -49,6 +49,7 @@ from .errors import LabError
 from .frame_features import (  # noqa: F401  (the features and their constants live there)
     _FLOOR_DB,
     ACTIVE_RANGE_DB,
+    CATEGORIES,
     CLIP_LEVEL,
     FMIN_HZ,
     HIGHPASS_HZ,
@@ -102,7 +103,6 @@ NO_RHYTHM_RATE = 0.2  # onsets per second below which a sound "has no clear rhyt
 ONSET_RATE_EPS = 0.1  # onsets per second added to both rates in the ratio, so silence gives no 0/0
 LEVEL_NOTE_DB = 6.0  # level difference worth a sentence
 
-CATEGORIES = ("silence", "tone", "noise", "varied")
 # With its source known, a render further from it than this (1.0 = noise of the source's colour, see
 # samplernn_lab.resemblance) is noise, however much it moves.
 NOISE_RESEMBLANCE = 1.0

@@ -2,7 +2,8 @@
 
 ``prepare`` turns source sounds into a dataset folder::
 
-    DIR/manifest.json           settings, sources (path, duration, sha256), and every chunk
+    DIR/manifest.json           settings, sources (path, duration, sha256), the sources' kind as a whole
+                                (``source_category``, see :func:`source_category`), and every chunk
     DIR/chunks/train/000000.wav fixed-length chunks, 16-bit PCM at the dataset's sample rate
     DIR/chunks/val/...          from held-out stretches of each source
     DIR/chunks/test/...
@@ -509,7 +510,8 @@ def source_audio(folder: str | os.PathLike, max_seconds: float = SOURCE_SECONDS)
 
     The manifest's source files, joined, where they still exist unchanged (their sha256 as recorded; a path
     relative to where ``prepare`` ran, as older manifests hold, may name another file from elsewhere); otherwise
-    the training chunks (copies of the same material), joined. At most ``max_seconds``.
+    the training chunks (copies of the same material, each copy's gain jitter undone), joined. At most
+    ``max_seconds``.
 
     Returns
     -------
@@ -523,7 +525,8 @@ def source_audio(folder: str | os.PathLike, max_seconds: float = SOURCE_SECONDS)
     if paths and all(_unchanged(Path(s["path"]), s.get("sha256")) for s in sources):
         parts = [audio_io.load(p, sr)[0] for p in paths]
     else:
-        parts = [audio_io.load(folder / c["path"])[0] for c in manifest["chunks"] if c["split"] == "train"]
+        # the training chunks at the source's level (gain jitter undone), as the watchdog's training audio
+        parts = [chunk_as_recorded(folder, manifest, c) for c in manifest["chunks"] if c["split"] == "train"]
     return np.concatenate(parts)[: int(max_seconds * sr)].astype(np.float32)
 
 

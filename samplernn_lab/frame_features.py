@@ -13,6 +13,7 @@ from .spectral import as_mono, frames, pad_to_window, window_length
 
 # Loudest frames quieter than this are "silence": -60 dBFS is about the noise floor of a quiet room
 # recorded at a sane gain; a render this quiet sounds like nothing at normal listening levels.
+CATEGORIES = ("silence", "tone", "noise", "varied")  # what the diagnosis calls a sound (samplernn_lab.analysis)
 SILENCE_DBFS = -60.0
 # "The loud frames" = this percentile of frame levels, so a few stray clicks do not make silence loud.
 LOUD_PERCENTILE = 95.0

@@ -349,7 +349,7 @@ def write_summary(run_dir: Path, source: Path, preset: str, overrides: list[str]
 
     config = RunDir(run_dir).read_config()
     metrics = read_metrics(RunDir(run_dir).metrics, missing_ok=True)
-    kind = _dataset_kind(config)
+    kind = _dataset_kind(run_dir, config)
     renders, profile = [], None
     for wav in sorted((run_dir / "renders" / "listen").glob("*.wav")):
         if profile is None or profile.sr != sf.info(wav).samplerate:  # judged against the source at its rate
@@ -384,15 +384,13 @@ def write_summary(run_dir: Path, source: Path, preset: str, overrides: list[str]
     return summary
 
 
-def _dataset_kind(config: dict) -> str | None:
+def _dataset_kind(run_dir: Path, config: dict) -> str | None:
     """The source's kind as its dataset measured it when prepared (the epoch renders and the watchdog judged by
     it); None where the run's dataset is gone, and the summary measures the source file itself."""
     from .dataset import source_category
 
-    dataset = config.get("dataset")
-    if not isinstance(dataset, str) or not (Path(dataset) / "manifest.json").is_file():
-        return None
-    return source_category(dataset)
+    dataset = RunDir(run_dir).dataset(config)
+    return None if dataset is None else source_category(dataset)
 
 
 # batch lives in its own module; these names stay importable from here

@@ -37,7 +37,8 @@ import math
 
 import numpy as np
 
-from .frame_features import features
+from .errors import LabError
+from .frame_features import CATEGORIES, features
 from .spectral import as_mono, pad_to_window
 
 # Levels below the source's loudest mel band minus this many dB are held at that floor: about the range
@@ -186,6 +187,8 @@ class SourceProfile:
 
     def __init__(self, source: np.ndarray, sr: int, seed: int = 0, kind: str | None = None):
         s = _mono(source, "source")
+        if kind not in (None, *CATEGORIES):
+            raise LabError(f"source kind must be one of {', '.join(CATEGORIES)} or None, got {kind!r}")
         self.sr, self.audio, self.kind = int(sr), s, kind
         frames = log_mel_frames(s, sr)
         top = float(frames.max())

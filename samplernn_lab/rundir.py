@@ -35,6 +35,7 @@ METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 RENDERS = "renders"
 DATASET_MANIFEST = "manifest.json"  # a dataset folder's (samplernn_lab.dataset); here to recognise one
+RUN_DATASET = "dataset"  # the chain (run, batch, demo) prepares a run's dataset in RUN/dataset
 LOSS_PLOT = "loss.png"
 
 
@@ -67,6 +68,15 @@ class RunDir:
     def epoch_renders(self, epoch: int) -> Path:
         """``RUN/renders/epoch-NNN/``, the folder of one epoch's renders."""
         return self.root / RENDERS / epoch_name(epoch)
+
+    def dataset(self, config: dict) -> Path | None:
+        """The run's dataset: the folder its ``config.json`` names, else ``RUN/dataset`` (a chain run's folder,
+        moved); None where neither holds a manifest."""
+        named = config.get("dataset")
+        for folder in ([Path(named)] if isinstance(named, str) else []) + [self.root / RUN_DATASET]:
+            if (folder / DATASET_MANIFEST).is_file():
+                return folder
+        return None
 
     def read_config(self) -> dict:
         """The run's ``config.json``; LabError naming the file when it is missing or broken."""

@@ -286,12 +286,14 @@ def test_the_epoch_renders_and_the_summary_judge_by_the_manifest_kind(make_wav, 
     from samplernn_lab.rundir import RunDir
 
     src = make_wav("peal.wav", bell(16000, 3.0))
-    ds = prepare([src], tmp_path / "ds", CFG, progress=False)
+    run = tmp_path / "run"
+    ds = prepare([src], run / "dataset", CFG, progress=False)  # where the chain prepares it
     path = ds / "manifest.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "source_category": "tone"}))  # a drone's dataset
-    run = tmp_path / "run"
     (run / "renders" / "listen").mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"model": {}, "train": {}, "sample_rate": 16000, "dataset": str(ds)}))
+    # the run folder was moved: the dataset its config names is gone, the one inside it is found
+    gone = str(tmp_path / "before-the-move" / "dataset")
+    (run / "config.json").write_text(json.dumps({"model": {}, "train": {}, "sample_rate": 16000, "dataset": gone}))
     held = make_wav("run/renders/listen/held.wav", tone(440, 16000, 3.0))
     event = render_event([held], RunDir(run), ds, 16000, 1, 10)
     assert event["source_category"] == "tone" and event["category"] == "tone" and "as its source" in event["sentence"]

@@ -9,6 +9,7 @@ import torch
 
 from samplernn_lab import ModelConfig, SampleRNN
 from samplernn_lab.audio import load, quantize, silence_code
+from samplernn_lab.errors import LabError
 from samplernn_lab.pipeline import ROOT
 from samplernn_lab.sampling import Sampler, generate, render
 from samplernn_lab.sampling import backends as backends_mod
@@ -101,6 +102,8 @@ def test_a_known_kind_is_taken_not_measured_again():
     assert np.isfinite(Watchdog(Rescue(peal, SR), 1, 256, "linear", 64).tone_seconds)
     assert Watchdog(Rescue(peal, SR, kind="tone"), 1, 256, "linear", 64).tone_seconds == np.inf
     assert np.isfinite(Watchdog(Rescue(tone(740, SR, 6.0), SR, kind="varied"), 1, 256, "linear", 64).tone_seconds)
+    with pytest.raises(LabError, match="rescue: kind must be one of silence, tone, noise, varied or None, got 'Tone'"):
+        Rescue(peal, SR, kind="Tone")
 
 
 def test_a_source_with_long_pauses_makes_pauses_no_trap():

@@ -85,3 +85,14 @@ def test_compare_and_diagnose_against_the_source():
     assert judged.features["resemblance"] > 1.0
     assert judged.category == "noise" and "further from its source" in judged.sentence
     assert plain.category == "varied"  # without the source the same render passes as varied
+
+
+def test_a_profile_takes_a_known_kind_and_refuses_a_misspelt_one():
+    from samplernn_lab.analysis import source_kind
+    from samplernn_lab.errors import LabError
+
+    peal = bell_peal(16000, 4.0)
+    assert source_kind(SourceProfile(peal, 16000)) == "varied"
+    assert source_kind(SourceProfile(peal, 16000, kind="tone")) == "tone"  # a dataset's, measured when prepared
+    with pytest.raises(LabError, match="source kind must be one of silence, tone, noise, varied or None"):
+        SourceProfile(peal, 16000, kind="bells")

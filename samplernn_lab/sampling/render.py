@@ -17,7 +17,7 @@ from ..dataset import source_category
 from ..errors import LabError
 from ..files import atomic_path, refuse_existing, write_text, writing
 from ..model import SampleRNN
-from ..rundir import LISTEN
+from ..rundir import LISTEN, RunDir
 from .rescue import Rescue, Watchdog, training_audio
 from .sampler import Sampler, prime_codes
 from .temperature import TemperatureCurve, as_curve
@@ -224,10 +224,8 @@ def render_checkpoint(
     model, info = load_model(run, which)
     sr = int(info["config"]["sample_rate"])
     prime_audio = None if prime is None else _load_prime(prime, sr)
-    dataset = Path(info["config"]["dataset"])
-    inside = Path(run) / "dataset"
-    if not dataset.exists() and inside.is_dir():  # the run folder was moved: the lab chain keeps its dataset inside
-        dataset = inside
+    # the run folder may have been moved: the lab chain keeps its dataset inside
+    dataset = RunDir(run).dataset(info["config"]) or Path(info["config"]["dataset"])
     if prime is None and prime_seconds > 0:
         from ..dataset import excerpts
 

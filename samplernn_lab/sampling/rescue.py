@@ -44,6 +44,7 @@ import torch
 from .. import audio as audio_io
 from ..analysis import (
     ACTIVE_RANGE_DB,
+    CATEGORIES,
     FMIN_HZ,
     LOUD_PERCENTILE,
     N_PEAKS,
@@ -192,6 +193,8 @@ class Rescue:
                 f"rescue: trap_seconds, check_seconds and prime_seconds must be positive, got "
                 f"{self.trap_seconds}, {self.check_seconds}, {self.prime_seconds}"
             )
+        if self.kind not in (None, *CATEGORIES):
+            raise LabError(f"rescue: kind must be one of {', '.join(CATEGORIES)} or None, got {self.kind!r}")
         if len(self.source) < int(self.prime_seconds * self.sample_rate):
             raise LabError(
                 f"rescue: {len(self.source) / self.sample_rate:.2f} s of source audio, shorter than "
