@@ -46,7 +46,7 @@ from .batch_state import status as status  # re-exported
 from .errors import LabError
 from .progress import MetricsTail
 from .rundir import marker_kind, write_marker
-from .triage_page import CATEGORY_ORDER, write_triage
+from .triage_page import CATEGORY_ORDER, shown_category, write_triage
 
 MARKER = "batch-run.json"  # which job of a batch a run folder holds (beside the lab's own mark)
 
@@ -470,7 +470,11 @@ def _record(out: Path, todo: list[dict], results: dict, grid: dict, overall, tai
     """Rewrite the triage with what is known now, and move the bar over runs."""
     write_triage(out, [results.get(j["name"]) or pending_row(j, out, tails) for j in todo], list(grid))
     overall.n = len(results)
-    counts = Counter(r.get("category") or r["status"] for r in results.values() if r["status"] != "failed")
+    counts = Counter(
+        shown_category(r["category"], r.get("source_category")) if r.get("category") else r["status"]
+        for r in results.values()
+        if r["status"] != "failed"
+    )
     counts["failed"] = sum(r["status"] == "failed" for r in results.values())
     overall.set_postfix_str(
         " ".join(

@@ -12,6 +12,7 @@ from pathlib import Path
 from .errors import LabError
 from .files import write_text
 from .progress import MetricsTail
+from .triage_page import shown_category
 
 DRIVER = "batch-driver.json"  # in a batch's folder: the batch process, while it runs, and when it ended
 # a batch rewrites its record at least every 30 s; one not rewritten for this long is gone (killed on another host)
@@ -114,7 +115,7 @@ def status(out: str | os.PathLike) -> list[dict]:
                 {
                     **row,
                     "state": "done",
-                    "category": s.get("category") or "",
+                    "category": shown_category(s["category"], s.get("source_category")) if s.get("category") else "",
                     "epochs": s.get("epochs", ""),
                     "best_val_bits": s.get("best_val_bits"),
                     "error": "",

@@ -63,16 +63,25 @@ def write_triage(out: Path, results: list[dict], grid_fields: Sequence[str] = ()
     write_text(out / "index.html", _index_html(rows, grid_fields))
 
 
+def _own_kind(category: str | None, source_category: str | None) -> bool:
+    """A tone or noise render of a source that is itself a tone or noise (a drone, a hiss recording)."""
+    return category in ("tone", "noise") and category == source_category
+
+
+def shown_category(category: str, source_category: str | None) -> str:
+    """A run's category as the triage shows it (the page, the batch's bar, ``batch --status``): "tone, as its
+    source" for a source's own kind of sound, which is not the tone failure; else the category itself."""
+    return f"{category}, as its source" if _own_kind(category, source_category) else category
+
+
 def _judged(row: dict) -> str:
-    """The category the triage sorts and colours a run by: a tone or noise render of a source that is itself a
-    tone or noise (a drone, a hiss recording) is its own kind, sorted with the varied ones."""
-    own = row["category"] in ("tone", "noise") and row["category"] == row.get("source_category")
-    return "varied" if own else row["category"]
+    """The category the triage sorts and colours a run by: a source's own kind is sorted with the varied ones."""
+    return "varied" if _own_kind(row["category"], row.get("source_category")) else row["category"]
 
 
 def _shown(row: dict) -> str:
-    """The category as the page shows it: "tone, as its source" for a source's own kind (see :func:`_judged`)."""
-    return row["category"] + (", as its source" if _judged(row) != row["category"] else "")
+    """The category as the page shows it (:func:`shown_category`)."""
+    return shown_category(row["category"], row.get("source_category"))
 
 
 def _value_key(value: str) -> tuple:

@@ -394,7 +394,8 @@ def test_status_of_a_moved_batch_and_of_a_run_whose_process_is_gone(tmp_path):
     (out / "logs").mkdir(parents=True)
     (out / "batch.json").write_text(json.dumps({"jobs": jobs}))
     (out / "done").mkdir()
-    (out / "done" / "summary.json").write_text(json.dumps({"best_val_bits": 4.2, "renders": []}))
+    done = {"best_val_bits": 4.2, "renders": [], "category": "tone", "source_category": "tone"}  # a drone's tone
+    (out / "done" / "summary.json").write_text(json.dumps(done))
     (out / "killed").mkdir()
     (out / "killed" / "metrics.jsonl").write_text('{"step": 1, "epoch": 1, "split": "train", "nll_bits": 5.0}\n')
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -402,6 +403,7 @@ def test_status_of_a_moved_batch_and_of_a_run_whose_process_is_gone(tmp_path):
     (out / "logs" / "killed.json").write_text(json.dumps(state))
     rows = {r["name"]: r for r in status(out)}
     assert rows["done"]["state"] == "done" and rows["done"]["best_val_bits"] == 4.2
+    assert rows["done"]["category"] == "tone, as its source"  # as the triage page shows it, not the tone failure
     assert rows["killed"]["state"].startswith("stopped"), rows["killed"]
     state["pid"] = os.getpid()  # alive: running
     (out / "logs" / "killed.json").write_text(json.dumps(state))
