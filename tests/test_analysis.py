@@ -412,6 +412,19 @@ def test_a_quieter_hiss_bed_under_moving_partials_is_noise_and_the_clean_drone_i
     assert diagnose(moving_drone(sr, -40.0), sr).category == "varied"  # without its source: no bar to judge by
 
 
+def test_a_steady_render_of_a_slightly_noisy_source_is_not_a_hiss_bed():
+    # the lower floor's false positive to guard against: a drone recorded with some hiss (noisiness 0.08),
+    # rendered with a little more (0.145), is the source's own sound; three times its noisiness is the bar
+    sr = 16000
+    render = moving_drone(sr, -40.0)
+    hissy_src = moving_drone(sr, -43.0, dur=8.0)[::-1].copy()  # another take: longer, played backwards
+    cleaner_src = moving_drone(sr, -46.0, dur=8.0)[::-1].copy()
+    d = diagnose(render, sr, hissy_src)
+    assert d.features["resemblance"] < 0.5 and 0.1 < d.features["noisiness"] < 3 * 0.084
+    assert d.category == "varied"
+    assert diagnose(render, sr, cleaner_src).category == "noise"  # 0.145 > 3 x 0.045: the same render is a hiss bed
+
+
 def test_a_noisy_source_raises_the_hiss_bar():
     sr = 16000
     d = diagnose(hiss_bed(sr), sr, noise_bursts(sr, 6.0))

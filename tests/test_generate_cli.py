@@ -19,7 +19,11 @@ from signals import bell, noise, tone
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gen")
+    return _tiny_run(tmp_path_factory.mktemp("gen"))
+
+
+def _tiny_run(root):
+    """A one-epoch run of a bell in ``root/run``, its dataset in ``root/ds``."""
     sf.write(root / "bell.wav", bell(16000, 2.0), 16000)
     ds = prepare(
         [root / "bell.wav"], root / "ds", DataConfig(sample_rate=16000, copies=2, chunk_seconds=0.25), progress=False
@@ -429,3 +433,22 @@ def test_python_api_defaults_to_the_same_checkpoint_as_the_cli(run, tmp_path, mo
     )
     export(own, tmp_path / "m.ts", prime_seconds=0)
     assert [p.name for p in loaded] == ["epoch-007.pt"]
+
+
+def test_render_checkpoint_watchdog_takes_the_manifests_kind(tmp_path):
+    # the source's kind is measured once, at prepare: a dataset whose manifest says `tone` (a drone) turns the
+    # watchdog's tone rule off in render_checkpoint(rescue=True), whatever the training audio would measure
+    from samplernn_lab.sampling import render_checkpoint
+
+    own = _tiny_run(tmp_path)
+    manifest_path = tmp_path / "ds" / "manifest.json"
+
+    def tone_seconds(out):
+        paths = render_checkpoint(own, out, 0.02, temperatures=[1.0], rescue=True, progress=False)
+        return json.loads(paths[0].with_suffix(".json").read_text())["rescue"]["tone_seconds"]
+
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["source_category"] != "tone"
+    assert tone_seconds(tmp_path / "a") is not None
+    manifest_path.write_text(json.dumps({**manifest, "source_category": "tone"}))
+    assert tone_seconds(tmp_path / "b") is None
