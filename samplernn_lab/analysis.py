@@ -56,6 +56,7 @@ from .frame_features import (  # noqa: F401  (the features and their constants l
     LOUD_PERCENTILE,
     N_PEAKS,
     ONSET_DELTA_DB,
+    OWN_KINDS,
     PEAK_CONTEXT_BINS,
     PEAK_HALF_WIDTH_BINS,
     PEAK_PROMINENCE_DB,
@@ -63,6 +64,7 @@ from .frame_features import (  # noqa: F401  (the features and their constants l
     SILENCE_DBFS,
     _prepare,
     features,
+    is_own_kind,
     onset_times,
 )
 from .resemblance import SourceProfile, copy_share, resemblance  # noqa: F401  (the measures live there)
@@ -111,11 +113,10 @@ NOISE_RESEMBLANCE = 1.0
 # whose peaks keep it under NOISE_MIN_NOISINESS (0.30-0.34 measured, the glass bells' source 0.00) and which the
 # resemblance measure can score below 1 when it is quiet (benchmarks/RESULTS.md, "Dropout"). The demo's renders,
 # partials over hiss some 10 dB under them, read 0.12-0.14 (RESULTS, "A quieter hiss bed"): 0.2 let them pass.
+# Natural sounds reach 0.1-0.2 too (see NOISE_MIN_NOISINESS): the steadiness and the factor over the source's
+# own noisiness keep a faithful render of a breathy or bowed source varied (tests/test_analysis.py).
 HISS_MIN_NOISINESS = 0.1
 HISS_SOURCE_FACTOR = 3.0
-# Failures a source can itself be: a render of a drone that holds a tone, or of a hiss recording that is noise,
-# is the source's own kind of sound, not the study's tone or noise failure (``auto`` and the watchdog ask).
-OWN_KINDS = ("tone", "noise")
 
 
 @dataclass
@@ -244,7 +245,7 @@ def diagnose(audio: np.ndarray, sr: int, source: np.ndarray | SourceProfile | No
             return Diagnosis("noise", _with_notes(_far_sentence(f), f), f)
         if category == "varied" and _hiss_bed(f, profile):
             return Diagnosis("noise", _with_notes(_hiss_sentence(f), f), f)
-        if category in OWN_KINDS and category == source_kind(profile):
+        if is_own_kind(category, source_kind(profile)):
             return Diagnosis(category, _with_notes(_own_kind_sentence(category, f), f), f)
     return Diagnosis(category=category, sentence=_sentence(category, f), features=f)
 

@@ -30,7 +30,6 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -46,7 +45,7 @@ from .batch_state import status as status  # re-exported
 from .errors import LabError
 from .progress import MetricsTail
 from .rundir import marker_kind, write_marker
-from .triage_page import CATEGORY_ORDER, shown_category, write_triage
+from .triage_page import count_summary, write_triage
 
 MARKER = "batch-run.json"  # which job of a batch a run folder holds (beside the lab's own mark)
 
@@ -470,18 +469,14 @@ def _record(out: Path, todo: list[dict], results: dict, grid: dict, overall, tai
     """Rewrite the triage with what is known now, and move the bar over runs."""
     write_triage(out, [results.get(j["name"]) or pending_row(j, out, tails) for j in todo], list(grid))
     overall.n = len(results)
-    counts = Counter(
-        shown_category(r["category"], r.get("source_category")) if r.get("category") else r["status"]
+    rows = [
+        {
+            "category": "failed" if r["status"] == "failed" else r.get("category") or r["status"],
+            "source_category": r.get("source_category"),
+        }
         for r in results.values()
-        if r["status"] != "failed"
-    )
-    counts["failed"] = sum(r["status"] == "failed" for r in results.values())
-    overall.set_postfix_str(
-        " ".join(
-            f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (CATEGORY_ORDER.get(kv[0], 5), kv[0])) if v
-        ),
-        refresh=False,
-    )
+    ]
+    overall.set_postfix_str(count_summary(rows), refresh=False)
     overall.refresh()
 
 

@@ -342,7 +342,10 @@ def read_manifest(folder: str | os.PathLike) -> dict:
         if not isinstance(manifest.get(key), kind) or isinstance(manifest[key], bool):
             raise LabError(f"{path}: not a valid manifest ({key!r} missing or not a {kind.__name__})")
     if "source_category" in manifest and manifest["source_category"] not in CATEGORIES:
-        raise LabError(f"{path}: not a valid manifest (source_category must be one of {', '.join(CATEGORIES)})")
+        raise LabError(
+            f"{path}: not a valid manifest (source_category must be one of {', '.join(CATEGORIES)}, "
+            f"got {manifest['source_category']!r})"
+        )
     root = folder.resolve()
     for i, c in enumerate(manifest["chunks"]):
         if not (isinstance(c, dict) and isinstance(c.get("path"), str) and c.get("split") in SPLITS):

@@ -39,6 +39,7 @@ from .figure_parts import (  # noqa: F401  (the panels, their constants and savi
     _save,
     figure_paths,
 )
+from .frame_features import is_own_kind
 from .spectral import spectrogram_db  # noqa: F401  (the notebooks and tests import it from here)
 
 FAILURE_COLOUR = "#b2182b"  # titles of renders diagnosed as silence, tone or noise
@@ -227,7 +228,7 @@ def make_epoch_grid(run_dir: str | os.PathLike) -> Figure:
     mesh = None
     for ax, p in zip(axes.ravel(), panels):
         mesh = _draw_log_spectrogram(ax, p["log"], vmin, vmax)
-        own_kind = p["category"] in ("tone", "noise") and p["category"] == p["source_category"]  # a drone's tone
+        own_kind = is_own_kind(p["category"], p["source_category"])  # a drone's tone
         failed = p["category"] != "varied" and not own_kind
         level = "no signal" if p["rms"] <= -120 else f"{p['rms']:.0f} dBFS"
         what = f"{p['category']}, as its source" if own_kind else p["category"]

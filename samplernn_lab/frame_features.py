@@ -11,9 +11,19 @@ import numpy as np
 from .errors import LabError
 from .spectral import as_mono, frames, pad_to_window, window_length
 
+CATEGORIES = ("silence", "tone", "noise", "varied")  # what the diagnosis calls a sound (samplernn_lab.analysis)
+# Failures a source can itself be: a render of a drone that holds a tone, or of a hiss recording that is noise,
+# is the source's own kind of sound, not the study's tone or noise failure (``auto``, the watchdog, the triage ask).
+OWN_KINDS = ("tone", "noise")
+
+
+def is_own_kind(category: str | None, source_category: str | None) -> bool:
+    """A tone or noise render of a source that is itself a tone or noise (a drone, a hiss recording)."""
+    return category in OWN_KINDS and category == source_category
+
+
 # Loudest frames quieter than this are "silence": -60 dBFS is about the noise floor of a quiet room
 # recorded at a sane gain; a render this quiet sounds like nothing at normal listening levels.
-CATEGORIES = ("silence", "tone", "noise", "varied")  # what the diagnosis calls a sound (samplernn_lab.analysis)
 SILENCE_DBFS = -60.0
 # "The loud frames" = this percentile of frame levels, so a few stray clicks do not make silence loud.
 LOUD_PERCENTILE = 95.0

@@ -394,7 +394,8 @@ def _dataset_kind(run_dir: Path, config: dict) -> str | None:
 
 
 # batch lives in its own module; these names stay importable from here
-from .batch import CATEGORY_ORDER, batch, write_triage  # noqa: E402, F401
+from .batch import batch  # noqa: E402, F401
+from .triage_page import CATEGORY_ORDER, write_triage  # noqa: E402, F401
 
 
 def _is_demo(folder: Path) -> bool:

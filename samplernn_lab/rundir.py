@@ -27,6 +27,7 @@ from typing import Any
 
 from .errors import LabError
 from .files import remove_temporaries, write_text
+from .frame_features import is_own_kind
 
 MARKER = ".samplernn-lab"
 LOCK = ".lock"
@@ -70,10 +71,11 @@ class RunDir:
         return self.root / RENDERS / epoch_name(epoch)
 
     def dataset(self, config: dict) -> Path | None:
-        """The run's dataset: the folder its ``config.json`` names, else ``RUN/dataset`` (a chain run's folder,
-        moved); None where neither holds a manifest."""
+        """The run's dataset: ``RUN/dataset`` where it holds one (a chain run keeps its own there, and a copied or
+        moved run should not be judged against whatever now sits at the old path), else the folder ``config``
+        names; None where neither holds a manifest."""
         named = config.get("dataset")
-        for folder in ([Path(named)] if isinstance(named, str) else []) + [self.root / RUN_DATASET]:
+        for folder in [self.root / RUN_DATASET] + ([Path(named)] if isinstance(named, str) else []):
             if (folder / DATASET_MANIFEST).is_file():
                 return folder
         return None
@@ -363,7 +365,7 @@ def pick_epoch(events: list[dict]) -> str | None:
 
     def kind(e: dict) -> str:  # a tone of a steady-tone source, noise of a noise source: the source's own kind
         c = e.get("category")
-        return "varied" if c in ("tone", "noise") and c == e.get("source_category") else c
+        return "varied" if is_own_kind(c, e.get("source_category")) else c
 
     judged = [
         e

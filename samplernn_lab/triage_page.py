@@ -6,11 +6,12 @@ import csv
 import html
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
 from .files import atomic_path, write_text
+from .frame_features import is_own_kind
 
 CATEGORY_ORDER = {"varied": 0, "noise": 1, "tone": 2, "silence": 3, "failed": 4}
 
@@ -63,20 +64,24 @@ def write_triage(out: Path, results: list[dict], grid_fields: Sequence[str] = ()
     write_text(out / "index.html", _index_html(rows, grid_fields))
 
 
-def _own_kind(category: str | None, source_category: str | None) -> bool:
-    """A tone or noise render of a source that is itself a tone or noise (a drone, a hiss recording)."""
-    return category in ("tone", "noise") and category == source_category
-
-
 def shown_category(category: str, source_category: str | None) -> str:
     """A run's category as the triage shows it (the page, the batch's bar, ``batch --status``): "tone, as its
     source" for a source's own kind of sound, which is not the tone failure; else the category itself."""
-    return f"{category}, as its source" if _own_kind(category, source_category) else category
+    return f"{category}, as its source" if is_own_kind(category, source_category) else category
+
+
+def count_summary(rows: Iterable[dict]) -> str:
+    """How many runs fell in each category, as the triage shows them, in its order: ``"2 varied, 1 tone, as its
+    source, 1 noise"``. Rows have ``category`` (empty while unfinished) and ``source_category`` where known; the
+    group headings and the batch's bar say it this one way."""
+    counts = Counter((_judged(r) or "unfinished", _shown(r) if r["category"] else "unfinished") for r in rows)
+    ordered = sorted(counts.items(), key=lambda kv: CATEGORY_ORDER.get(kv[0][0], 5))
+    return ", ".join(f"{v} {shown}" for (_, shown), v in ordered)
 
 
 def _judged(row: dict) -> str:
     """The category the triage sorts and colours a run by: a source's own kind is sorted with the varied ones."""
-    return "varied" if _own_kind(row["category"], row.get("source_category")) else row["category"]
+    return "varied" if is_own_kind(row["category"], row.get("source_category")) else row["category"]
 
 
 def _shown(row: dict) -> str:
@@ -113,9 +118,7 @@ def _index_html(rows: list[dict], grid_fields: Sequence[str] = ()) -> str:
 def _group_row(label: str, members: list[dict], n_columns: int) -> str:
     """The heading row of a group: its setting and how many of its runs fell in each category."""
     e = html.escape
-    counts = Counter((_judged(r) or "unfinished", _shown(r) if r["category"] else "unfinished") for r in members)
-    ordered = [(shown, v) for (_, shown), v in sorted(counts.items(), key=lambda kv: CATEGORY_ORDER.get(kv[0][0], 5))]
-    summary = ", ".join(f"{v} {k}" for k, v in ordered)
+    summary = count_summary(members)
     return f"<tr class='group'><th colspan='{n_columns}'>{e(label)} &nbsp; <small>{e(summary)}</small></th></tr>"
 
 

@@ -107,6 +107,38 @@ def test_triage_sorts_a_drones_own_tone_with_the_varied_runs(tmp_path):
     assert heading.endswith("1 noise, 1 tone") and "1 tone, as its source" in heading
 
 
+def test_the_batchs_bar_counts_runs_as_the_triage_page_heads_them(tmp_path):
+    # one way to count: the bar over runs says what the page's group heading says, a failed run included
+    from samplernn_lab.batch import _record
+
+    class Bar:
+        n, postfix = 0, ""
+
+        def set_postfix_str(self, text, refresh=True):
+            self.postfix = text
+
+        def refresh(self):
+            pass
+
+    results = {
+        n: {"name": n, "source": f"{n}.wav", "status": "ok", "category": c, "run": str(tmp_path / n), **extra}
+        for n, c, extra in [
+            ("bells", "tone", {"source_category": "varied"}),
+            ("drone", "tone", {"source_category": "tone"}),
+            ("loop", "varied", {"source_category": "varied"}),
+        ]
+    }
+    results["broken"] = {"name": "broken", "source": "broken.wav", "status": "failed", "error": "unreadable"}
+    bar = Bar()
+    _record(tmp_path / "b", [{"name": n} for n in results], results, {}, bar, {})
+    assert bar.n == 4
+    assert bar.postfix == "1 tone, as its source, 1 varied, 1 tone, 1 failed"
+    (tmp_path / "g").mkdir()
+    write_triage(tmp_path / "g", [r | {"lr": "1"} for r in results.values()], ["lr"])
+    heading = (tmp_path / "g" / "index.html").read_text().split("<small>")[1].split("</small>")[0]
+    assert heading == bar.postfix
+
+
 def test_ray_batch_of_a_grid_reports_a_broken_source_and_shows_status_while_running(
     local_ray, sources, tmp_path, capsys
 ):

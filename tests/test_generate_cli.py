@@ -437,18 +437,19 @@ def test_python_api_defaults_to_the_same_checkpoint_as_the_cli(run, tmp_path, mo
 
 def test_render_checkpoint_watchdog_takes_the_manifests_kind(tmp_path):
     # the source's kind is measured once, at prepare: a dataset whose manifest says `tone` (a drone) turns the
-    # watchdog's tone rule off in render_checkpoint(rescue=True), whatever the training audio would measure
+    # watchdog's tone rule off in render_checkpoint(rescue=True), whatever the training audio would measure; the
+    # run's own RUN/dataset (a chain run's) is the one it reads, even where the path in its config still exists
     from samplernn_lab.sampling import render_checkpoint
 
     own = _tiny_run(tmp_path)
-    manifest_path = tmp_path / "ds" / "manifest.json"
 
     def tone_seconds(out):
         paths = render_checkpoint(own, out, 0.02, temperatures=[1.0], rescue=True, progress=False)
         return json.loads(paths[0].with_suffix(".json").read_text())["rescue"]["tone_seconds"]
 
-    manifest = json.loads(manifest_path.read_text())
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
     assert manifest["source_category"] != "tone"
     assert tone_seconds(tmp_path / "a") is not None
-    manifest_path.write_text(json.dumps({**manifest, "source_category": "tone"}))
+    shutil.copytree(tmp_path / "ds", own / "dataset")
+    (own / "dataset" / "manifest.json").write_text(json.dumps({**manifest, "source_category": "tone"}))
     assert tone_seconds(tmp_path / "b") is None
