@@ -11,8 +11,8 @@ from pathlib import Path
 
 from .errors import LabError
 from .files import write_text
+from .frame_features import shown_category
 from .progress import MetricsTail
-from .triage_page import shown_category
 
 DRIVER = "batch-driver.json"  # in a batch's folder: the batch process, while it runs, and when it ended
 # a batch rewrites its record at least every 30 s; one not rewritten for this long is gone (killed on another host)

@@ -39,7 +39,7 @@ from .figure_parts import (  # noqa: F401  (the panels, their constants and savi
     _save,
     figure_paths,
 )
-from .frame_features import is_own_kind
+from .frame_features import judged_category, shown_category
 from .spectral import spectrogram_db  # noqa: F401  (the notebooks and tests import it from here)
 
 FAILURE_COLOUR = "#b2182b"  # titles of renders diagnosed as silence, tone or noise
@@ -228,11 +228,9 @@ def make_epoch_grid(run_dir: str | os.PathLike) -> Figure:
     mesh = None
     for ax, p in zip(axes.ravel(), panels):
         mesh = _draw_log_spectrogram(ax, p["log"], vmin, vmax)
-        own_kind = is_own_kind(p["category"], p["source_category"])  # a drone's tone
-        failed = p["category"] != "varied" and not own_kind
+        failed = judged_category(p["category"], p["source_category"]) != "varied"  # a drone's own tone is no failure
         level = "no signal" if p["rms"] <= -120 else f"{p['rms']:.0f} dBFS"
-        what = f"{p['category']}, as its source" if own_kind else p["category"]
-        title = f"epoch {p['epoch']} \u00b7 {what} \u00b7 {level}"
+        title = f"epoch {p['epoch']} \u00b7 {shown_category(p['category'], p['source_category'])} \u00b7 {level}"
         if p["resemblance"] is not None:  # 0 = like the source, 1 = like noise of its colour
             # copied: the most of any of the epoch's streams (what auto passes over), not only this one's
             title += f"\nresemblance {p['resemblance']:.2f}" + (f" \u00b7 {p['copy']:.0%} copied" if p["copy"] else "")

@@ -22,6 +22,17 @@ def is_own_kind(category: str | None, source_category: str | None) -> bool:
     return category in OWN_KINDS and category == source_category
 
 
+def judged_category(category: str, source_category: str | None) -> str:
+    """The category ``auto`` and the triage rank a render by: a source's own kind counts as ``"varied"``."""
+    return "varied" if is_own_kind(category, source_category) else category
+
+
+def shown_category(category: str, source_category: str | None) -> str:
+    """A render's category in words (the triage page, the batch's bar, ``batch --status``, the epoch grid): "tone,
+    as its source" for a source's own kind of sound, which is not the tone failure; else the category itself."""
+    return f"{category}, as its source" if is_own_kind(category, source_category) else category
+
+
 # Loudest frames quieter than this are "silence": -60 dBFS is about the noise floor of a quiet room
 # recorded at a sane gain; a render this quiet sounds like nothing at normal listening levels.
 SILENCE_DBFS = -60.0

@@ -27,7 +27,7 @@ from typing import Any
 
 from .errors import LabError
 from .files import remove_temporaries, write_text
-from .frame_features import is_own_kind
+from .frame_features import OWN_KINDS, judged_category
 
 MARKER = ".samplernn-lab"
 LOCK = ".lock"
@@ -364,8 +364,7 @@ def pick_epoch(events: list[dict]) -> str | None:
     ``copy_share``, ``source_category`` where known), whatever made them; None when none fits."""
 
     def kind(e: dict) -> str:  # a tone of a steady-tone source, noise of a noise source: the source's own kind
-        c = e.get("category")
-        return "varied" if is_own_kind(c, e.get("source_category")) else c
+        return judged_category(e.get("category"), e.get("source_category"))
 
     judged = [
         e
@@ -380,7 +379,7 @@ def pick_epoch(events: list[dict]) -> str | None:
         def rank(e: dict) -> tuple:  # a moving render closer than noise, then tones, then noise; closest, latest
             moving = kind(e) == "varied" and e["resemblance"] < AUTO_TONE_RESEMBLANCE
             # a steady-tone or noise source: the measure alone orders its own kind and the rest
-            noise_last = kind(e) == "noise" and e.get("source_category") not in ("tone", "noise")
+            noise_last = kind(e) == "noise" and e.get("source_category") not in OWN_KINDS
             return (not moving, noise_last, e["resemblance"], -int(e["epoch"]))
 
         best = min(judged, key=rank)

@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .files import atomic_path, write_text
-from .frame_features import is_own_kind
+from .frame_features import judged_category, shown_category
 
 CATEGORY_ORDER = {"varied": 0, "noise": 1, "tone": 2, "silence": 3, "failed": 4}
 
@@ -64,12 +64,6 @@ def write_triage(out: Path, results: list[dict], grid_fields: Sequence[str] = ()
     write_text(out / "index.html", _index_html(rows, grid_fields))
 
 
-def shown_category(category: str, source_category: str | None) -> str:
-    """A run's category as the triage shows it (the page, the batch's bar, ``batch --status``): "tone, as its
-    source" for a source's own kind of sound, which is not the tone failure; else the category itself."""
-    return f"{category}, as its source" if is_own_kind(category, source_category) else category
-
-
 def count_summary(rows: Iterable[dict]) -> str:
     """How many runs fell in each category, as the triage shows them, in its order: ``"2 varied, 1 tone, as its
     source, 1 noise"``. Rows have ``category`` (empty while unfinished) and ``source_category`` where known; the
@@ -81,7 +75,7 @@ def count_summary(rows: Iterable[dict]) -> str:
 
 def _judged(row: dict) -> str:
     """The category the triage sorts and colours a run by: a source's own kind is sorted with the varied ones."""
-    return "varied" if is_own_kind(row["category"], row.get("source_category")) else row["category"]
+    return judged_category(row["category"], row.get("source_category"))
 
 
 def _shown(row: dict) -> str:
