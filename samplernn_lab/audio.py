@@ -146,6 +146,40 @@ def dequantize(codes: torch.Tensor | np.ndarray, q_levels: int = 256, method: st
     return y.float()
 
 
+def under_step_share(codes: torch.Tensor | np.ndarray, q_levels: int, method: str, frame: int) -> float:
+    """Share of ``frame``-sample frames quieter than the quantiser's step at zero and not one held code.
+
+    Sound quieter than that step (2 / q_levels with ``linear`` levels, -42 dBFS at 256; about -75 dBFS with
+    ``mulaw``) comes out of :func:`quantize` as a random toggle of the few codes next to zero: a hiss at that step
+    in what the model is trained on (a bell recording's decay and noise floor, benchmarks/RESULTS.md, "The hour's
+    recipe on a real bell"). Digital silence, one code held, is not counted.
+
+    Parameters
+    ----------
+    codes : integer tensor or array of codes, shape (n,) or (chunks, n); frames never straddle two chunks.
+    q_levels, method : the quantisation the codes were made with.
+    frame : samples per frame (e.g. 50 ms), >= 1.
+
+    Returns
+    -------
+    float in [0, 1]; 0.0 when the codes hold no whole frame.
+    """
+    _check(q_levels, method)
+    if frame < 1:
+        raise LabError(f"frame must be at least 1 sample, got {frame}")
+    c = torch.as_tensor(codes)
+    c = c.reshape(1, -1) if c.dim() == 1 else c.reshape(c.shape[0], -1)
+    whole = c.shape[1] // frame
+    if whole == 0 or c.shape[0] == 0:
+        return 0.0
+    c = c[:, : whole * frame].reshape(-1, frame)
+    zero = silence_code(q_levels)
+    step = float(dequantize(zero, q_levels, method) - dequantize(zero - 1, q_levels, method))
+    rms = dequantize(c, q_levels, method).pow(2).mean(1).sqrt()
+    held = c.max(1).values == c.min(1).values
+    return float(((rms < step) & ~held).float().mean())
+
+
 def silence_code(q_levels: int) -> int:
     """The code of 0.0: the lookback that generation and ``log_probs`` start from."""
     return q_levels // 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import math
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 import torch
 
 from . import checkpoint as ckpt_io
+from .audio import under_step_share
 from .config import ModelConfig, TrainConfig
 from .dataset import load_split, read_manifest
 from .distributed import pick_device, wrap_distributed
@@ -22,6 +25,9 @@ from .train_state import Session, TrainState, _set_lr, _to
 # what a resumed run takes from the caller: its budgets (counted over the whole run), the clock they count, and
 # the machine's own (mixed precision, how often to save); every other setting is the run's, from its last.pt
 RESUMABLE = ("epochs", "max_steps", "max_minutes", "clock", "amp", "checkpoint_minutes")
+# a dataset whose training audio is more than this share quieter than one linear step is warned about (a real bell's
+# decay: 86%, rendered as hiss at that step; the bundled glass bells: 0%; benchmarks/RESULTS.md)
+QUIET_SHARE_WARNING = 0.25
 
 
 def start(
@@ -73,6 +79,8 @@ def start(
         clock=time.process_time if cfg.clock == "process" else time.perf_counter,
         progress=progress,
     )
+    if saved is None and rank == 0:
+        warn_if_quiet(dataset, session.train_codes, model_config, manifest["sample_rate"])
     torch.manual_seed(cfg.seed)
     state = new_state(SampleRNN(model_config).to(dev), cfg, dev)
     if saved is not None:
@@ -83,6 +91,24 @@ def start(
     session.started, session.wall_started = session.clock(), time.perf_counter()
     session.last_save = session.wall_started
     return state, session
+
+
+def warn_if_quiet(dataset: Path, train_codes: torch.Tensor, model_config: ModelConfig, sample_rate: int) -> None:
+    """Say so, on stderr, when linear levels will turn much of the training audio into hiss at their finest step
+    (:func:`samplernn_lab.audio.under_step_share` over 50 ms frames): the renders carry that hiss, and mu-law does
+    not make it. A warning, not an error: the poster preset is the study's, linear levels included."""
+    q = model_config.q_levels
+    if model_config.quantization != "linear":
+        return
+    share = under_step_share(train_codes, q, "linear", max(1, sample_rate // 20))
+    if share > QUIET_SHARE_WARNING:
+        step_db = 20 * math.log10(2 / q)
+        print(
+            f"warning: {dataset}: {share:.0%} of the training audio is quieter than one step of {q} linear levels "
+            f"({step_db:.0f} dBFS) and reaches the model as hiss at that step; --set quantization=mulaw keeps it "
+            f'(benchmarks/RESULTS.md, "The hour\'s recipe on a real bell")',
+            file=sys.stderr,
+        )
 
 
 def cpu_bf16() -> bool:

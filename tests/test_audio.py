@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from samplernn_lab import audio
+from samplernn_lab.audio import quantize, under_step_share
 from samplernn_lab.errors import LabError
 from signals import bell, tone
 
@@ -84,3 +85,30 @@ def test_nan_samples_are_refused(make_wav):
     path = make_wav("nan.wav", x, subtype="FLOAT")
     with pytest.raises(LabError, match="NaN"):
         audio.load(path)
+
+
+def test_under_step_share_counts_a_quiet_decay_not_a_loud_tone_or_digital_silence():
+    sr, frame = 16000, 800
+    t = np.arange(sr * 2) / sr
+    rng = np.random.default_rng(0)
+    # a strike decaying 90 dB a second from -9 dBFS (RMS) over a -90 dBFS noise floor
+    decay = 0.5 * np.sin(2 * np.pi * 440 * t) * 10 ** (-4.5 * t) + 3e-5 * rng.standard_normal(len(t))
+    loud = 0.3 * np.sin(2 * np.pi * 440 * t)
+    silent = np.zeros_like(t)
+    share = {
+        name: under_step_share(quantize(x, 256, "linear"), 256, "linear", frame)
+        for name, x in (("decay", decay), ("loud", loud), ("silent", silent))
+    }
+    # under one linear step (-42 dBFS) from about 0.37 s on, where the floor's sign flips the codes next to zero:
+    # ~80% of the 2 s
+    assert 0.75 < share["decay"] < 0.85 and share["loud"] == 0.0 and share["silent"] == 0.0, share
+    # mu-law's step at zero is ~-75 dBFS: under it from about 0.73 s on, ~63%
+    assert 0.55 < under_step_share(quantize(decay, 256, "mulaw"), 256, "mulaw", frame) < 0.7
+    # chunks: frames never straddle two rows; a row shorter than a frame holds none
+    two = quantize(np.stack([decay[: 3 * frame + 5], loud[: 3 * frame + 5]]), 256, "linear")
+    assert under_step_share(two, 256, "linear", frame) == pytest.approx(
+        under_step_share(two[0, : 3 * frame], 256, "linear", frame) / 2
+    )
+    assert under_step_share(two[:, :10], 256, "linear", frame) == 0.0
+    with pytest.raises(LabError, match="frame"):
+        under_step_share(two, 256, "linear", 0)

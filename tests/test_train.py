@@ -540,3 +540,27 @@ def test_input_noise_is_seeded_and_a_resumed_run_draws_the_same(dataset, tmp_pat
     a, b, c = (load(tmp_path / f"{r}/checkpoints/last.pt")["model"] for r in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)  # the noise drawn after a resume is the noise drawn straight on
     assert not all(torch.equal(a[k], c[k]) for k in a)  # and it is there: without it the weights differ
+
+
+def test_a_quiet_source_under_linear_levels_is_warned_about(dataset, tmp_path, capsys):
+    import soundfile as sf
+
+    sr = 16000
+    t = np.arange(sr) / sr
+    noise = 1e-4 * np.random.default_rng(0).standard_normal(len(t))
+    sf.write(tmp_path / "tail.wav", 0.5 * np.sin(2 * np.pi * 440 * t) * 10 ** (-4 * t) + noise, sr, subtype="FLOAT")
+    quiet = prepare(
+        [tmp_path / "tail.wav"],
+        tmp_path / "ds",
+        DataConfig(sample_rate=sr, copies=2, chunk_seconds=0.25),
+        progress=False,
+    )
+    one_step = cfg(max_steps=1)
+    train(quiet, tmp_path / "lin", TINY, one_step, progress=False)
+    err = capsys.readouterr().err
+    assert "warning:" in err and str(quiet) in err and "quieter than one step of 64 linear levels" in err, err
+    assert "quantization=mulaw" in err and len(err.strip().splitlines()) == 1
+    mulaw = ModelConfig(**{**TINY.__dict__, "quantization": "mulaw"})
+    train(quiet, tmp_path / "mu", mulaw, one_step, progress=False)
+    train(dataset, tmp_path / "loud", TINY, one_step, progress=False)  # a tone over noise, never that quiet
+    assert "warning" not in capsys.readouterr().err
