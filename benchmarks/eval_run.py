@@ -2,9 +2,11 @@
 0.25 s of a different training chunk, at the chain's temperature, median resemblance to the source.
 
 For runs made outside the benchmark (a long CPU run, a GPU run copied back) so their figures line up with its
-table. The dataset is the one the run recorded; the source, the manifest's first (pass SOURCE for another path).
+table. The dataset is the one the run recorded (pass --dataset where it lies elsewhere now); the source, the
+dataset's first (pass --source for another path).
 
-    python benchmarks/eval_run.py RUN [--source SOURCE] [--checkpoint auto] [--seed 0] [--rescue]
+    python benchmarks/eval_run.py RUN [--dataset DIR] [--source FILE] [--checkpoint auto] [--seed 0]
+        [--temperature 1.0] [--rescue] [--out DIR]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from samplernn_lab.resemblance import SourceProfile  # noqa: E402
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run")
+    p.add_argument("--dataset", help="the run's dataset, if not where its config.json says")
     p.add_argument("--source", help="the source's path, if not where the dataset's manifest says")
     p.add_argument("--checkpoint", default="auto")
     p.add_argument("--seed", type=int, default=0, help="the renders' seed")
@@ -36,10 +39,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="where the four streams go (default RUN/eval-CHECKPOINT)")
     a = p.parse_args(argv)
     run = Path(a.run)
-    dataset = Path(json.loads((run / "config.json").read_text())["dataset"])
-    source = a.source or read_manifest(dataset)["sources"][0]["path"]
+    dataset = Path(a.dataset or json.loads((run / "config.json").read_text())["dataset"])
+    manifest = read_manifest(dataset)
+    source = a.source or manifest["sources"][0]["path"]
     model, info = load_model(run, a.checkpoint)
-    sr = read_manifest(dataset)["sample_rate"]
+    sr = manifest["sample_rate"]
     audio, _ = load(source, sr)
     profile = SourceProfile(audio, sr, kind=source_category(dataset))
     out = Path(a.out) if a.out else run / f"eval-{a.checkpoint}"

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from . import checkpoint as ckpt_io
-from .audio import under_step_share
+from .audio import step_at_zero, under_step_share
 from .config import ModelConfig, TrainConfig
 from .dataset import load_split, read_manifest
 from .distributed import pick_device, wrap_distributed
@@ -102,11 +102,11 @@ def warn_if_quiet(dataset: Path, train_codes: torch.Tensor, model_config: ModelC
         return
     share = under_step_share(train_codes, q, "linear", max(1, sample_rate // 20))
     if share > QUIET_SHARE_WARNING:
-        step_db = 20 * math.log10(2 / q)
+        linear_db, mulaw_db = (20 * math.log10(step_at_zero(q, m)) for m in ("linear", "mulaw"))
         print(
             f"warning: {dataset}: {share:.0%} of the training audio is quieter than one step of {q} linear levels "
-            f"({step_db:.0f} dBFS) and reaches the model as hiss at that step; --set quantization=mulaw keeps it "
-            f'(benchmarks/RESULTS.md, "The hour\'s recipe on a real bell")',
+            f"({linear_db:.0f} dBFS) and reaches the model as hiss at that step; --set quantization=mulaw keeps it, "
+            f'its step {mulaw_db:.0f} dBFS (benchmarks/RESULTS.md, "The hour\'s recipe on a real bell")',
             file=sys.stderr,
         )
 

@@ -104,11 +104,11 @@ def test_under_step_share_counts_a_quiet_decay_not_a_loud_tone_or_digital_silenc
     assert 0.75 < share["decay"] < 0.85 and share["loud"] == 0.0 and share["silent"] == 0.0, share
     # mu-law's step at zero is ~-75 dBFS: under it from about 0.73 s on, ~63%
     assert 0.55 < under_step_share(quantize(decay, 256, "mulaw"), 256, "mulaw", frame) < 0.7
-    # chunks: frames never straddle two rows; a row shorter than a frame holds none
-    two = quantize(np.stack([decay[: 3 * frame + 5], loud[: 3 * frame + 5]]), 256, "linear")
-    assert under_step_share(two, 256, "linear", frame) == pytest.approx(
-        under_step_share(two[0, : 3 * frame], 256, "linear", frame) / 2
-    )
-    assert under_step_share(two[:, :10], 256, "linear", frame) == 0.0
+    # chunks of 1.5 frames, a quiet one then a loud one: a frame each, 1/2; frames across the rows would give 1/3
+    n = frame + frame // 2
+    two = quantize(np.stack([decay[-n:], loud[:n]]), 256, "linear")
+    assert under_step_share(two, 256, "linear", frame) == 0.5
+    assert under_step_share(two[:, :10], 256, "linear", frame) == 0.0  # no whole frame
+    assert under_step_share(two[:0], 256, "linear", frame) == 0.0  # no chunk
     with pytest.raises(LabError, match="frame"):
         under_step_share(two, 256, "linear", 0)

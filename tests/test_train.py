@@ -560,6 +560,7 @@ def test_a_quiet_source_under_linear_levels_is_warned_about(dataset, tmp_path, c
     err = capsys.readouterr().err
     assert "warning:" in err and str(quiet) in err and "quieter than one step of 64 linear levels" in err, err
     assert "quantization=mulaw" in err and len(err.strip().splitlines()) == 1
+    train(quiet, tmp_path / "lin", TINY, cfg(max_steps=2), resume=True, progress=False)  # said once, at the start
     mulaw = ModelConfig(**{**TINY.__dict__, "quantization": "mulaw"})
     train(quiet, tmp_path / "mu", mulaw, one_step, progress=False)
     train(dataset, tmp_path / "loud", TINY, one_step, progress=False)  # a tone over noise, never that quiet
