@@ -174,13 +174,14 @@ def under_step_share(codes: torch.Tensor | np.ndarray, q_levels: int, method: st
     whole = c.shape[1] // frame
     if whole == 0 or c.shape[0] == 0:
         return 0.0
-    c = c[:, : whole * frame].reshape(-1, frame)
-    # a table of the levels, not the codes decoded: a dataset's codes in float64 would be 8 bytes a sample
-    levels = dequantize(torch.arange(q_levels), q_levels, method)
-    rms = levels[c].pow(2).mean(1).sqrt()
+    levels = dequantize(torch.arange(q_levels), q_levels, method)  # a table: codes index it
     step = step_at_zero(q_levels, method)
-    held = c.max(1).values == c.min(1).values
-    return float(((rms < step) & ~held).float().mean())
+    quiet = 0
+    for row in c:  # a chunk at a time: a whole dataset's codes decoded at once could outgrow the machine
+        f = row[: whole * frame].reshape(-1, frame)
+        rms = levels[f].pow(2).mean(1).sqrt()
+        quiet += int(((rms < step) & (f.max(1).values != f.min(1).values)).sum())
+    return quiet / (c.shape[0] * whole)
 
 
 def step_at_zero(q_levels: int, method: str) -> float:
