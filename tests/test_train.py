@@ -379,7 +379,9 @@ def test_train_resume_refuses_settings_it_would_drop_and_takes_the_machines_own(
     assert "train.seed" in err and "leave out --preset" not in err and "--preset sketch sets" not in err, err
 
 
-def test_ddp_two_gloo_ranks_stay_in_step(dataset, tmp_path):
+def test_ddp_two_gloo_ranks_stay_in_step(tmp_path):
+    # a quiet source, so that rank 0 alone says the new run's one warning
+    dataset = quiet_tail(tmp_path)
     script = tmp_path / "ddp.py"
     script.write_text(r"""
 import sys, torch, torch.distributed as dist
@@ -430,6 +432,8 @@ dist.destroy_process_group()
     _, steps, _, diff = line.split()
     assert int(steps) == 6 and float(diff) == 0.0
     assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    warnings = [x for x in proc.stderr.splitlines() if "quieter than one step" in x]
+    assert len(warnings) == 1, proc.stderr[-3000:]
 
 
 def test_learning_rate_follows_a_cosine_down_to_lr_final(dataset, tmp_path):
@@ -542,19 +546,21 @@ def test_input_noise_is_seeded_and_a_resumed_run_draws_the_same(dataset, tmp_pat
     assert not all(torch.equal(a[k], c[k]) for k in a)  # and it is there: without it the weights differ
 
 
-def test_a_quiet_source_under_linear_levels_is_warned_about(dataset, tmp_path, capsys):
+def quiet_tail(folder: Path) -> Path:
+    """A dataset of a 1 s decaying tone over a -80 dBFS floor: most of it under one step of linear levels."""
     import soundfile as sf
 
     sr = 16000
     t = np.arange(sr) / sr
     noise = 1e-4 * np.random.default_rng(0).standard_normal(len(t))
-    sf.write(tmp_path / "tail.wav", 0.5 * np.sin(2 * np.pi * 440 * t) * 10 ** (-4 * t) + noise, sr, subtype="FLOAT")
-    quiet = prepare(
-        [tmp_path / "tail.wav"],
-        tmp_path / "ds",
-        DataConfig(sample_rate=sr, copies=2, chunk_seconds=0.25),
-        progress=False,
+    sf.write(folder / "tail.wav", 0.5 * np.sin(2 * np.pi * 440 * t) * 10 ** (-4 * t) + noise, sr, subtype="FLOAT")
+    return prepare(
+        [folder / "tail.wav"], folder / "ds", DataConfig(sample_rate=sr, copies=2, chunk_seconds=0.25), progress=False
     )
+
+
+def test_a_quiet_source_under_linear_levels_is_warned_about(dataset, tmp_path, capsys):
+    quiet = quiet_tail(tmp_path)
     one_step = cfg(max_steps=1)
     train(quiet, tmp_path / "lin", TINY, one_step, progress=False)
     err = capsys.readouterr().err
