@@ -42,6 +42,8 @@ LOUD_PERCENTILE = 95.0
 # and pauses would otherwise dominate the medians).
 ACTIVE_RANGE_DB = 40.0
 
+# The spectral floor (``floor_db``) is this percentile of a frame's bin powers: the bins between partials.
+FLOOR_PERCENTILE = 20.0
 # Frequency bins below this are ignored for peaks and flatness (DC residue, rumble, sub-sonic drift).
 FMIN_HZ = 30.0
 # High-pass corner applied before analysis (removes DC offset and slow drift).
@@ -140,17 +142,19 @@ def _block_features(frames: np.ndarray, window: np.ndarray, sr: int, n_fft: int,
     return {"level": level, "flatness": flatness, "dominance": dominance, "dominant": dominant, "centroid": centroid}
 
 
-def _noisiness(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
-    """Energy-weighted flatness within octave bands, per long frame, and the frames' levels (dB).
+def _noisiness(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Energy-weighted flatness within octave bands, per long frame; the spectral floor (dB); the frames' levels (dB).
 
     Long frames (4 analysis frames, ~186 ms) resolve the harmonics of low notes, which at 46 ms
-    smear into a flat-looking band; noise is flat at any resolution. Returns two arrays (n_long,).
+    smear into a flat-looking band; noise is flat at any resolution. The floor is the ``FLOOR_PERCENTILE``-th
+    percentile of the frame's bin powers over their mean: what lies between the partials, about -6.5 dB for
+    white noise, under -80 dB for clean partials. Returns three arrays (n_long,).
     """
     n_long = 4 * window_length(sr)
     framed = frames(y, n_long, n_long // 4)
     window = np.hanning(n_long)
     lo_bin = max(1, int(math.ceil(FMIN_HZ * n_long / sr)))
-    noisiness, levels = [], []
+    noisiness, floors, levels = [], [], []
     for i in range(0, framed.shape[1], _BLOCK_FRAMES // 4):
         block = framed[:, i : i + _BLOCK_FRAMES // 4]
         levels.append(10.0 * np.log10(np.maximum(np.mean(block**2, axis=0), 1e-12)))
@@ -160,7 +164,9 @@ def _noisiness(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
             band = power[a:b]
             num += band.sum(axis=0) * _flatness(band)
         noisiness.append(num / (power[lo_bin:].sum(axis=0) + 1e-30))
-    return np.concatenate(noisiness), np.concatenate(levels)
+        floor = np.percentile(power[lo_bin:], FLOOR_PERCENTILE, axis=0) / (power[lo_bin:].mean(axis=0) + 1e-30)
+        floors.append(10.0 * np.log10(np.maximum(floor, 10 ** (_FLOOR_DB / 10))))
+    return np.concatenate(noisiness), np.concatenate(floors), np.concatenate(levels)
 
 
 def _frame_features(y: np.ndarray, sr: int) -> dict:
@@ -209,11 +215,14 @@ def features(audio: np.ndarray, sr: int) -> dict[str, float]:
     -------
     dict of plain floats: ``duration_s``; levels ``rms_dbfs``, ``peak_dbfs``, ``loud_dbfs`` (95th
     percentile frame level), ``level_spread_db`` (90th minus 10th percentile frame level; small =
-    steady); ``dc_offset`` (mean), ``clipped_fraction`` (share of ``|x| >= 0.999``),
-    ``nonfinite_fraction``; and, as medians over the active frames, ``spectral_flatness`` (0..1),
-    ``noisiness`` (energy-weighted octave-band flatness, 0..1), ``tonal_dominance`` (share of frame
-    energy in the strongest few peaks, 0..1), ``centroid_hz``; ``dominant_hz`` (median frequency of the
-    strongest peak), ``pitch_stability`` (share of active frames whose strongest peak is within a
+    steady), ``level_range_db`` (``loud_dbfs`` minus the 10th percentile: large when a few loud events
+    stand over a quiet floor, which the 90th percentile misses); ``dc_offset`` (mean),
+    ``clipped_fraction`` (share of ``|x| >= 0.999``), ``nonfinite_fraction``; and, as medians over the
+    active frames, ``spectral_flatness`` (0..1), ``noisiness`` (energy-weighted octave-band flatness,
+    0..1), ``floor_db`` (the spectral floor between partials over the mean bin power, dB: -6.5 for white
+    noise, under -80 for clean partials), ``tonal_dominance`` (share of frame energy in the strongest
+    few peaks, 0..1), ``centroid_hz``; ``dominant_hz`` (median frequency of the strongest peak),
+    ``pitch_stability`` (share of active frames whose strongest peak is within a
     semitone of ``dominant_hz``, 0..1), ``onset_rate`` (onsets per second).
     """
     if sr <= 0:
@@ -233,7 +242,7 @@ def features(audio: np.ndarray, sr: int) -> dict[str, float]:
 
     dominant = ff["dominant"][active]
     f_med = float(2 ** np.median(np.log2(dominant)))
-    noisiness, long_level = _noisiness(y, sr)
+    noisiness, floor, long_level = _noisiness(y, sr)
     long_active = long_level >= loud - ACTIVE_RANGE_DB
     if not np.any(long_active):
         long_active = np.ones_like(long_level, dtype=bool)
@@ -246,8 +255,10 @@ def features(audio: np.ndarray, sr: int) -> dict[str, float]:
         {
             "loud_dbfs": loud,
             "level_spread_db": float(np.percentile(level, 90) - np.percentile(level, 10)),
+            "level_range_db": float(loud - np.percentile(level, 10)),
             "spectral_flatness": float(np.median(ff["flatness"][active])),
             "noisiness": float(np.median(noisiness[long_active])),
+            "floor_db": float(np.median(floor[long_active])),
             "tonal_dominance": float(np.median(ff["dominance"][active])),
             "centroid_hz": float(np.median(ff["centroid"][active])),
             "dominant_hz": f_med,
@@ -261,8 +272,10 @@ def features(audio: np.ndarray, sr: int) -> dict[str, float]:
 # the features that describe the sound's shape, all 0.0 for digital silence
 _SHAPE_FEATURES = (
     "level_spread_db",
+    "level_range_db",
     "spectral_flatness",
     "noisiness",
+    "floor_db",
     "tonal_dominance",
     "centroid_hz",
     "dominant_hz",

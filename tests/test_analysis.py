@@ -150,6 +150,29 @@ def test_white_and_pink_noise_are_noise(sr, make):
     assert d.features["onset_rate"] < 0.5
 
 
+def sparse_strikes(sr: int, dur: float = 20.0) -> np.ndarray:
+    """Two bell strikes, each under the floor within a second and a half, over hiss at -82 dBFS: a faithful
+    model of a one-strike source that waits long between strikes (mu-law's quietest hiss between them)."""
+    t = _t(sr, dur)
+    out = white(sr, dur, -82.0, seed=4)
+    for start in (2.0, 13.0):
+        after = np.clip(t - start, 0, None)
+        env = np.where(t >= start, np.exp(-after * 7.0), 0.0)
+        out += 0.1 * env * (np.sin(2 * np.pi * 880 * t) + 0.5 * np.sin(2 * np.pi * 2337 * t))
+    return out.astype(np.float32)
+
+
+@pytest.mark.parametrize("sr", RATES)
+def test_a_few_strikes_over_a_quiet_floor_are_not_steady_noise(sr):
+    # most frames are the hiss floor (the 90th percentile too), so the level spread and onset rate look steady;
+    # the loud frames standing far over the floor say otherwise
+    d = diagnose(sparse_strikes(sr), sr)
+    assert d.features["level_spread_db"] < 10 and d.features["onset_rate"] <= 1.0 and d.features["noisiness"] > 0.35
+    assert d.features["level_range_db"] > 20
+    assert d.category == "varied"
+    assert diagnose(white(sr, 20.0, -40.0), sr).features["level_range_db"] < 2  # steady hiss: ~0
+
+
 @pytest.mark.parametrize("sr", RATES)
 def test_bells_are_varied(sr):
     d = diagnose(bells(sr), sr)
@@ -279,8 +302,10 @@ def test_features_and_to_dict_are_plain_json():
         "dc_offset",
         "clipped_fraction",
         "level_spread_db",
+        "level_range_db",
         "duration_s",
         "noisiness",
+        "floor_db",
     ):
         assert isinstance(d.features[key], float), key
         assert np.isfinite(d.features[key]), key
@@ -399,6 +424,14 @@ def moving_drone(sr: int, hiss_dbfs: float | None, dur: float = 6.0) -> np.ndarr
     fade = np.clip((t - dur / 2 + 0.1) / 0.2, 0, 1)
     hiss = 0 if hiss_dbfs is None else white(sr, dur, hiss_dbfs, seed=3)
     return ((1 - fade) * a + fade * b + hiss).astype(np.float32)
+
+
+def test_the_spectral_floor_reads_the_hiss_between_partials():
+    sr = 16000
+    floors = [diagnose(moving_drone(sr, h), sr).features["floor_db"] for h in (None, -60.0, -50.0, -40.0)]
+    assert floors[0] < -80  # clean partials: nothing between them
+    assert floors[1] < floors[2] < floors[3] and floors[3] - floors[1] == pytest.approx(20, abs=3)  # dB for dB
+    assert diagnose(white(sr, 4.0), sr).features["floor_db"] == pytest.approx(-6.5, abs=1.0)  # 20th percentile: 0.22 of the mean
 
 
 def test_a_quieter_hiss_bed_under_moving_partials_is_noise_and_the_clean_drone_is_not():
