@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         lin, mu = (features(quantised(audio, m), sr)["floor_db"] for m in ("linear", "mulaw"))
         rows.append(
             [
-                "/".join(Path(path).parts[-2:]),
+                "/".join(Path(path).parts[-3:]),
                 f"{f['floor_db']:.1f}",
                 f"{lin:.1f}",
                 f"{mu:.1f}",
