@@ -24,7 +24,9 @@ Decision list (first match wins; constants below)
 With the source known (``diagnose(audio, sr, source)``), a ``varied`` render is called ``noise`` when it is
 further from its source than noise of the source's colour (``NOISE_RESEMBLANCE``), or when it is steady (the
 noise rule's level and onset limits) and much noisier than its source (``HISS_MIN_NOISINESS``,
-``HISS_SOURCE_FACTOR``): a hiss bed carrying the source's partials.
+``HISS_SOURCE_FACTOR``), or when it has few onsets and no loud events over a quiet floor and the hiss between its
+partials (``hiss_db``) stands ``HISS_MARGIN_DB`` over what its source keeps at 256 levels: a hiss bed carrying the
+source's partials.
 
 Before measuring, the mean (DC offset) is removed and the signal is high-passed at ``HIGHPASS_HZ``, so a
 render with a little DC offset classifies by its content; clipping is reported but not corrected.
@@ -122,6 +124,12 @@ NOISE_RESEMBLANCE = 1.0
 # own noisiness keep a faithful render of a breathy or bowed source varied (tests/test_analysis.py).
 HISS_MIN_NOISINESS = 0.1
 HISS_SOURCE_FACTOR = 3.0
+# With its source known, a render with few onsets and no loud events over a quiet floor whose hiss between partials
+# (``hiss_db``) stands this far over the hiss its source keeps at 256 levels (``SourceProfile.played_hiss_db``) is
+# a hiss bed too, however its held partials swell. The demo's beds stand 16-20 dB over the glass bells' (-40.9 dB),
+# a struck batch-32 stream 12 (its onsets keep it varied), the real bell's faithful mu-law decay 6 dB under its
+# source's (-10.9 dB): RESULTS, "Sparse strikes are not steady; the hiss bed's level".
+HISS_MARGIN_DB = 12.0
 
 
 @dataclass
@@ -231,7 +239,8 @@ def diagnose(audio: np.ndarray, sr: int, source: np.ndarray | SourceProfile | No
         ``resemblance`` and ``copy_share``, and a render further from its source than noise of the
         source's colour (resemblance above ``NOISE_RESEMBLANCE``) is not called varied but noise: a hiss
         band around the source's partials is the study's noise failure even when it moves. So is a steady
-        render much noisier than its source (``HISS_MIN_NOISINESS``, ``HISS_SOURCE_FACTOR``). A tone or
+        render much noisier than its source (``HISS_MIN_NOISINESS``, ``HISS_SOURCE_FACTOR``), and an unstruck
+        one whose hiss stands far over what its source keeps at 256 levels (``HISS_MARGIN_DB``). A tone or
         noise render of a source that is itself a tone or noise (:func:`source_kind`) keeps its category;
         its sentence says it is the source's own kind, not a failure mode.
 
@@ -278,11 +287,14 @@ def _own_kind_sentence(category: str, f: dict[str, float]) -> str:
 
 
 def _hiss_bed(f: dict[str, float], profile: SourceProfile) -> bool:
-    """A steady render much noisier than its source (see ``HISS_MIN_NOISINESS``); the source's noisiness is
-    measured last, once per profile, and only for a render that is steady and noisy enough on its own."""
-    return (
+    """A steady render much noisier than its source (see ``HISS_MIN_NOISINESS``), or an unstruck one whose hiss
+    stands far over what its source keeps at 256 levels (``HISS_MARGIN_DB``). The source's numbers are measured
+    last, once per profile, and only for a render that passes the render's own conditions."""
+    noisier = (
         _steady(f) and f["noisiness"] >= HISS_MIN_NOISINESS and f["noisiness"] >= HISS_SOURCE_FACTOR * profile.noisiness
     )
+    unstruck = f["onset_rate"] <= NOISE_MAX_ONSET_RATE and f["level_range_db"] <= NOISE_MAX_LEVEL_RANGE_DB
+    return noisier or (unstruck and f["hiss_db"] >= profile.played_hiss_db + HISS_MARGIN_DB)
 
 
 def _hiss_sentence(f: dict[str, float]) -> str:

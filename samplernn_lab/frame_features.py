@@ -42,8 +42,8 @@ LOUD_PERCENTILE = 95.0
 # and pauses would otherwise dominate the medians).
 ACTIVE_RANGE_DB = 40.0
 
-# The spectral floor (``floor_db``) is this percentile of a frame's bin powers: the bins between partials.
-FLOOR_PERCENTILE = 20.0
+# The spectral floor (``hiss_db``) is this percentile of a frame's bin powers: the bins between partials.
+HISS_PERCENTILE = 20.0
 # Frequency bins below this are ignored for peaks and flatness (DC residue, rumble, sub-sonic drift).
 FMIN_HZ = 30.0
 # High-pass corner applied before analysis (removes DC offset and slow drift).
@@ -146,7 +146,7 @@ def _noisiness(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     """Energy-weighted flatness within octave bands, per long frame; the spectral floor (dB); the frames' levels (dB).
 
     Long frames (4 analysis frames, ~186 ms) resolve the harmonics of low notes, which at 46 ms
-    smear into a flat-looking band; noise is flat at any resolution. The floor is the ``FLOOR_PERCENTILE``-th
+    smear into a flat-looking band; noise is flat at any resolution. The floor is the ``HISS_PERCENTILE``-th
     percentile of the frame's bin powers over their mean: what lies between the partials, about -6.5 dB for
     white noise, under -80 dB for clean partials. Returns three arrays (n_long,).
     """
@@ -164,7 +164,7 @@ def _noisiness(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
             band = power[a:b]
             num += band.sum(axis=0) * _flatness(band)
         noisiness.append(num / (power[lo_bin:].sum(axis=0) + 1e-30))
-        floor = np.percentile(power[lo_bin:], FLOOR_PERCENTILE, axis=0) / (power[lo_bin:].mean(axis=0) + 1e-30)
+        floor = np.percentile(power[lo_bin:], HISS_PERCENTILE, axis=0) / (power[lo_bin:].mean(axis=0) + 1e-30)
         floors.append(10.0 * np.log10(np.maximum(floor, 10 ** (_FLOOR_DB / 10))))
     return np.concatenate(noisiness), np.concatenate(floors), np.concatenate(levels)
 
@@ -219,7 +219,7 @@ def features(audio: np.ndarray, sr: int) -> dict[str, float]:
     stand over a quiet floor, which the 90th percentile misses); ``dc_offset`` (mean),
     ``clipped_fraction`` (share of ``|x| >= 0.999``), ``nonfinite_fraction``; and, as medians over the
     active frames, ``spectral_flatness`` (0..1), ``noisiness`` (energy-weighted octave-band flatness,
-    0..1), ``floor_db`` (the spectral floor between partials over the mean bin power, dB: -6.5 for white
+    0..1), ``hiss_db`` (the spectral floor between partials over the mean bin power, dB: -6.5 for white
     noise, under -80 for clean partials), ``tonal_dominance`` (share of frame energy in the strongest
     few peaks, 0..1), ``centroid_hz``; ``dominant_hz`` (median frequency of the strongest peak),
     ``pitch_stability`` (share of active frames whose strongest peak is within a
@@ -258,7 +258,7 @@ def features(audio: np.ndarray, sr: int) -> dict[str, float]:
             "level_range_db": float(loud - np.percentile(level, 10)),
             "spectral_flatness": float(np.median(ff["flatness"][active])),
             "noisiness": float(np.median(noisiness[long_active])),
-            "floor_db": float(np.median(floor[long_active])),
+            "hiss_db": float(np.median(floor[long_active])),
             "tonal_dominance": float(np.median(ff["dominance"][active])),
             "centroid_hz": float(np.median(ff["centroid"][active])),
             "dominant_hz": f_med,
@@ -275,7 +275,7 @@ _SHAPE_FEATURES = (
     "level_range_db",
     "spectral_flatness",
     "noisiness",
-    "floor_db",
+    "hiss_db",
     "tonal_dominance",
     "centroid_hz",
     "dominant_hz",

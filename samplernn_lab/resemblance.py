@@ -206,6 +206,12 @@ class SourceProfile:
         source costs ~0.5 s per minute): what kind of sound the source itself is, and how noisy."""
         return features(self.audio, self.sr)
 
+    @functools.cached_property
+    def played_hiss_db(self) -> float:
+        """The hiss between the source's partials as a model of 256 levels would at best play it: its
+        :func:`played_hiss_db` with linear or mu-law levels, whichever leaves more."""
+        return max(played_hiss_db(self.audio, self.sr, m) for m in ("linear", "mulaw"))
+
     @property
     def noisiness(self) -> float:
         """The source's own noisiness (its :attr:`features`')."""
@@ -221,6 +227,28 @@ class SourceProfile:
     def resemblance(self, render: np.ndarray) -> float:
         """:func:`resemblance` of ``render`` (same rate as the source) against this source."""
         return self.distance(render) / self.noise_distance
+
+
+def played_hiss_db(audio: np.ndarray, sr: int, method: str) -> float:
+    """The hiss between partials (``hiss_db`` of :func:`~samplernn_lab.frame_features.features`) of ``audio``
+    after 256 levels of ``method`` (``"linear"`` or ``"mulaw"``): what a perfect 8-bit model of it would play.
+
+    The levels alone raise a clean source's by 25-45 dB (benchmarks/RESULTS.md, "Sparse strikes are not
+    steady; the hiss bed's level").
+
+    Parameters
+    ----------
+    audio : (n,) float, mono, in [-1, 1].
+    sr : sample rate in Hz.
+    method : the quantisation (:func:`samplernn_lab.audio.quantize`).
+
+    Returns
+    -------
+    dB under the mean bin power (0 for digital silence).
+    """
+    from .audio import dequantize, quantize
+
+    return features(dequantize(quantize(audio, 256, method), 256, method).numpy(), sr)["hiss_db"]
 
 
 def resemblance(render: np.ndarray, source: np.ndarray, sr: int) -> float:

@@ -9,9 +9,10 @@ import pytest
 import scipy.signal
 
 from samplernn_lab.analysis import CATEGORIES, Diagnosis, compare, diagnose, diagnose_file
-from samplernn_lab.audio import save
+from samplernn_lab.audio import dequantize, quantize, save
 from samplernn_lab.cli import format_table
 from samplernn_lab.errors import LabError
+from samplernn_lab.resemblance import SourceProfile
 
 RATES = [16000, 44100]
 
@@ -235,7 +236,6 @@ def test_vibrato_tone_is_still_tone():
 
 def test_a_tone_of_a_steady_tone_source_is_its_own_kind_not_the_failure():
     from samplernn_lab.analysis import source_kind
-    from samplernn_lab.resemblance import SourceProfile
 
     sr = 16000
     drone, peal = SourceProfile(am_tone(sr, 0.3, f=740.0), sr), SourceProfile(bells(sr), sr)
@@ -305,7 +305,7 @@ def test_features_and_to_dict_are_plain_json():
         "level_range_db",
         "duration_s",
         "noisiness",
-        "floor_db",
+        "hiss_db",
     ):
         assert isinstance(d.features[key], float), key
         assert np.isfinite(d.features[key]), key
@@ -428,10 +428,10 @@ def moving_drone(sr: int, hiss_dbfs: float | None, dur: float = 6.0) -> np.ndarr
 
 def test_the_spectral_floor_reads_the_hiss_between_partials():
     sr = 16000
-    floors = [diagnose(moving_drone(sr, h), sr).features["floor_db"] for h in (None, -60.0, -50.0, -40.0)]
+    floors = [diagnose(moving_drone(sr, h), sr).features["hiss_db"] for h in (None, -60.0, -50.0, -40.0)]
     assert floors[0] < -80  # clean partials: nothing between them
     assert floors[1] < floors[2] < floors[3] and floors[3] - floors[1] == pytest.approx(20, abs=3)  # dB for dB
-    assert diagnose(white(sr, 4.0), sr).features["floor_db"] == pytest.approx(-6.5, abs=1.0)  # 20th percentile: 0.22 of the mean
+    assert diagnose(white(sr, 4.0), sr).features["hiss_db"] == pytest.approx(-6.5, abs=1)  # 0.22 x the mean
 
 
 def test_a_quieter_hiss_bed_under_moving_partials_is_noise_and_the_clean_drone_is_not():
@@ -443,6 +443,37 @@ def test_a_quieter_hiss_bed_under_moving_partials_is_noise_and_the_clean_drone_i
     assert bed.category == "noise" and "partials" in bed.sentence
     assert clean.category == "varied"
     assert diagnose(moving_drone(sr, -40.0), sr).category == "varied"  # without its source: no bar to judge by
+
+
+def swelling(x: np.ndarray, sr: int, depth_db: float = 14.0, rate_hz: float = 0.25) -> np.ndarray:
+    """``x`` swelling and falling by ``depth_db`` without an attack: a held drone's slow level changes."""
+    t = _t(sr, len(x) / sr)
+    return (x * 10 ** (-depth_db / 40 * (1 + np.sin(2 * np.pi * rate_hz * t)))).astype(np.float32)
+
+
+def test_held_partials_that_swell_over_hiss_are_a_hiss_bed():
+    # the demo's renders: held partials swelling by ~11 dB without an onset over hiss far quieter than the
+    # partials (noisiness under 0.1): neither steady nor noisy enough for the noisiness clause
+    sr, src = 16000, bells(16000, 6.0)
+    bed = diagnose(swelling(moving_drone(sr, -55.0), sr), sr, src)
+    f = bed.features
+    assert f["noisiness"] < 0.1 and f["level_spread_db"] > 10 and f["resemblance"] < 1
+    assert bed.category == "noise" and "partials" in bed.sentence
+    assert diagnose(swelling(moving_drone(sr, None), sr), sr, src).category == "varied"  # the same, clean
+
+
+def test_the_hiss_that_256_levels_leave_is_not_a_hiss_bed():
+    sr = 16000
+    profile = SourceProfile(bells(sr, 6.0), sr)
+    assert profile.played_hiss_db > profile.features["hiss_db"] + 40  # 8-bit levels raise a clean source's floor
+    other = bells(sr, 6.0, seed=2)
+    for method in ("linear", "mulaw"):  # a perfect 8-bit model of the source
+        played = dequantize(quantize(other, 256, method), 256, method).numpy()
+        assert diagnose(played, sr, profile).category == "varied"
+    struck = (other + white(sr, 6.0, -55.0, seed=5)).astype(np.float32)  # the hiss, but under strikes
+    assert diagnose(struck, sr, profile).category == "varied"
+    quieter = diagnose(moving_drone(sr, -62.0), sr, profile)  # hiss under HISS_MARGIN_DB over what 8 bits keep
+    assert quieter.features["hiss_db"] < profile.played_hiss_db + 12 and quieter.category == "varied"
 
 
 def test_a_steady_render_of_a_slightly_noisy_source_is_not_a_hiss_bed():
