@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"{f['rms_dbfs']:.1f}",
             ]
         )
-    headers = ["file", "floor dB", "linear 8-bit", "mu-law 8-bit", "onsets/s", "spread dB", "rms dBFS"]
-    report(headers, rows, "cpu", note=f"; floors at {args.sr} Hz, dB under the mean bin power")
+    headers = ["file", "hiss dB", "linear 8-bit", "mu-law 8-bit", "onsets/s", "spread dB", "rms dBFS"]
+    report(headers, rows, "cpu", note=f"; hiss_db at {args.sr} Hz, dB under the mean bin power")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ With the source known (``diagnose(audio, sr, source)``), a ``varied`` render is 
 further from its source than noise of the source's colour (``NOISE_RESEMBLANCE``), or when it is steady (the
 noise rule's level and onset limits) and much noisier than its source (``HISS_MIN_NOISINESS``,
 ``HISS_SOURCE_FACTOR``), or when it has few onsets and no loud events over a quiet floor and the hiss between its
-partials (``hiss_db``) stands ``HISS_MARGIN_DB`` over what its source keeps at 256 levels: a hiss bed carrying the
-source's partials.
+partials (``hiss_db``) stands ``HISS_MARGIN_DB`` over what its source keeps at the run's levels (256 where not
+known): a hiss bed carrying the source's partials.
 
 Before measuring, the mean (DC offset) is removed and the signal is high-passed at ``HIGHPASS_HZ``, so a
 render with a little DC offset classifies by its content; clipping is reported but not corrected.
@@ -99,7 +99,7 @@ NOISE_MAX_LEVEL_SPREAD_DB = 10.0
 NOISE_MAX_ONSET_RATE = 1.0
 # ... and no loud events over a quiet floor: the loud frames stand at most this far over the 10th percentile
 # (steady renders measured 0.1-12.6 dB; a sparse render, two strikes in 30 s over an inaudible floor, 35 dB,
-# though its 90th percentile is still the floor: RESULTS, "Sparse strikes are not steady").
+# though its 90th percentile is still the floor: RESULTS, "Sparse strikes are not steady; the hiss bed's level").
 NOISE_MAX_LEVEL_RANGE_DB = 20.0
 
 # Offsets and clipping worth a note in the sentence.
@@ -125,8 +125,8 @@ NOISE_RESEMBLANCE = 1.0
 HISS_MIN_NOISINESS = 0.1
 HISS_SOURCE_FACTOR = 3.0
 # With its source known, a render with few onsets and no loud events over a quiet floor whose hiss between partials
-# (``hiss_db``) stands this far over the hiss its source keeps at 256 levels (``SourceProfile.played_hiss_db``) is
-# a hiss bed too, however its held partials swell. The demo's beds stand 16-20 dB over the glass bells' (-40.9 dB),
+# (``hiss_db``) stands this far over the hiss its source keeps at the run's levels (``SourceProfile.played_hiss_db``)
+# is a hiss bed too, however its held partials swell. The demo's beds stand 16-19 dB over the glass bells' (-40.9 dB),
 # a struck batch-32 stream 12 (its onsets keep it varied), the real bell's faithful mu-law decay 6 dB under its
 # source's (-10.9 dB): RESULTS, "Sparse strikes are not steady; the hiss bed's level".
 HISS_MARGIN_DB = 12.0
@@ -240,7 +240,7 @@ def diagnose(audio: np.ndarray, sr: int, source: np.ndarray | SourceProfile | No
         source's colour (resemblance above ``NOISE_RESEMBLANCE``) is not called varied but noise: a hiss
         band around the source's partials is the study's noise failure even when it moves. So is a steady
         render much noisier than its source (``HISS_MIN_NOISINESS``, ``HISS_SOURCE_FACTOR``), and an unstruck
-        one whose hiss stands far over what its source keeps at 256 levels (``HISS_MARGIN_DB``). A tone or
+        one whose hiss stands far over what its source keeps at the profile's levels (``HISS_MARGIN_DB``). A tone or
         noise render of a source that is itself a tone or noise (:func:`source_kind`) keeps its category;
         its sentence says it is the source's own kind, not a failure mode.
 
@@ -261,8 +261,9 @@ def diagnose(audio: np.ndarray, sr: int, source: np.ndarray | SourceProfile | No
         f["copy_share"] = copy_share(as_mono(audio), profile.audio, sr)
         if category == "varied" and f["resemblance"] > NOISE_RESEMBLANCE:
             return Diagnosis("noise", _with_notes(_far_sentence(f), f), f)
-        if category == "varied" and _hiss_bed(f, profile):
-            return Diagnosis("noise", _with_notes(_hiss_sentence(f), f), f)
+        bed = _hiss_bed(f, profile) if category == "varied" else None
+        if bed is not None:
+            return Diagnosis("noise", _with_notes(bed, f), f)
         if is_own_kind(category, source_kind(profile)):
             return Diagnosis(category, _with_notes(_own_kind_sentence(category, f), f), f)
     return Diagnosis(category=category, sentence=_sentence(category, f), features=f)
@@ -286,22 +287,22 @@ def _own_kind_sentence(category: str, f: dict[str, float]) -> str:
     return f"{what}, as its source is (resemblance {f['resemblance']:.2f}; the source's own kind of sound)."
 
 
-def _hiss_bed(f: dict[str, float], profile: SourceProfile) -> bool:
-    """A steady render much noisier than its source (see ``HISS_MIN_NOISINESS``), or an unstruck one whose hiss
-    stands far over what its source keeps at 256 levels (``HISS_MARGIN_DB``). The source's numbers are measured
-    last, once per profile, and only for a render that passes the render's own conditions."""
-    noisier = (
-        _steady(f) and f["noisiness"] >= HISS_MIN_NOISINESS and f["noisiness"] >= HISS_SOURCE_FACTOR * profile.noisiness
-    )
+def _hiss_bed(f: dict[str, float], profile: SourceProfile) -> str | None:
+    """The sentence for a hiss bed, or None: a steady render much noisier than its source (``HISS_MIN_NOISINESS``),
+    or an unstruck one whose hiss stands far over what its source keeps at the run's levels (``HISS_MARGIN_DB``).
+    The source's numbers are measured last, once per profile, and only for a render that passes its own tests."""
+    if _steady(f) and f["noisiness"] >= HISS_MIN_NOISINESS and f["noisiness"] >= HISS_SOURCE_FACTOR * profile.noisiness:
+        return (
+            f"Noise carrying the source's partials: a steady hiss near {_hz(f['centroid_hz'])}, far noisier than "
+            f"its source (resemblance {f['resemblance']:.2f}; a failure mode)."
+        )
     unstruck = f["onset_rate"] <= NOISE_MAX_ONSET_RATE and f["level_range_db"] <= NOISE_MAX_LEVEL_RANGE_DB
-    return noisier or (unstruck and f["hiss_db"] >= profile.played_hiss_db + HISS_MARGIN_DB)
-
-
-def _hiss_sentence(f: dict[str, float]) -> str:
-    return (
-        f"Noise carrying the source's partials: a steady hiss near {_hz(f['centroid_hz'])}, far noisier than "
-        f"its source (resemblance {f['resemblance']:.2f}; a failure mode)."
-    )
+    if unstruck and (over := f["hiss_db"] - profile.played_hiss_db) >= HISS_MARGIN_DB:
+        return (
+            f"Noise carrying the source's partials: held partials over a hiss {over:.0f} dB above what its source "
+            f"keeps at {profile.q_levels} levels, no strikes (resemblance {f['resemblance']:.2f}; a failure mode)."
+        )
+    return None
 
 
 def _far_sentence(f: dict[str, float]) -> str:

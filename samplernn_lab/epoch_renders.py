@@ -56,21 +56,22 @@ def epoch_render(
         progress=False,
     )
     model.train()
-    return [render_event(paths, run, dataset, sample_rate, epoch, step)]
+    return [render_event(paths, run, dataset, sample_rate, epoch, step, q_levels=model.config.q_levels)]
 
 
 def render_event(
-    paths: list[Path], run: RunDir, dataset: Path, sample_rate: int, epoch: int, step: int
+    paths: list[Path], run: RunDir, dataset: Path, sample_rate: int, epoch: int, step: int, q_levels: int = 256
 ) -> dict[str, Any]:
     """The metrics event of an epoch's renders: the median stream's diagnosis (``path``, ``category``,
     ``sentence``, ``resemblance``: of the stream ranked ``(n - 1) // 2`` from the closest, so a real render
     and the lower median of an even count), the largest ``copy_share`` of any stream, ``source_category``
     (the source's own category, :func:`~samplernn_lab.analysis.source_kind`: ``auto`` does not hold a drone's
-    tone against it), and ``streams``, each stream's own (add further measures here)."""
+    tone against it), and ``streams``, each stream's own (add further measures here). ``q_levels``: the levels
+    the model plays (the hiss-bed rule allows for the hiss fewer leave)."""
     from .analysis import diagnose, source_kind
     from .audio import load
 
-    profile = _source_profile(dataset, sample_rate)
+    profile = _source_profile(dataset, sample_rate, q_levels)
     streams = []
     for path in paths:
         d = diagnose(load(path)[0], sample_rate, profile)
@@ -95,17 +96,19 @@ def render_event(
     }
 
 
-_PROFILES: dict[tuple[str, int, int], object] = {}
+_PROFILES: dict[tuple[str, int, int, int], object] = {}
 
 
-def _source_profile(dataset: Path, sample_rate: int):
-    """The source's resemblance profile, made once per dataset and rate (every epoch's render uses it)."""
+def _source_profile(dataset: Path, sample_rate: int, q_levels: int = 256):
+    """The source's resemblance profile, made once per dataset, rate and levels (every epoch's render uses it)."""
     from .dataset import source_audio, source_category
     from .resemblance import SourceProfile
 
     # the manifest's time too: a dataset prepared again in the same folder (a re-run notebook 01) is another sound
-    key = (str(dataset.resolve()), sample_rate, (Path(dataset) / "manifest.json").stat().st_mtime_ns)
+    key = (str(dataset.resolve()), sample_rate, (Path(dataset) / "manifest.json").stat().st_mtime_ns, q_levels)
     if key not in _PROFILES:
         _PROFILES.clear()
-        _PROFILES[key] = SourceProfile(source_audio(dataset), sample_rate, kind=source_category(dataset))
+        _PROFILES[key] = SourceProfile(
+            source_audio(dataset), sample_rate, kind=source_category(dataset), q_levels=q_levels
+        )
     return _PROFILES[key]

@@ -145,16 +145,16 @@ def _block_features(frames: np.ndarray, window: np.ndarray, sr: int, n_fft: int,
 def _noisiness(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Energy-weighted flatness within octave bands, per long frame; the spectral floor (dB); the frames' levels (dB).
 
-    Long frames (4 analysis frames, ~186 ms) resolve the harmonics of low notes, which at 46 ms
-    smear into a flat-looking band; noise is flat at any resolution. The floor is the ``HISS_PERCENTILE``-th
-    percentile of the frame's bin powers over their mean: what lies between the partials, about -6.5 dB for
-    white noise, under -80 dB for clean partials. Returns three arrays (n_long,).
+    Long frames (4 analysis frames: 0.26 s at 16 kHz, 0.19 s at 44.1 kHz) resolve the harmonics of low notes,
+    which at 46 ms smear into a flat-looking band; noise is flat at any resolution. The floor is the
+    ``HISS_PERCENTILE``-th percentile of the frame's bin powers over their mean: what lies between the partials,
+    about -6.5 dB for white noise, under -80 dB for clean partials. Returns three arrays (n_long,).
     """
     n_long = 4 * window_length(sr)
     framed = frames(y, n_long, n_long // 4)
     window = np.hanning(n_long)
     lo_bin = max(1, int(math.ceil(FMIN_HZ * n_long / sr)))
-    noisiness, floors, levels = [], [], []
+    noisiness, hisses, levels = [], [], []
     for i in range(0, framed.shape[1], _BLOCK_FRAMES // 4):
         block = framed[:, i : i + _BLOCK_FRAMES // 4]
         levels.append(10.0 * np.log10(np.maximum(np.mean(block**2, axis=0), 1e-12)))
@@ -164,9 +164,9 @@ def _noisiness(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
             band = power[a:b]
             num += band.sum(axis=0) * _flatness(band)
         noisiness.append(num / (power[lo_bin:].sum(axis=0) + 1e-30))
-        floor = np.percentile(power[lo_bin:], HISS_PERCENTILE, axis=0) / (power[lo_bin:].mean(axis=0) + 1e-30)
-        floors.append(10.0 * np.log10(np.maximum(floor, 10 ** (_FLOOR_DB / 10))))
-    return np.concatenate(noisiness), np.concatenate(floors), np.concatenate(levels)
+        hiss = np.percentile(power[lo_bin:], HISS_PERCENTILE, axis=0) / (power[lo_bin:].mean(axis=0) + 1e-30)
+        hisses.append(10.0 * np.log10(np.maximum(hiss, 10 ** (_FLOOR_DB / 10))))
+    return np.concatenate(noisiness), np.concatenate(hisses), np.concatenate(levels)
 
 
 def _frame_features(y: np.ndarray, sr: int) -> dict:
@@ -215,8 +215,8 @@ def features(audio: np.ndarray, sr: int) -> dict[str, float]:
     -------
     dict of plain floats: ``duration_s``; levels ``rms_dbfs``, ``peak_dbfs``, ``loud_dbfs`` (95th
     percentile frame level), ``level_spread_db`` (90th minus 10th percentile frame level; small =
-    steady), ``level_range_db`` (``loud_dbfs`` minus the 10th percentile: large when a few loud events
-    stand over a quiet floor, which the 90th percentile misses); ``dc_offset`` (mean),
+    steady), ``level_range_db`` (``loud_dbfs`` minus the median: large when a few loud events stand over a
+    quiet floor, which the 90th percentile misses); ``dc_offset`` (mean),
     ``clipped_fraction`` (share of ``|x| >= 0.999``), ``nonfinite_fraction``; and, as medians over the
     active frames, ``spectral_flatness`` (0..1), ``noisiness`` (energy-weighted octave-band flatness,
     0..1), ``hiss_db`` (the spectral floor between partials over the mean bin power, dB: -6.5 for white
@@ -242,23 +242,21 @@ def features(audio: np.ndarray, sr: int) -> dict[str, float]:
 
     dominant = ff["dominant"][active]
     f_med = float(2 ** np.median(np.log2(dominant)))
-    noisiness, floor, long_level = _noisiness(y, sr)
-    long_active = long_level >= loud - ACTIVE_RANGE_DB
-    if not np.any(long_active):
-        long_active = np.ones_like(long_level, dtype=bool)
+    noisiness, hiss, long_level = _noisiness(y, sr)
+    long_active = _long_active(long_level, loud)
     near = np.abs(12 * np.log2(dominant / f_med)) <= PITCH_TOLERANCE_SEMITONES
     silent = loud < SILENCE_DBFS
     onset_rate = 0.0 if silent else len(onset_times(y, sr)) / out["duration_s"]
-    if loud <= _FLOOR_DB:  # digital silence: spectral shape and pitch are undefined, report zeros
-        return {**out, "loud_dbfs": loud, **dict.fromkeys(_SHAPE_FEATURES, 0.0)}
+    if loud <= _FLOOR_DB:  # digital silence: spectral shape and pitch are undefined, report zeros (no hiss at all)
+        return {**out, "loud_dbfs": loud, **dict.fromkeys(_SHAPE_FEATURES, 0.0), "hiss_db": _FLOOR_DB}
     out.update(
         {
             "loud_dbfs": loud,
             "level_spread_db": float(np.percentile(level, 90) - np.percentile(level, 10)),
-            "level_range_db": float(loud - np.percentile(level, 10)),
+            "level_range_db": float(loud - np.percentile(level, 50)),
             "spectral_flatness": float(np.median(ff["flatness"][active])),
             "noisiness": float(np.median(noisiness[long_active])),
-            "hiss_db": float(np.median(floor[long_active])),
+            "hiss_db": float(np.median(hiss[long_active])),
             "tonal_dominance": float(np.median(ff["dominance"][active])),
             "centroid_hz": float(np.median(ff["centroid"][active])),
             "dominant_hz": f_med,
@@ -267,6 +265,37 @@ def features(audio: np.ndarray, sr: int) -> dict[str, float]:
         }
     )
     return out
+
+
+def _long_active(long_level: np.ndarray, loud: float) -> np.ndarray:
+    """The long frames within ``ACTIVE_RANGE_DB`` of the loud frames (all of them if none)."""
+    active = long_level >= loud - ACTIVE_RANGE_DB
+    return active if np.any(active) else np.ones_like(long_level, dtype=bool)
+
+
+def hiss_db(audio: np.ndarray, sr: int) -> float:
+    """The ``hiss_db`` of :func:`features` alone, without the rest of its work (a source's, measured once).
+
+    Parameters
+    ----------
+    audio : float array, shape (n,), nominally in [-1, 1]. NaN and inf count as 0.
+    sr : sample rate in Hz.
+
+    Returns
+    -------
+    The spectral floor between partials over the mean bin power, dB (``_FLOOR_DB`` for digital silence).
+    """
+    if sr <= 0:
+        raise LabError(f"sample rate must be positive, got {sr}")
+    raw = as_mono(audio)
+    y = _prepare(np.where(np.isfinite(raw), raw, 0.0), sr)
+    n_fft = window_length(sr)
+    level = 10.0 * np.log10(np.maximum(np.mean(frames(y, n_fft, n_fft // 4) ** 2, axis=0), 1e-12))
+    loud = float(np.percentile(np.maximum(level, _FLOOR_DB), LOUD_PERCENTILE))
+    if loud <= _FLOOR_DB:
+        return _FLOOR_DB
+    _, hiss, long_level = _noisiness(y, sr)
+    return float(np.median(hiss[_long_active(long_level, loud)]))
 
 
 # the features that describe the sound's shape, all 0.0 for digital silence

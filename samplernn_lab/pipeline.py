@@ -354,7 +354,7 @@ def write_summary(run_dir: Path, source: Path, preset: str, overrides: list[str]
     for wav in sorted((run_dir / "renders" / "listen").glob("*.wav")):
         if profile is None or profile.sr != sf.info(wav).samplerate:  # judged against the source at its rate
             sr = sf.info(wav).samplerate
-            profile = SourceProfile(load(source, sr)[0], sr, kind=kind)
+            profile = SourceProfile(load(source, sr)[0], sr, kind=kind, q_levels=_q_levels(config))
         d = diagnose_file(wav, profile)
         d["file"] = str(wav.relative_to(run_dir))
         renders.append(d)
@@ -382,6 +382,11 @@ def write_summary(run_dir: Path, source: Path, preset: str, overrides: list[str]
     }
     write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _q_levels(config: dict) -> int:
+    """The levels the run's model plays (its ``config.json``; 256, the presets', where a run does not say)."""
+    return int(config.get("quantization", {}).get("q_levels", 256))
 
 
 def _dataset_kind(run_dir: Path, config: dict) -> str | None:

@@ -38,7 +38,7 @@ import math
 import numpy as np
 
 from .errors import LabError
-from .frame_features import CATEGORIES, features
+from .frame_features import CATEGORIES, features, hiss_db
 from .spectral import as_mono, pad_to_window
 
 # Levels below the source's loudest mel band minus this many dB are held at that floor: about the range
@@ -183,13 +183,17 @@ class SourceProfile:
     kind : what the source is as a whole (``"silence"``, ``"tone"``, ``"noise"``, ``"varied"``) where already
         known, e.g. measured when its dataset was prepared; None: measured from ``source`` when asked
         (:func:`samplernn_lab.analysis.source_kind`).
+    q_levels : the levels the renders are played with (the run's ``q_levels``; 256, the presets', where not
+        known): fewer leave more hiss, which :attr:`played_hiss_db` allows for.
     """
 
-    def __init__(self, source: np.ndarray, sr: int, seed: int = 0, kind: str | None = None):
+    def __init__(self, source: np.ndarray, sr: int, seed: int = 0, kind: str | None = None, q_levels: int = 256):
         s = _mono(source, "source")
         if kind not in (None, *CATEGORIES):
             raise LabError(f"source kind must be one of {', '.join(CATEGORIES)} or None, got {kind!r}")
-        self.sr, self.audio, self.kind = int(sr), s, kind
+        if q_levels < 2:
+            raise LabError(f"q_levels must be at least 2, got {q_levels}")
+        self.sr, self.audio, self.kind, self.q_levels = int(sr), s, kind, int(q_levels)
         frames = log_mel_frames(s, sr)
         top = float(frames.max())
         self.floor_db, self.gate_db = top - FLOOR_DB, top - GATE_DB
@@ -208,9 +212,9 @@ class SourceProfile:
 
     @functools.cached_property
     def played_hiss_db(self) -> float:
-        """The hiss between the source's partials as a model of 256 levels would at best play it: its
+        """The hiss between the source's partials as a model of ``q_levels`` levels would at best play it: its
         :func:`played_hiss_db` with linear or mu-law levels, whichever leaves more."""
-        return max(played_hiss_db(self.audio, self.sr, m) for m in ("linear", "mulaw"))
+        return max(played_hiss_db(self.audio, self.sr, m, self.q_levels) for m in ("linear", "mulaw"))
 
     @property
     def noisiness(self) -> float:
@@ -229,11 +233,11 @@ class SourceProfile:
         return self.distance(render) / self.noise_distance
 
 
-def played_hiss_db(audio: np.ndarray, sr: int, method: str) -> float:
-    """The hiss between partials (``hiss_db`` of :func:`~samplernn_lab.frame_features.features`) of ``audio``
-    after 256 levels of ``method`` (``"linear"`` or ``"mulaw"``): what a perfect 8-bit model of it would play.
+def played_hiss_db(audio: np.ndarray, sr: int, method: str, q_levels: int = 256) -> float:
+    """The hiss between partials (:func:`~samplernn_lab.frame_features.hiss_db`) of ``audio`` after ``q_levels``
+    levels of ``method`` (``"linear"`` or ``"mulaw"``): what a perfect model of it with those levels would play.
 
-    The levels alone raise a clean source's by 25-45 dB (benchmarks/RESULTS.md, "Sparse strikes are not
+    256 levels alone raise a clean source's by 26-47 dB (benchmarks/RESULTS.md, "Sparse strikes are not
     steady; the hiss bed's level").
 
     Parameters
@@ -241,14 +245,15 @@ def played_hiss_db(audio: np.ndarray, sr: int, method: str) -> float:
     audio : (n,) float, mono, in [-1, 1].
     sr : sample rate in Hz.
     method : the quantisation (:func:`samplernn_lab.audio.quantize`).
+    q_levels : how many levels.
 
     Returns
     -------
-    dB under the mean bin power (0 for digital silence).
+    dB under the mean bin power (-120 for digital silence).
     """
     from .audio import dequantize, quantize
 
-    return features(dequantize(quantize(audio, 256, method), 256, method).numpy(), sr)["hiss_db"]
+    return hiss_db(dequantize(quantize(audio, q_levels, method), q_levels, method).numpy(), sr)
 
 
 def resemblance(render: np.ndarray, source: np.ndarray, sr: int) -> float:
