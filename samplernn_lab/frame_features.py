@@ -290,7 +290,11 @@ def hiss_db(audio: np.ndarray, sr: int) -> float:
     raw = as_mono(audio)
     y = _prepare(np.where(np.isfinite(raw), raw, 0.0), sr)
     n_fft = window_length(sr)
-    level = 10.0 * np.log10(np.maximum(np.mean(frames(y, n_fft, n_fft // 4) ** 2, axis=0), 1e-12))
+    framed = frames(y, n_fft, n_fft // 4)  # a view; squared a block at a time (a long source would not fit)
+    level = np.concatenate(
+        [np.mean(framed[:, i : i + _BLOCK_FRAMES] ** 2, axis=0) for i in range(0, framed.shape[1], _BLOCK_FRAMES)]
+    )
+    level = 10.0 * np.log10(np.maximum(level, 1e-12))
     loud = float(np.percentile(np.maximum(level, _FLOOR_DB), LOUD_PERCENTILE))
     if loud <= _FLOOR_DB:
         return _FLOOR_DB
