@@ -97,8 +97,8 @@ NOISE_MIN_NOISINESS = 0.35
 NOISE_MAX_LEVEL_SPREAD_DB = 10.0
 # ... with few attacks: steady noise has none, a drum break 4-6 per second.
 NOISE_MAX_ONSET_RATE = 1.0
-# ... and no loud events over a quiet floor: the loud frames stand at most this far over the 10th percentile
-# (steady renders measured 0.1-12.6 dB; a sparse render, two strikes in 30 s over an inaudible floor, 35 dB,
+# ... and no loud events over a quiet floor: the loud frames stand at most this far over the median one
+# (steady renders measured 0.1-12.4 dB; a sparse render, two strikes in 30 s over an inaudible floor, 35 dB,
 # though its 90th percentile is still the floor: RESULTS, "Sparse strikes are not steady; the hiss bed's level").
 NOISE_MAX_LEVEL_RANGE_DB = 20.0
 
