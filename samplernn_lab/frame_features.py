@@ -80,6 +80,11 @@ def _prepare(x: np.ndarray, sr: int) -> np.ndarray:
     return y
 
 
+def _level_db(frames: np.ndarray) -> np.ndarray:
+    """Level (dB) of each column of ``frames`` (n, n_frames): the mean square, floored at -120 dB."""
+    return 10.0 * np.log10(np.maximum(np.mean(frames**2, axis=0), 1e-12))
+
+
 def _octave_bands(n_bins: int, lo_bin: int) -> list[tuple[int, int]]:
     """Octave bands as (start, stop) bin ranges from ``lo_bin`` up, each at least _MIN_BAND_BINS wide."""
     bands, start = [], lo_bin
@@ -102,7 +107,7 @@ def _block_features(frames: np.ndarray, window: np.ndarray, sr: int, n_fft: int,
     """Per-frame features of one block; ``frames`` is (n_fft, n_frames). Returns arrays of (n_frames,)."""
     import scipy.ndimage
 
-    level = 10.0 * np.log10(np.maximum(np.mean(frames**2, axis=0), 1e-12))
+    level = _level_db(frames)
     power = np.abs(np.fft.rfft(frames * window[:, None], axis=0)) ** 2
     power = power[lo_bin:]  # ignore DC and rumble
     n_bins, n_frames = power.shape
@@ -157,7 +162,7 @@ def _noisiness(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     noisiness, hisses, levels = [], [], []
     for i in range(0, framed.shape[1], _BLOCK_FRAMES // 4):
         block = framed[:, i : i + _BLOCK_FRAMES // 4]
-        levels.append(10.0 * np.log10(np.maximum(np.mean(block**2, axis=0), 1e-12)))
+        levels.append(_level_db(block))
         power = np.abs(np.fft.rfft(block * window[:, None], axis=0)) ** 2
         num = np.zeros(block.shape[1])
         for a, b in _octave_bands(power.shape[0], lo_bin):
@@ -291,10 +296,8 @@ def hiss_db(audio: np.ndarray, sr: int) -> float:
     y = _prepare(np.where(np.isfinite(raw), raw, 0.0), sr)
     n_fft = window_length(sr)
     framed = frames(y, n_fft, n_fft // 4)  # a view; squared a block at a time (a long source would not fit)
-    level = np.concatenate(
-        [np.mean(framed[:, i : i + _BLOCK_FRAMES] ** 2, axis=0) for i in range(0, framed.shape[1], _BLOCK_FRAMES)]
-    )
-    level = 10.0 * np.log10(np.maximum(level, 1e-12))
+    blocks = range(0, framed.shape[1], _BLOCK_FRAMES)
+    level = np.concatenate([_level_db(framed[:, i : i + _BLOCK_FRAMES]) for i in blocks])
     loud = float(np.percentile(np.maximum(level, _FLOOR_DB), LOUD_PERCENTILE))
     if loud <= _FLOOR_DB:
         return _FLOOR_DB
