@@ -6,7 +6,7 @@ what the quantisation alone would leave.
 
 Each file is read at ``--sr`` (the sketch's rate), so a source and its renders line up. A render is already
 quantised: the column of its own quantisation agrees with the first (a check of the method). Prints a table: the
-floor as is, after 8-bit linear and mu-law quantisation, and the onset rate and level spread.
+floor as is, after 8-bit linear and mu-law quantisation, the onset and strike rates and the level spread.
 """
 
 from __future__ import annotations
@@ -41,11 +41,12 @@ def main(argv: list[str] | None = None) -> None:
                 f"{lin:.1f}",
                 f"{mu:.1f}",
                 f"{f['onset_rate']:.2f}",
+                f"{f['strike_rate']:.2f}",
                 f"{f['level_spread_db']:.1f}",
                 f"{f['rms_dbfs']:.1f}",
             ]
         )
-    headers = ["file", "hiss dB", "linear 8-bit", "mu-law 8-bit", "onsets/s", "spread dB", "rms dBFS"]
+    headers = ["file", "hiss dB", "linear 8-bit", "mu-law 8-bit", "onsets/s", "strikes/s", "spread dB", "rms dBFS"]
     report(headers, rows, "cpu", note=f"; hiss_db at {args.sr} Hz, dB under the mean bin power")
 
 

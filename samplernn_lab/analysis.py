@@ -205,7 +205,9 @@ def _sentence(category: str, f: dict[str, float]) -> str:
         if f["level_spread_db"] > TONE_MAX_LEVEL_SPREAD_DB:
             what.append("the level rises and falls")
         if f["onset_rate"] >= NO_RHYTHM_RATE:
-            what.append(f"{f['onset_rate']:.1f} onsets per second")
+            what.append(
+                f"{f['onset_rate']:.1f} onsets per second of which {f['strike_rate']:.1f} strike through the hiss"
+            )
         if f["tonal_dominance"] < TONE_MIN_DOMINANCE and f["noisiness"] >= NOISE_MIN_NOISINESS:
             what.append("noisy but uneven")
         detail = ", ".join(what) if what else "it changes over time"

@@ -61,6 +61,11 @@ PITCH_TOLERANCE_SEMITONES = 1.0
 # An onset must stand this far (mean positive dB change over mel bands) above its local average: steady
 # noise and deep tremolo stay below ~1.5, piano notes reach 2-8, drums and syllables 5-30.
 ONSET_DELTA_DB = 2.0
+# A strike lifts the spectral floor (the ``HISS_PERCENTILE``-th percentile bin power of a frame) at least this far
+# over its median at an onset: a broadband attack breaks through whatever hiss lies between the partials, where a
+# held partial that swells or returns after a dropout does not (the demo's pulsing beds: none of their onsets; the
+# glass bells, a tabla loop, a till bell: every one; RESULTS, "Strikes and pulses").
+STRIKE_RISE_DB = 10.0
 # Level of a clipped sample.
 CLIP_LEVEL = 0.999
 
@@ -114,6 +119,7 @@ def _block_features(frames: np.ndarray, window: np.ndarray, sr: int, n_fft: int,
     total = power.sum(axis=0) + 1e-30
 
     flatness = _flatness(power)
+    floor = 10.0 * np.log10(np.maximum(np.percentile(power, HISS_PERCENTILE, axis=0), 1e-30))
 
     # tonal dominance: energy share of the N_PEAKS strongest prominent local maxima, +-2 bins each
     local_median = scipy.ndimage.median_filter(power, size=(2 * PEAK_CONTEXT_BINS + 1, 1), mode="nearest")
@@ -144,7 +150,14 @@ def _block_features(frames: np.ndarray, window: np.ndarray, sr: int, n_fft: int,
 
     freqs = (np.arange(n_bins) + lo_bin) * sr / n_fft
     centroid = (freqs[:, None] * power).sum(axis=0) / total
-    return {"level": level, "flatness": flatness, "dominance": dominance, "dominant": dominant, "centroid": centroid}
+    return {
+        "level": level,
+        "flatness": flatness,
+        "dominance": dominance,
+        "dominant": dominant,
+        "centroid": centroid,
+        "floor": floor,
+    }
 
 
 def _noisiness(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -228,7 +241,9 @@ def features(audio: np.ndarray, sr: int) -> dict[str, float]:
     noise, under -80 for clean partials), ``tonal_dominance`` (share of frame energy in the strongest
     few peaks, 0..1), ``centroid_hz``; ``dominant_hz`` (median frequency of the strongest peak),
     ``pitch_stability`` (share of active frames whose strongest peak is within a
-    semitone of ``dominant_hz``, 0..1), ``onset_rate`` (onsets per second).
+    semitone of ``dominant_hz``, 0..1), ``onset_rate`` (onsets per second), ``strike_rate`` (the onsets per
+    second at which the frame's spectral floor rises ``STRIKE_RISE_DB`` over its median: attacks that break through
+    the hiss, which a held partial's swell or its return after a dropout does not).
     """
     if sr <= 0:
         raise LabError(f"sample rate must be positive, got {sr}")
@@ -251,7 +266,9 @@ def features(audio: np.ndarray, sr: int) -> dict[str, float]:
     long_active = _long_active(long_level, loud)
     near = np.abs(12 * np.log2(dominant / f_med)) <= PITCH_TOLERANCE_SEMITONES
     silent = loud < SILENCE_DBFS
-    onset_rate = 0.0 if silent else len(onset_times(y, sr)) / out["duration_s"]
+    onsets = np.zeros(0) if silent else onset_times(y, sr)
+    onset_rate = len(onsets) / out["duration_s"]
+    strike_rate = _strikes(onsets, ff["floor"], sr) / out["duration_s"]
     if loud <= _FLOOR_DB:  # digital silence: spectral shape and pitch are undefined, report zeros (no hiss at all)
         return {**out, "loud_dbfs": loud, **dict.fromkeys(_SHAPE_FEATURES, 0.0), "hiss_db": _FLOOR_DB}
     out.update(
@@ -267,9 +284,22 @@ def features(audio: np.ndarray, sr: int) -> dict[str, float]:
             "dominant_hz": f_med,
             "pitch_stability": float(np.mean(near)),
             "onset_rate": float(onset_rate),
+            "strike_rate": float(strike_rate),
         }
     )
     return out
+
+
+def _strikes(onsets: np.ndarray, floor_db: np.ndarray, sr: int) -> int:
+    """How many of the ``onsets`` (seconds) lift the spectral floor (dB per analysis frame, shape (n_frames,))
+    ``STRIKE_RISE_DB`` over its median within a frame of the attack: the onsets that break through the hiss."""
+    if len(onsets) == 0:
+        return 0
+    hop = window_length(sr) // 4
+    up = floor_db >= np.median(floor_db) + STRIKE_RISE_DB
+    # onset_times centres its frames, these start at i * hop: the attack's frame starts two hops before
+    first = np.round(np.asarray(onsets) * sr / hop).astype(int) - 2
+    return sum(bool(np.any(up[max(0, i - 1) : max(0, i + 2)])) for i in first)
 
 
 def _long_active(long_level: np.ndarray, loud: float) -> np.ndarray:
@@ -317,6 +347,7 @@ _SHAPE_FEATURES = (
     "dominant_hz",
     "pitch_stability",
     "onset_rate",
+    "strike_rate",
 )
 
 

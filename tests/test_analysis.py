@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from samplernn_lab.analysis import CATEGORIES, Diagnosis, compare, diagnose, diagnose_file
+from samplernn_lab.analysis import (
+    CATEGORIES,
+    Diagnosis,
+    compare,
+    diagnose,
+    diagnose_file,
+)
 from samplernn_lab.audio import dequantize, quantize, save
 from samplernn_lab.cli import format_table
 from samplernn_lab.errors import LabError
@@ -49,9 +55,13 @@ def textile_tone(sr: int, dur: float = 4.0) -> np.ndarray:
     return (0.4 * np.sin(2 * np.pi * 3520 * t) + 0.1 * np.sin(2 * np.pi * 7040 * t)).astype(np.float32)
 
 
-def bells(sr: int, dur: float = 5.0, seed: int = 1) -> np.ndarray:
-    """Struck bells: inharmonic partial sets on five pitches, decaying, overlapping, 0.3-0.8 s apart."""
+def bells(sr: int, dur: float = 5.0, seed: int = 1, mallet: float = 0.0) -> np.ndarray:
+    """Struck bells: inharmonic partial sets on five pitches, decaying, overlapping, 0.3-0.8 s apart; with
+    ``mallet`` > 0 each strike starts with a 5 ms burst of white noise that peaks at ``mallet`` (the glass bells')."""
     rng = np.random.default_rng(seed)
+    hit = np.random.default_rng(seed + 100).standard_normal(int(0.02 * sr)) * np.exp(
+        -np.arange(int(0.02 * sr)) / (0.005 * sr)
+    )
     n = int(sr * dur)
     t = _t(sr, dur)
     out = np.zeros(n)
@@ -68,6 +78,7 @@ def bells(sr: int, dur: float = 5.0, seed: int = 1) -> np.ndarray:
                     * np.sin(2 * np.pi * bases[k % 5] * r * tt + rng.uniform(0, 6))
                     * np.exp(-tt * (1.5 + 2 * j))
                 )
+        out[start : start + len(hit)] += mallet / 3 * hit[: n - start]
         strike += rng.uniform(0.3, 0.8)
         k += 1
     return (out / (1.25 * np.max(np.abs(out)))).astype(np.float32)
@@ -509,3 +520,34 @@ def test_a_noisy_source_raises_the_hiss_bar():
     sr = 16000
     d = diagnose(hiss_bed(sr), sr, noise_bursts(sr, 6.0))
     assert "partials" not in d.sentence  # no noisier than such a source: not the hiss-bed failure
+
+
+def pulsing(x: np.ndarray, sr: int, rate_hz: float = 2.5, gap_s: float = 0.08, depth_db: float = 25.0) -> np.ndarray:
+    """``x`` dropping out by ``depth_db`` for ``gap_s`` ``rate_hz`` times a second and coming straight back: the
+    demo's pulsing beds, whose returns count as onsets though nothing breaks through the hiss."""
+    t = _t(sr, len(x) / sr)
+    gap = (t * rate_hz) % 1.0 < gap_s * rate_hz
+    env = scipy.signal.lfilter([0.02], [1, -0.98], np.where(gap, 10 ** (-depth_db / 20), 1.0))  # ~3 ms edges
+    return (x * env).astype(np.float32)
+
+
+@pytest.mark.parametrize("sr", RATES)
+def test_strikes_break_through_the_hiss_and_pulses_do_not(sr):
+    bed = diagnose(pulsing(moving_drone(sr, -40.0), sr), sr).features
+    struck = diagnose((bells(sr, 6.0, seed=2, mallet=1.0) + white(sr, 6.0, -40.0, seed=5)).astype(np.float32), sr)
+    struck = struck.features
+    assert bed["onset_rate"] > 1.5 and bed["strike_rate"] < 0.5  # its returns are onsets, not strikes
+    assert struck["strike_rate"] > 1.0 and struck["onset_rate"] > 1.0
+    assert diagnose(np.zeros(sr, np.float32), sr).features["strike_rate"] == 0.0
+
+
+def test_a_varied_sentence_counts_the_strikes_among_its_onsets():
+    # the demo's auto epoch: partials dropping out and coming back 2-3 times a second over hiss, varied by the rules;
+    # its sentence says that none of its onsets break through the hiss, where the bells' all do
+    sr, src = 16000, bells(16000, 6.0)
+    pulses = diagnose(pulsing(moving_drone(sr, -50.0), sr), sr, src)
+    struck = diagnose(bells(sr, 6.0, seed=2, mallet=1.0), sr, src)
+    assert pulses.category == struck.category == "varied"
+    assert "onsets per second of which 0.0 strike through the hiss" in pulses.sentence
+    assert f"of which {struck.features['strike_rate']:.1f} strike through" in struck.sentence
+    assert struck.features["strike_rate"] > 1.0
