@@ -5,17 +5,21 @@ The reference is the textbook loop: the same model and windows, forward, backwar
 nothing else. The lab's loop adds metrics, progress, blow-up guards, budgets and checkpoints; the ratio
 shows what they cost. The same reference loop is also timed with the model's layers applied as the
 PyTorch port applies them (``samplernn_lab.model.port_forward``: transposed convolutions, embedding then
-convolution), where the lab's forward uses a matrix product and table lookups with the same result; that
-ratio shows what they save. On a CPU the poster preset runs at a smaller batch (``--poster-batch``): a step
-at batch 128 takes a minute there.
+convolution) and the textbook loss (``F.cross_entropy`` on the logits made float32), and once with the lab's
+layers and the textbook loss, where the lab computes the same loss in cache-sized chunks
+(``samplernn_lab.model.nll_bits``); those ratios show what each saves. On a CPU the poster preset runs at a
+smaller batch (``--poster-batch``): a step at batch 128 takes a minute there. A third row is the README's
+"hour's recipe": the poster preset at its batch of 128 x 1,024 samples with the sketch's size (dim 256, one
+GRU layer, embedding 64) at 16 kHz.
 
-    python benchmarks/bench_train.py [--device cpu|cuda] [--steps N] [--poster-batch B]
+    python benchmarks/bench_train.py [--device cpu|cuda] [--steps N] [--poster-batch B] [--rows NAME ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -26,13 +30,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
 from samplernn_lab.audio import silence_code  # noqa: E402
 from samplernn_lab.dataset import DataConfig, batch_order, load_split, prepare, windows  # noqa: E402
 from samplernn_lab.model import SampleRNN, nll_bits, port_forward  # noqa: E402
-from samplernn_lab.presets import get_preset  # noqa: E402
+from samplernn_lab.presets import apply_overrides, get_preset  # noqa: E402
 from samplernn_lab.train import train  # noqa: E402
 from samplernn_lab.train_start import autocast_dtype  # noqa: E402
 
@@ -47,9 +52,19 @@ def make_dataset(root: Path, data: DataConfig) -> Path:
     return prepare([root / "src.wav"], root / "ds", replace(data, copies=24), progress=False)
 
 
-def reference_loop(model: SampleRNN, codes: torch.Tensor, cfg, steps: int, device, forward=None) -> float:
+HOUR = ["dim=256", "n_rnn=1", "embed_size=64", "sample_rate=16000"]  # README, "Bells on a CPU, given an hour"
+
+
+def textbook_nll_bits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The loss as the port computes it: cross-entropy over the whole batch of logits at once, in float32."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)) / math.log(2.0)
+
+
+def reference_loop(
+    model: SampleRNN, codes: torch.Tensor, cfg, steps: int, device, forward=None, loss_fn=nll_bits
+) -> float:
     """Seconds for ``steps`` plain TBPTT steps (after one warm-up step); ``forward(model, window, hidden)``
-    replaces ``model(window, hidden)`` when given."""
+    replaces ``model(window, hidden)`` and ``loss_fn`` the lab's loss when given."""
     forward = forward or (lambda m, w, h: m(w, h))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     silence = silence_code(model.config.q_levels)
@@ -62,7 +77,7 @@ def reference_loop(model: SampleRNN, codes: torch.Tensor, cfg, steps: int, devic
                 window = window.to(device)
                 with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
                     logits, hidden = forward(model, window, hidden)
-                    loss = nll_bits(logits, window[:, model.lookback :])
+                    loss = loss_fn(logits, window[:, model.lookback :])
                 opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -117,33 +132,35 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--poster-batch", type=int, default=None, help="default 128 on CUDA, 4 on CPU")
+    ap.add_argument("--rows", nargs="+", choices=("sketch", "poster", "hour"), default=["sketch", "poster", "hour"])
     a = ap.parse_args()
     dev = torch.device(a.device)
     poster_batch = a.poster_batch or (128 if dev.type == "cuda" else 4)
     rows = []
-    for name in ("sketch", "poster"):
-        preset = get_preset(name)
+    for name in a.rows:
+        preset = apply_overrides(get_preset("poster"), HOUR) if name == "hour" else get_preset(name)
         if name == "poster":
             preset = replace(preset, train=replace(preset.train, batch_size=poster_batch))
         steps = a.steps if name == "sketch" or dev.type == "cuda" else max(3, a.steps // 5)
         with tempfile.TemporaryDirectory() as tmp:
             dataset = make_dataset(Path(tmp), preset.data)
             codes = load_split(dataset, "train", preset.model.q_levels, preset.model.quantization)
-            torch.manual_seed(0)
-            port = reference_loop(SampleRNN(preset.model).to(dev), codes, preset.train, steps, dev, port_forward)
-            torch.manual_seed(0)
-            ref = reference_loop(SampleRNN(preset.model).to(dev), codes, preset.train, steps, dev)
+            secs = []
+            for forward, loss_fn in ((port_forward, textbook_nll_bits), (None, textbook_nll_bits), (None, nll_bits)):
+                torch.manual_seed(0)
+                model = SampleRNN(preset.model).to(dev)
+                secs.append(reference_loop(model, codes, preset.train, steps, dev, forward, loss_fn))
+            port, textbook, ref = secs
             lab = lab_loop(dataset, preset, steps, a.device)
         per_step = preset.train.batch_size * preset.train.seq_len
         rows.append(
             [
                 name,
-                preset.train.batch_size,
+                f"{preset.train.batch_size} x {preset.train.seq_len}",
                 steps,
-                f"{per_step * steps / port:,.0f}",
-                f"{per_step * steps / ref:,.0f}",
-                f"{per_step * steps / lab:,.0f}",
-                f"{port / ref:.2f}x",
+                *(f"{per_step * steps / t:,.0f}" for t in (port, textbook, ref, lab)),
+                f"{port / textbook:.2f}x",
+                f"{textbook / ref:.2f}x",
                 f"{ref / lab:.2f}x",
                 f"{lab / steps:.3f}",
             ]
@@ -151,13 +168,15 @@ def main() -> None:
         print(rows[-1], flush=True)
     report(
         [
-            "preset",
-            "batch",
+            "row",
+            "batch x seq",
             "steps",
-            "port's convolutions samples/s",
+            "port's layers and loss samples/s",
+            "lab's layers, port's loss samples/s",
             "reference samples/s",
             "lab samples/s",
-            "reference / port",
+            "layers saved",
+            "loss saved",
             "lab / reference",
             "lab s/step",
         ],

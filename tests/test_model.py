@@ -156,6 +156,30 @@ def test_embedding_table_gradients_keep_float32_under_bf16_autocast():
         assert ((got - want).norm() / want.norm()).item() < 1e-3
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nll_bits_in_chunks_equals_cross_entropy_in_value_and_gradient(monkeypatch, dtype):
+    import math
+
+    import samplernn_lab.model as model_module
+
+    monkeypatch.setattr(model_module, "NLL_ROWS", 7)  # 3 x 13 rows: five chunks, the last one short
+    torch.manual_seed(4)
+    logits = (torch.randn(3, 13, 32) * torch.tensor([1.0, 30.0, 0.01])[:, None, None]).to(dtype)
+    targets = torch.randint(0, 32, (3, 13))
+    upstream = 2.5  # the loss scaled, as a gradient scaler does
+
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    got = nll_bits(a, targets)
+    want = torch.nn.functional.cross_entropy(b.reshape(-1, 32).float(), targets.reshape(-1)) / math.log(2.0)
+    (got * upstream).backward()
+    (want * upstream).backward()
+    assert got.dtype == torch.float32 and a.grad.dtype == dtype
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-8)
+    with torch.no_grad():  # validation calls it without a graph
+        torch.testing.assert_close(nll_bits(logits, targets), want.detach(), rtol=1e-6, atol=1e-6)
+
+
 def test_init_torch_keeps_pytorchs_layer_defaults_and_port_the_ports():
     cfg = dict(frame_sizes=(4, 2), dim=32, n_rnn=1, embed_size=8, q_levels=64, weight_norm=False)
     torch.manual_seed(0)
