@@ -6,8 +6,9 @@ nothing else. The lab's loop adds metrics, progress, blow-up guards, budgets and
 shows what they cost. The same reference loop is also timed with the model's layers applied as the
 PyTorch port applies them (``samplernn_lab.model.port_forward``: transposed convolutions, embedding then
 convolution) and the textbook loss (``F.cross_entropy`` on the logits made float32), and once with the lab's
-layers and the textbook loss, where the lab computes the same loss in cache-sized chunks
-(``samplernn_lab.model.nll_bits``); those ratios show what each saves. On a CPU the poster preset runs at a
+layers and the textbook loss, where the lab computes the same loss in chunks of rows
+(``samplernn_lab.model.nll_bits``); those ratios show what each saves. The three run in one order, then in the
+other, and each time is the mean of its two. On a CPU the poster preset runs at a
 smaller batch (``--poster-batch``): a step at batch 128 takes a minute there. A third row is the README's
 "hour's recipe": the poster preset at its batch of 128 x 1,024 samples with the sketch's size (dim 256, one
 GRU layer, embedding 64) at 16 kHz.
@@ -145,12 +146,19 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             dataset = make_dataset(Path(tmp), preset.data)
             codes = load_split(dataset, "train", preset.model.q_levels, preset.model.quantization)
-            secs = []
-            for forward, loss_fn in ((port_forward, textbook_nll_bits), (None, textbook_nll_bits), (None, nll_bits)):
+            loops = {
+                "port": (port_forward, textbook_nll_bits),
+                "textbook": (None, textbook_nll_bits),
+                "ref": (None, nll_bits),
+            }
+            secs = dict.fromkeys(loops, 0.0)
+            # In one order and then the other: a loop's place in the process (what the heap holds, the caches)
+            # can move its time (benchmarks/RESULTS.md, "The loss in chunks").
+            for loop in [*loops, *reversed(loops)]:
                 torch.manual_seed(0)
                 model = SampleRNN(preset.model).to(dev)
-                secs.append(reference_loop(model, codes, preset.train, steps, dev, forward, loss_fn))
-            port, textbook, ref = secs
+                secs[loop] += reference_loop(model, codes, preset.train, steps, dev, *loops[loop]) / 2
+            port, textbook, ref = secs["port"], secs["textbook"], secs["ref"]
             lab = lab_loop(dataset, preset, steps, a.device)
         per_step = preset.train.batch_size * preset.train.seq_len
         rows.append(

@@ -337,50 +337,61 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-# Rows of logits the loss reads at a time on a CPU: 2,048 x 256 levels in float32 is 2 MiB, so each chunk's
-# float copy, exponentials and gradient stay in cache instead of crossing memory several times. A GPU's memory
-# is fast enough and a chunk per kernel launch would cost more than it saves: there one chunk is all the rows.
+# Rows of logits the loss reads at a time on a CPU: 2,048 x 256 levels in float32 is 2 MiB, so a step's
+# temporaries are a few MiB instead of several 128 MiB float32 copies at the poster's batch. On a GPU one chunk
+# is all the rows (a chunk per kernel launch would cost more than it saves; not measured there).
 NLL_ROWS = 2048
 
 
-def _chunk_rows(logits: torch.Tensor) -> int:
-    return NLL_ROWS if logits.device.type == "cpu" else max(1, logits.shape[0])
+# exp's arguments stop here: exp(-80) = 1.8e-35 adds nothing to a float32 sum holding 1 (a softmax's denominator),
+# and on a CPU torch's exp is about 70x slower where its result would underflow, which a trained model's unlikely
+# levels, most of them, do. The backward pass folds its scale into the argument for the same reason (no products
+# in the subnormal range).
+EXP_FLOOR = -80.0
+
+
+def _row_chunks(logits: torch.Tensor) -> list[slice]:
+    """Slices of :data:`NLL_ROWS` rows of ``logits`` (N, q) on a CPU; elsewhere one slice of all of them."""
+    n = logits.shape[0]
+    rows = NLL_ROWS if logits.device.type == "cpu" else max(1, n)
+    return [slice(s, s + rows) for s in range(0, n, rows)]
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
     """``F.cross_entropy(logits.float(), targets)`` (mean over rows) in chunks of :data:`NLL_ROWS` rows.
 
-    The same value and gradient, computed in float32 whatever the logits' dtype. Forward keeps each row's
-    log-sum-exp; backward is ``softmax - one_hot`` from it, in the logits' dtype. At the poster's batch of
-    128 x 1,024 samples the library's log-softmax and its backward cross memory several times in float32:
-    there a CPU training step of the sketch's size is 1.17x faster this way, the sketch's own 1.07x
-    (``benchmarks/RESULTS.md``, "The loss in chunks").
+    The same value and gradient to float32 rounding, whatever the logits' dtype. Forward keeps each row's
+    log-sum-exp; backward is ``softmax - one_hot`` from it, computed in float32 and returned in the logits'
+    dtype. At the poster's batch of 128 x 1,024 samples PyTorch's log-softmax and its backward make several
+    128 MiB float32 copies a step: there a CPU training step of the sketch's size is 1.17x faster in ``train``
+    this way (``benchmarks/RESULTS.md``, "The loss in chunks").
     """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        n, rows = logits.shape[0], _chunk_rows(logits)
-        lse = torch.empty(n, dtype=torch.float32, device=logits.device)
+        lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
         sums = []
-        for s in range(0, n, rows):
-            x, t = logits[s : s + rows].float(), targets[s : s + rows, None]
-            lse[s : s + rows] = torch.logsumexp(x, dim=1)
-            sums.append((lse[s : s + rows] - x.gather(1, t)[:, 0]).sum())
+        for c in _row_chunks(logits):
+            x, t = logits[c].float(), targets[c, None]
+            top = x.amax(dim=1, keepdim=True)
+            lse[c] = top[:, 0] + (x - top).clamp_(min=EXP_FLOOR).exp_().sum(dim=1).log_()
+            sums.append((lse[c] - x.gather(1, t)[:, 0]).sum())
         ctx.save_for_backward(logits, targets, lse)
-        return torch.stack(sums).sum() / n
+        return torch.stack(sums).sum() / logits.shape[0]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         logits, targets, lse = ctx.saved_tensors
-        n, rows = logits.shape[0], _chunk_rows(logits)
         out = torch.empty_like(logits)
-        scale = grad.float() / n
-        for s in range(0, n, rows):
-            p = torch.exp(logits[s : s + rows].float() - lse[s : s + rows, None])
-            t = targets[s : s + rows, None]
-            p.scatter_add_(1, t, p.new_full(t.shape, -1.0))
-            out[s : s + rows] = p.mul_(scale)
+        scale = grad.float() / logits.shape[0]
+        log_scale, sign, minus = scale.abs().log(), scale.sign(), -scale.abs()
+        for c in _row_chunks(logits):
+            # |scale| * softmax, as one exp; then |scale| off at the target, and the sign
+            p = (logits[c].float() - lse[c, None]).add_(log_scale).clamp_(min=EXP_FLOOR).exp_()
+            t = targets[c, None]
+            p.scatter_add_(1, t, minus.expand(t.shape))
+            out[c] = p.mul_(sign)
         return out, None
 
 
@@ -388,7 +399,7 @@ def nll_bits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood in bits per sample; logits (B, T, q), targets (B, T) long in [0, q).
 
     Computed in float32 in chunks of rows (:class:`_ChunkedCrossEntropy`): ``F.cross_entropy`` on the logits
-    made float32, divided by ln 2, in value and gradient.
+    made float32, divided by ln 2, in value and gradient (to float32 rounding).
     """
     flat = logits.reshape(-1, logits.shape[-1])
     return _ChunkedCrossEntropy.apply(flat, targets.reshape(-1)) / math.log(2.0)

@@ -157,22 +157,26 @@ def test_embedding_table_gradients_keep_float32_under_bf16_autocast():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_nll_bits_in_chunks_equals_cross_entropy_in_value_and_gradient(monkeypatch, dtype):
+@pytest.mark.parametrize("upstream", [2.5, -0.5])  # the loss scaled, as a gradient scaler does; a sign
+def test_nll_bits_in_chunks_equals_cross_entropy_in_value_and_gradient(monkeypatch, dtype, upstream):
     import math
 
     import samplernn_lab.model as model_module
 
-    monkeypatch.setattr(model_module, "NLL_ROWS", 7)  # 3 x 13 rows: five chunks, the last one short
+    monkeypatch.setattr(model_module, "NLL_ROWS", 7)  # 3 x 13 rows: six chunks, the last one short
+    chunks = []
+    row_chunks = model_module._row_chunks
+    monkeypatch.setattr(model_module, "_row_chunks", lambda x: chunks.append(row_chunks(x)) or chunks[-1])
     torch.manual_seed(4)
     logits = (torch.randn(3, 13, 32) * torch.tensor([1.0, 30.0, 0.01])[:, None, None]).to(dtype)
-    targets = torch.randint(0, 32, (3, 13))
-    upstream = 2.5  # the loss scaled, as a gradient scaler does
+    targets = torch.randint(0, 32, (3, 15))[:, 2:]  # a window's targets: a slice, not contiguous
 
     a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
     got = nll_bits(a, targets)
     want = torch.nn.functional.cross_entropy(b.reshape(-1, 32).float(), targets.reshape(-1)) / math.log(2.0)
     (got * upstream).backward()
     (want * upstream).backward()
+    assert [[len(range(39)[c]) for c in call] for call in chunks] == [[7, 7, 7, 7, 7, 4]] * 2  # forward, backward
     assert got.dtype == torch.float32 and a.grad.dtype == dtype
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-8)
