@@ -364,7 +364,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     log-sum-exp; backward is ``softmax - one_hot`` from it, computed in float32 and returned in the logits'
     dtype. At the poster's batch of 128 x 1,024 samples PyTorch's log-softmax and its backward make several
     128 MiB float32 copies a step: there a CPU training step of the sketch's size is 1.17x faster in ``train``
-    this way (``benchmarks/RESULTS.md``, "The loss in chunks").
+    this way, the sketch's own 1.09x (``benchmarks/RESULTS.md``, "The loss in chunks").
     """
 
     @staticmethod
