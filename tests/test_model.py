@@ -156,8 +156,9 @@ def test_embedding_table_gradients_keep_float32_under_bf16_autocast():
         assert ((got - want).norm() / want.norm()).item() < 1e-3
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("upstream", [2.5, -0.5])  # the loss scaled, as a gradient scaler does; a sign
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+# the loss scaled, as a gradient scaler does; a sign; a scale under the exponent's floor; none
+@pytest.mark.parametrize("upstream", [2.5, 65536.0, -0.5, 1e-30, 0.0])
 def test_nll_bits_in_chunks_equals_cross_entropy_in_value_and_gradient(monkeypatch, dtype, upstream):
     import math
 
@@ -179,7 +180,9 @@ def test_nll_bits_in_chunks_equals_cross_entropy_in_value_and_gradient(monkeypat
     assert [[len(range(39)[c]) for c in call] for call in chunks] == [[7, 7, 7, 7, 7, 4]] * 2  # forward, backward
     assert got.dtype == torch.float32 and a.grad.dtype == dtype
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-8 * abs(upstream))
+    if upstream == 0.0:
+        assert not a.grad.any()
     with torch.no_grad():  # validation calls it without a graph
         torch.testing.assert_close(nll_bits(logits, targets), want.detach(), rtol=1e-6, atol=1e-6)
 
