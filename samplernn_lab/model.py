@@ -338,8 +338,8 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 # Rows of logits the loss reads at a time on a CPU: 2,048 x 256 levels in float32 is 2 MiB, so a step's
-# temporaries are a few MiB instead of several 128 MiB float32 copies at the poster's batch. On a GPU one chunk
-# is all the rows (a chunk per kernel launch would cost more than it saves; not measured there).
+# temporaries are a few MiB instead of several 128 MiB float32 copies at the poster's batch. On a GPU, whose
+# memory is fast and where each chunk costs kernel launches, one chunk is all the rows (not measured there).
 NLL_ROWS = 2048
 
 
