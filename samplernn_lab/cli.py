@@ -8,6 +8,7 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 
 from .cli_pipeline import _add_pipeline, _batch, _demo, _run
 from .errors import LabError
@@ -333,7 +334,8 @@ def _add_diagnose(sub) -> None:
         "--source",
         metavar="SOURCE",
         help="the sound the renders were trained on: adds resemblance "
-        "(0 = like the source, 1 = like noise of its colour) and the share copied verbatim",
+        "(0 = like the source, 1 = like noise of its colour) and the share copied verbatim; a render's JSON "
+        "sidecar (written by generate) gives the levels it was played with, else 256",
     )
 
 
@@ -344,7 +346,7 @@ def _diagnose(a) -> None:
     from .audio import load
     from .spectral import SILENT_PEAK
 
-    profiles: dict[int, SourceProfile] = {}  # one per sample rate among the files
+    profiles: dict[tuple[int, int | None], SourceProfile] = {}  # one per sample rate and levels among the files
 
     def source_at(path: str) -> SourceProfile | None:
         if a.source is None:
@@ -355,15 +357,26 @@ def _diagnose(a) -> None:
             sr = sf.info(path).samplerate
         except RuntimeError:
             sr = load(path)[1]
-        if sr not in profiles:
+        levels = _render_levels(path)
+        if (sr, levels) not in profiles:
             audio = load(a.source, sr)[0]
             if float(np.max(np.abs(audio))) < SILENT_PEAK:  # no level to compare at: every render would read ~1e6
                 raise LabError(f"{a.source}: source is silent (peak below -80 dBFS): nothing to compare a render with")
-            profiles[sr] = SourceProfile(audio, sr)
-        return profiles[sr]
+            profiles[sr, levels] = SourceProfile(audio, sr, **({"q_levels": levels} if levels else {}))
+        return profiles[sr, levels]
 
     rows = [diagnose_file(f, source_at(f)) for f in a.files]
     print(json.dumps(rows, indent=1) if a.json else format_table(rows))
+
+
+def _render_levels(path: str) -> int | None:
+    """The levels a render was played with, from the JSON sidecar ``generate`` writes beside it (its
+    ``q_levels``); None where there is none or it says nothing usable (the source profile's default then)."""
+    try:
+        levels = json.loads(Path(path).with_suffix(".json").read_text()).get("q_levels")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return levels if isinstance(levels, int) and not isinstance(levels, bool) and levels >= 2 else None
 
 
 def _truncate(text: str, width: int, keep_end: bool = False) -> str:

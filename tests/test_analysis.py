@@ -478,6 +478,25 @@ def test_held_partials_that_swell_over_hiss_are_a_hiss_bed(sr):
     assert "partials" not in coarse.sentence and coarse.features["hiss_db"] == f["hiss_db"]
 
 
+def test_diagnose_cli_takes_a_renders_levels_from_its_sidecar(tmp_path, capsys):
+    from samplernn_lab.cli import main
+
+    sr = 16000
+    save(tmp_path / "bed.wav", swelling(moving_drone(sr, -50.0), sr), sr)
+    save(tmp_path / "src.wav", bells(sr, 6.0), sr)
+
+    def row() -> dict:
+        assert main(["diagnose", str(tmp_path / "bed.wav"), "--source", str(tmp_path / "src.wav"), "--json"]) == 0
+        return json.loads(capsys.readouterr().out)[0]
+
+    assert "held partials over a hiss" in row()["sentence"]  # no sidecar: 256 levels
+    (tmp_path / "bed.json").write_text(json.dumps({"q_levels": 16, "seed": 0}))  # as generate writes it
+    assert "partials" not in row()["sentence"]  # 16 levels leave that much hiss on the bells themselves
+    for junk in ("not json", "[16]", json.dumps({"q_levels": "16"})):  # not a sidecar the lab wrote: 256 again
+        (tmp_path / "bed.json").write_text(junk)
+        assert "held partials over a hiss" in row()["sentence"]
+
+
 @pytest.mark.parametrize("sr", RATES)
 def test_the_hiss_the_levels_leave_is_not_a_hiss_bed(sr):
     # an unstruck source (a swelling drone, loud enough that 256 levels leave little hiss): only the hiss decides
