@@ -56,6 +56,9 @@ def reference_loop(dataset: Path, out: Path, preset, budgets: list[float], on_bu
     budget."""
     from samplernn_lab.audio import silence_code
     from samplernn_lab.train import evaluate
+    from samplernn_lab.train_start import keep_freed_memory
+
+    keep_freed_memory()  # the allocator setting the lab's training makes: the process's, not the lab's machinery
 
     m = preset.model  # the lab's sizes and quantisation ("same size, same quantisation")
     cfg = type(m)(**{**m.__dict__, "weight_norm": False, "learn_h0": False, "dropout": 0.0})

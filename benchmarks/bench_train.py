@@ -8,8 +8,10 @@ PyTorch port applies them (``samplernn_lab.model.port_forward``: transposed conv
 convolution) and the textbook loss (``F.cross_entropy`` on the logits made float32), and once with the lab's
 layers and the textbook loss, where the lab computes the same loss in chunks of rows
 (``samplernn_lab.model.nll_bits``); those ratios show what each saves. The three run in one order, then in the
-other, and each time is the mean of its two. On a CPU the poster preset runs at a
-smaller batch (``--poster-batch``): a step at batch 128 takes a minute there. A third row is the README's
+other, and each time is the mean of its two; on a CPU all of them with the allocator setting the lab's
+training makes (``samplernn_lab.train_start.keep_freed_memory``), which is the process's, not the loop's.
+On a CPU the poster preset runs at a smaller batch (``--poster-batch``): a step at batch 128 takes a minute
+there. A third row is the README's
 "hour's recipe": the poster preset at its batch of 128 x 1,024 samples with the sketch's size (dim 256, one
 GRU layer, embedding 64) at 16 kHz.
 
@@ -40,7 +42,7 @@ from samplernn_lab.dataset import DataConfig, batch_order, load_split, prepare, 
 from samplernn_lab.model import SampleRNN, nll_bits, port_forward  # noqa: E402
 from samplernn_lab.presets import apply_overrides, get_preset  # noqa: E402
 from samplernn_lab.train import train  # noqa: E402
-from samplernn_lab.train_start import autocast_dtype  # noqa: E402
+from samplernn_lab.train_start import autocast_dtype, keep_freed_memory  # noqa: E402
 
 
 def make_dataset(root: Path, data: DataConfig) -> Path:
@@ -136,6 +138,8 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", choices=("sketch", "poster", "hour"), default=["sketch", "poster", "hour"])
     a = ap.parse_args()
     dev = torch.device(a.device)
+    if dev.type == "cpu":  # the lab's training does; here before every loop, so the ratios are the code's alone
+        keep_freed_memory()
     poster_batch = a.poster_batch or (128 if dev.type == "cuda" else 4)
     rows = []
     for name in a.rows:

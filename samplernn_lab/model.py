@@ -133,7 +133,38 @@ def embed_window(prev: torch.Tensor, table: torch.Tensor, weight: torch.Tensor) 
             return F.linear(e, weight.float().permute(0, 2, 1).reshape(dim, -1))
         luts = position_tables(table.float(), weight.float()).reshape(k * q, dim)  # row j*q + c
         rows = codes + torch.arange(0, k * q, q, device=prev.device)
-        return F.embedding_bag(rows.reshape(-1, k), luts, mode="sum").reshape(codes.shape[0], t, dim)
+        bags = rows.reshape(-1, k)
+        if prev.device.type == "cpu" and luts.requires_grad:
+            out = _LookupSum.apply(bags, luts)
+        else:
+            out = F.embedding_bag(bags, luts, mode="sum")
+        return out.reshape(codes.shape[0], t, dim)
+
+
+class _LookupSum(torch.autograd.Function):
+    """``F.embedding_bag(rows, table, mode="sum")`` whose backward adds each bag's gradient into its rows
+    with ``index_add_``, once per column of ``rows``.
+
+    The same gradient to float32 rounding. On a CPU embedding_bag's own backward sorts every row index
+    first: at the poster's batch (128 x 1,024 bags of 2) about a fifth of a training step of the sketch's
+    size, where ``index_add_`` takes a quarter of its time and adds in a fixed order (``benchmarks/RESULTS.md``,
+    "The embedding's gradient"). Used on a CPU only; a GPU keeps embedding_bag's (not measured there).
+    """
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows)
+        ctx.table_rows = table.shape[0]
+        return F.embedding_bag(rows, table, mode="sum")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        (rows,) = ctx.saved_tensors
+        out = grad.new_zeros(ctx.table_rows, grad.shape[1])
+        for j in range(rows.shape[1]):
+            out.index_add_(0, rows[:, j], grad)
+        return None, out
 
 
 class FrameTier(nn.Module):
