@@ -146,9 +146,9 @@ class _LookupSum(torch.autograd.Function):
     with ``index_add_``, once per column of ``rows``.
 
     The same gradient to float32 rounding. On a CPU embedding_bag's own backward sorts every row index
-    first: at the poster's batch (128 x 1,024 bags of 2) about a fifth of a training step of the sketch's
-    size, where ``index_add_`` takes a quarter of its time and adds in a fixed order (``benchmarks/RESULTS.md``,
-    "The embedding's gradient"). Used on a CPU only; a GPU keeps embedding_bag's (not measured there).
+    first: at the poster's batch (128 x 1,024 bags of 8) about a fifth of a training step of the sketch's
+    size, where ``index_add_`` takes half of its time and adds in a fixed order (``benchmarks/RESULTS.md``,
+    "The allocator and the embedding's gradient"). Used on a CPU only; a GPU keeps embedding_bag's (not measured there).
     """
 
     @staticmethod
@@ -394,8 +394,9 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     The same value and gradient to float32 rounding, whatever the logits' dtype. Forward keeps each row's
     log-sum-exp; backward is ``softmax - one_hot`` from it, computed in float32 and returned in the logits'
     dtype. At the poster's batch of 128 x 1,024 samples PyTorch's log-softmax and its backward make several
-    128 MiB float32 copies a step: there a CPU training step of the sketch's size is 1.17x faster in ``train``
-    this way, the sketch's own 1.09x (``benchmarks/RESULTS.md``, "The loss in chunks").
+    128 MiB float32 copies a step: there a CPU training step of the sketch's size was 1.17x faster in ``train``
+    this way, the sketch's own 1.09x (``benchmarks/RESULTS.md``, "The loss in chunks"); since training keeps freed
+    pages (``train_start.keep_freed_memory``) 1.06x and about 1x ("The allocator and the embedding's gradient").
     """
 
     @staticmethod
