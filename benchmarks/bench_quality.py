@@ -53,12 +53,17 @@ REFERENCE_SEQ_LEN, REFERENCE_BATCH, REFERENCE_LR = 512, 16, 1e-3  # the textbook
 
 def reference_loop(dataset: Path, out: Path, preset, budgets: list[float], on_budget) -> None:
     """The textbook loop: train, and call ``on_budget(minutes, model, val_bits, best_val_bits, steps)`` at each
-    budget."""
-    from samplernn_lab.audio import silence_code
-    from samplernn_lab.train import evaluate
+    budget. Under the allocator setting the lab's training makes (``train_start.keep_freed_memory``): the
+    process's, not the lab's machinery."""
     from samplernn_lab.train_start import keep_freed_memory
 
-    keep_freed_memory()  # the allocator setting the lab's training makes: the process's, not the lab's machinery
+    with keep_freed_memory():
+        _reference_loop(dataset, out, preset, budgets, on_budget)
+
+
+def _reference_loop(dataset: Path, out: Path, preset, budgets: list[float], on_budget) -> None:
+    from samplernn_lab.audio import silence_code
+    from samplernn_lab.train import evaluate
 
     m = preset.model  # the lab's sizes and quantisation ("same size, same quantisation")
     cfg = type(m)(**{**m.__dict__, "weight_norm": False, "learn_h0": False, "dropout": 0.0})

@@ -138,8 +138,13 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", choices=("sketch", "poster", "hour"), default=["sketch", "poster", "hour"])
     a = ap.parse_args()
     dev = torch.device(a.device)
-    if dev.type == "cpu":  # the lab's training does; here before every loop, so the ratios are the code's alone
-        keep_freed_memory()
+    # the lab's training holds it on a CPU; here around every loop, so the ratios are the code's alone
+    with keep_freed_memory() if dev.type == "cpu" else nullcontext():
+        measure(a, dev)
+
+
+def measure(a: argparse.Namespace, dev: torch.device) -> None:
+    """The table and the poster's memory (see the module's docstring)."""
     poster_batch = a.poster_batch or (128 if dev.type == "cuda" else 4)
     rows = []
     for name in a.rows:

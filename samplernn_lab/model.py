@@ -396,7 +396,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     dtype. At the poster's batch of 128 x 1,024 samples PyTorch's log-softmax and its backward make several
     128 MiB float32 copies a step: there a CPU training step of the sketch's size was 1.17x faster in ``train``
     this way, the sketch's own 1.09x (``benchmarks/RESULTS.md``, "The loss in chunks"); since training keeps freed
-    pages (``train_start.keep_freed_memory``) 1.06x and about 1x ("The allocator and the embedding's gradient").
+    pages (``train_start.keep_freed_memory``) ``bench_train.py``'s loops gain 1.06x and about 1x from it ("The
+    allocator and the embedding's gradient").
     """
 
     @staticmethod

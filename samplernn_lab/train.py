@@ -31,9 +31,9 @@ from .distributed import any_rank, barrier, setup_distributed, teardown_distribu
 from .epoch_renders import epoch_render
 from .model import SampleRNN, eval_mode, nll_bits
 from .rundir import MetricsWriter, RunDir, claim
+from .train_start import keep_freed_memory, start
 from .train_start import new_state as new_state  # re-exported: the old import path
 from .train_start import resume_state as resume_state  # re-exported
-from .train_start import start
 from .train_state import Session, TrainResult, TrainState, _detach, _set_lr, _to
 
 __all__ = [
@@ -95,6 +95,8 @@ def train(
                 stack.enter_context(claim(session.run, session.run_config, resume, session.say))
                 session.log = stack.enter_context(MetricsWriter(session.run.metrics))
             stopper = stack.enter_context(_Stop().installed())
+            if session.device.type == "cpu":
+                stack.enter_context(keep_freed_memory())
             while state.cfg.epochs is None or state.epoch < state.cfg.epochs:
                 status = run_epoch(state, session, stopper)
                 if status:  # a budget spent or a signal: keep the place, show the curve

@@ -5,8 +5,11 @@ from __future__ import annotations
 import copy
 import ctypes
 import math
+import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -46,8 +49,6 @@ def start(
     """Everything a run needs before it writes anything: settings (resumed or new), the dataset read,
     the model built. Raises LabError for a folder that is not this run's to write, or a bad dataset."""
     dev = pick_device(device)
-    if dev.type == "cpu":
-        keep_freed_memory()
     saved = None
     if resume:
         if not run.last.exists():
@@ -114,32 +115,63 @@ def warn_if_quiet(dataset: Path, train_codes: torch.Tensor, model_config: ModelC
         )
 
 
-# glibc's mallopt parameters (malloc.h)
+# glibc's mallopt parameters (malloc.h) and their defaults
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_GLIBC_DEFAULTS = ((_M_MMAP_MAX, 65536), (_M_TRIM_THRESHOLD, 128 * 1024))
+_KEPT = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+_held = {"depth": 0, "took": False}  # nested blocks (a benchmark around train): only the outermost sets and restores
 
 
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep what a training step frees for the next step; True where it took.
+def _glibc():
+    """The C library when it is glibc on Linux, else None (macOS, musl: their mallopt is not glibc's)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    if not (hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")):
+        return None
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return libc
+
+
+def _own_malloc_settings() -> bool:
+    """Whether the user set glibc's malloc up themselves (environment): then the lab leaves it alone."""
+    return any(k.startswith("MALLOC_") for k in os.environ) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")
+
+
+@contextmanager
+def keep_freed_memory() -> Iterator[bool]:
+    """While in the block, glibc's malloc keeps what a training step frees for the next; yields whether it took.
 
     By default glibc gives every block over 32 MiB (a step's activations at the poster's batch are 64-128 MiB
     each) its own mapping and returns it to the system when freed, so the next step faults in every page
-    again: about a fifth of a CPU step's time. With mappings off (``M_MMAP_MAX`` 0) and the heap's top kept up to
-    2 GiB (``M_TRIM_THRESHOLD``) the pages stay the process's: a CPU training step of the sketch's size at the
-    poster's batch 1.3x faster, the sketch's own about 1.05x (``benchmarks/RESULTS.md``, "The allocator and the
-    embedding's gradient"). The price is the process keeping its peak memory until it exits. Affects the whole
-    process from the call on; does nothing where the C library is not glibc (macOS, musl) or the OS not Linux.
+    again: about a fifth of a CPU step's time. In the block, mappings are off (``M_MMAP_MAX`` 0) and the heap's
+    top is kept up to 2 GiB (``M_TRIM_THRESHOLD``): a CPU training step of the sketch's size at the poster's
+    batch 1.3x faster, the sketch's own about 1.05x (``benchmarks/RESULTS.md``, "The allocator and the embedding's
+    gradient"). On leaving, glibc's defaults are set again and the heap's free memory is returned
+    (``malloc_trim``). Only the outermost of nested blocks does either. Does nothing where the C library is not
+    glibc on Linux, or where the environment sets glibc's malloc up already (a ``MALLOC_*`` variable or
+    ``glibc.malloc`` tunables; an allocator loaded with ``LD_PRELOAD`` is not seen, and the call then changes
+    nothing). Blocks allocated by other threads over 64 MiB still get their own mappings (a thread's arena); the
+    lab's training allocates on the thread that called it.
     """
-    if not sys.platform.startswith("linux"):
-        return False
+    outermost = _held["depth"] == 0
+    libc = _glibc() if outermost and not _own_malloc_settings() else None
+    took = libc is not None and all(libc.mallopt(p, v) == 1 for p, v in _KEPT)
+    if outermost:
+        _held["took"] = took
+    _held["depth"] += 1
     try:
-        libc = ctypes.CDLL(None)
-        if not hasattr(libc, "gnu_get_libc_version"):  # not glibc: musl's mallopt does nothing
-            return False
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+        yield _held["took"]
+    finally:
+        _held["depth"] -= 1
+        if took:
+            for p, v in _GLIBC_DEFAULTS:
+                libc.mallopt(p, v)
+            libc.malloc_trim(0)
 
 
 def cpu_bf16() -> bool:
