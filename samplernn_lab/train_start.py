@@ -160,15 +160,14 @@ def keep_freed_memory() -> Iterator[bool]:
     """
     outermost = _held["depth"] == 0
     libc = _glibc() if outermost and not _own_malloc_settings() else None
-    took = libc is not None and all(libc.mallopt(p, v) == 1 for p, v in _KEPT)
-    if outermost:
-        _held["took"] = took
+    if outermost:  # a list, not a generator: each setting is tried, and all are restored below
+        _held["took"] = libc is not None and all([libc.mallopt(p, v) == 1 for p, v in _KEPT])
     _held["depth"] += 1
     try:
         yield _held["took"]
     finally:
         _held["depth"] -= 1
-        if took:
+        if libc is not None:
             for p, v in _GLIBC_DEFAULTS:
                 libc.mallopt(p, v)
             libc.malloc_trim(0)
