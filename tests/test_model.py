@@ -134,6 +134,25 @@ def test_forward_and_gradients_equal_the_convolutional_form(weight_norm, q_level
         torch.testing.assert_close(fast_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_table_lookups_gradient_in_parts_equals_embedding_bags():
+    # On a CPU the lookups' backward adds LOOKUP_BAGS bags at a time, every position per part: over several
+    # parts, a short last one and rows repeated within a bag, the table's gradient is embedding_bag's own
+    from samplernn_lab.model import LOOKUP_BAGS, _LookupSum
+
+    torch.manual_seed(4)
+    n, k, q, dim = 3 * LOOKUP_BAGS + 5, 3, 16, 8
+    rows = torch.randint(0, k * q, (n, k))
+    rows[:10, 1] = rows[:10, 0]
+    upstream = torch.randn(n, dim, dtype=torch.float64)  # float64: the two add in different orders
+    grads = []
+    for lookup in (_LookupSum.apply, lambda r, t: torch.nn.functional.embedding_bag(r, t, mode="sum")):
+        table = torch.randn(k * q, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+        table.requires_grad_()
+        (lookup(rows, table) * upstream).sum().backward()
+        grads.append(table.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 def test_embedding_table_gradients_keep_float32_under_bf16_autocast():
     # A silent stretch is thousands of one code: summed in bfloat16, its table row's gradient would lose
     # a third of itself. The tables are built and summed in float32 whatever the autocast.
