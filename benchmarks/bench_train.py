@@ -11,9 +11,8 @@ layers and the textbook loss, where the lab computes the same loss in chunks of 
 other, and each time is the mean of its two; on a CPU all of them with the allocator setting the lab's
 training makes (``samplernn_lab.train_start.keep_freed_memory``), which is the process's, not the loop's.
 On a CPU the poster preset runs at a smaller batch (``--poster-batch``): a step at batch 128 takes a minute
-there. A third row is the README's
-"hour's recipe": the poster preset at its batch of 128 x 1,024 samples with the sketch's size (dim 256, one
-GRU layer, embedding 64) at 16 kHz.
+there. A third row is the README's "hour's recipe": the poster preset at its batch of 128 x 1,024 samples
+with the sketch's size (dim 256, one GRU layer, embedding 64) at 16 kHz.
 
     python benchmarks/bench_train.py [--device cpu|cuda] [--steps N] [--poster-batch B] [--rows NAME ...]
 """

@@ -168,7 +168,7 @@ class _LookupSum(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
         (rows,) = ctx.saved_tensors
         out = grad.new_zeros(ctx.table_rows, grad.shape[1])
-        # a few MiB of bags at a time, every position's rows added while they are in cache: the gradient is read
+        # LOOKUP_BAGS bags at a time, every position's rows added while that part is in cache: the gradient is read
         # from memory once, not once per position (the same sums in the same order, sample after sample)
         for s in range(0, rows.shape[0], LOOKUP_BAGS):
             part, part_rows = grad[s : s + LOOKUP_BAGS], rows[s : s + LOOKUP_BAGS]
