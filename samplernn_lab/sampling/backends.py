@@ -60,7 +60,9 @@ class NumbaBackend:
     """The per-sample loop of a frame in one compiled numba call (CPU); noise from numpy, per frame."""
 
     name = "numba"
-    torch_threads = 1  # torch's OpenMP threads spin between ops and starve the kernel's BLAS threads
+    # one torch thread: two made a quiet 2-core CPU 1.1-1.5x faster but doubled the CPU time (the second spins
+    # between ops), and with another training on the cores rendered 3-9x slower (benchmarks/RESULTS.md)
+    torch_threads = 1
     graphable = False
 
     def __init__(
