@@ -5,16 +5,20 @@ with its own resources, as a second ``ray start --address=...`` would make).
 By default every run is dispatch only: its source is not audio, so the run fails in its first check,
 and the wall time is what scheduling costs per run (a subprocess and the lab's import without Ray; a
 task, its arguments and a worker with Ray). With ``--chain`` every run is the whole notebook chain on a
-tiny model, the same in every mode. Each mode runs ``--parallel`` runs at once; Ray's start-up is
-measured apart from the batch.
+tiny model (``--sketch``: the sketch preset's sizes), the same in every mode. Each mode runs ``--parallel``
+runs at once; Ray's start-up is measured apart from the batch. ``--threads`` adds the local mode as it was
+before its runs shared the cores: every run's torch on every core (``OMP_NUM_THREADS`` = the cores, which the
+runner keeps when the user sets it), paired with the shared mode in each repeat.
 
-    python benchmarks/bench_batch.py [--runs N] [--parallel P] [--repeats R] [--chain [--steps S]]
+    python benchmarks/bench_batch.py [--runs N] [--parallel P] [--repeats R] [--chain [--steps S] [--sketch]]
+                                     [--threads] [--no-ray]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -27,6 +31,7 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
 from samplernn_lab.batch import batch, start_local_ray  # noqa: E402
+from samplernn_lab.batch_runners import _cores  # noqa: E402
 
 TINY = ["dim=16", "embed_size=8", "chunk_seconds=0.5", "copies=2", "seq_len=256", "batch_size=4", "render_seconds=0.1"]
 
@@ -49,9 +54,11 @@ def not_audio(root: Path, n: int) -> list[Path]:
     return files
 
 
-def one_batch(files: list[Path], out: Path, steps: int, chain: bool, **kwargs) -> tuple[float, list[dict]]:
+def one_batch(
+    files: list[Path], out: Path, steps: int, chain: bool, overrides: list[str] = TINY, **kwargs
+) -> tuple[float, list[dict]]:
     t0 = time.perf_counter()
-    report_ = batch(files, out, max_steps=steps, seconds=0.25, overrides=TINY, progress=False, **kwargs)
+    report_ = batch(files, out, max_steps=steps, seconds=0.25, overrides=overrides, progress=False, **kwargs)
     wall = time.perf_counter() - t0
     if chain:
         assert report_["failed"] == 0, [r.get("error") for r in report_["results"]]
@@ -68,24 +75,46 @@ def main() -> None:
     p.add_argument("--parallel", type=int, default=2, help="runs at once: --jobs, and the CPUs Ray is given")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--sketch", action="store_true", help="with --chain: the sketch's sizes, not a tiny model")
+    p.add_argument("--threads", action="store_true", help="also every local run on every core, as before")
+    p.add_argument("--no-ray", action="store_true", help="the local modes only")
     a = p.parse_args()
-    import ray
-    from ray.cluster_utils import Cluster
+    if a.sketch and not a.chain:
+        p.error("--sketch needs --chain")
+    if not a.no_ray:
+        import ray
+        from ray.cluster_utils import Cluster
+    # the shared mode as a user who set no thread count gets it; the old mode sets one below
+    user_threads = os.environ.pop("OMP_NUM_THREADS", None)
 
     root = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     files = sources(root, a.runs) if a.chain else not_audio(root, a.runs)
-    walls: dict[str, list[float]] = {"jobs": [], "ray local": [], "ray 2 nodes": []}
+    size = ["render_seconds=0.5"] if a.sketch else TINY
+    walls: dict[str, list[float]] = {"jobs": []}
+    if a.threads:
+        walls["jobs, every core each"] = []
+    if not a.no_ray:
+        walls |= {"ray local": [], "ray 2 nodes": []}
     starts: dict[str, list[float]] = {"ray local": [], "ray 2 nodes": []}
     nodes_used = set()
     for rep in range(a.repeats):
-        wall, _ = one_batch(files, root / f"jobs{rep}", a.steps, a.chain, jobs=a.parallel)
+        wall, _ = one_batch(files, root / f"jobs{rep}", a.steps, a.chain, size, jobs=a.parallel)
         walls["jobs"].append(wall)
         print(f"jobs {a.parallel}: {wall:.1f} s", flush=True)
-
+        if a.threads:
+            os.environ["OMP_NUM_THREADS"] = str(_cores())
+            try:
+                wall, _ = one_batch(files, root / f"jobsall{rep}", a.steps, a.chain, size, jobs=a.parallel)
+            finally:
+                del os.environ["OMP_NUM_THREADS"]
+            walls["jobs, every core each"].append(wall)
+            print(f"jobs {a.parallel}, every core each: {wall:.1f} s", flush=True)
+        if a.no_ray:
+            continue
         t0 = time.perf_counter()
         start_local_ray(num_cpus=a.parallel, log_to_driver=False)
         starts["ray local"].append(time.perf_counter() - t0)
-        wall, _ = one_batch(files, root / f"ray{rep}", a.steps, a.chain, ray=True)
+        wall, _ = one_batch(files, root / f"ray{rep}", a.steps, a.chain, size, ray=True)
         ray.shutdown()
         walls["ray local"].append(wall)
         print(f"ray local ({starts['ray local'][-1]:.1f} s start): {wall:.1f} s", flush=True)
@@ -97,7 +126,7 @@ def main() -> None:
         ray.init(address=cluster.address, log_to_driver=False)
         cluster.wait_for_nodes()
         starts["ray 2 nodes"].append(time.perf_counter() - t0)
-        wall, states = one_batch(files, root / f"ray2n{rep}", a.steps, a.chain, ray=True)
+        wall, states = one_batch(files, root / f"ray2n{rep}", a.steps, a.chain, size, ray=True)
         nodes_used |= {s.get("node") for s in states}
         ray.shutdown()
         cluster.shutdown()
@@ -107,6 +136,8 @@ def main() -> None:
             flush=True,
         )
 
+    if user_threads is not None:
+        os.environ["OMP_NUM_THREADS"] = user_threads
     base = statistics.median(walls["jobs"])
     rows = []
     for mode, w in walls.items():
@@ -121,14 +152,24 @@ def main() -> None:
                 f"{wall / a.runs:.1f}",
                 start,
                 "-" if mode == "jobs" else f"{(wall - base) / a.runs:+.1f}",
+                f"{wall / base:.2f}x",
             ]
         )
     report(
-        ["mode", "runs", "at once", "batch wall s", "s per run", "Ray start s", "overhead s/run vs jobs"],
+        [
+            "mode",
+            "runs",
+            "at once",
+            "batch wall s",
+            "s per run",
+            "Ray start s",
+            "overhead s/run vs jobs",
+            "wall / jobs",
+        ],
         rows,
         "cpu",
-        note=f"; {'whole chain' if a.chain else 'dispatch only'}; median of {a.repeats}; "
-        f"2-node runs landed on {len(nodes_used)} nodes",
+        note=f"; {'whole chain' if a.chain else 'dispatch only'}{', sketch sizes' if a.sketch else ''}; "
+        f"median of {a.repeats}" + ("" if a.no_ray else f"; 2-node runs landed on {len(nodes_used)} nodes"),
     )
 
 

@@ -24,19 +24,42 @@ INTERRUPTED = {130, 143, -signal.SIGINT, -signal.SIGTERM}
 STOP_GRACE_SECONDS = 10.0
 
 
+def run_env(jobs: int) -> dict[str, str]:
+    """The environment of a local run's process: with ``jobs`` > 1 runs at once, its share of this machine's
+    CPUs as its torch threads (``OMP_NUM_THREADS``, at least 1; a value the user set is kept).
+
+    Each run would otherwise take every core, ``jobs`` times more busy threads than there are cores, and torch's
+    threads wait on each other at every small op (two runs of the chain on 2 cores: 37x the time a training
+    step; ``benchmarks/RESULTS.md``, "Runs side by side"). One run at a time keeps torch's own default.
+    """
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    if jobs > 1:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, _cores() // jobs)))
+    return env
+
+
+def _cores() -> int:
+    """The CPUs this process may use: a container's or a taskset's, not the whole machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def run_command(spec: Path) -> list[str]:
     """The command line of one run's process (:func:`samplernn_lab.batch._worker_main`)."""
     return [sys.executable, "-m", "samplernn_lab.batch", str(spec)]
 
 
 class _Local:
-    """Runs jobs as subprocesses (``jobs`` at once); a process that dies is started again ``retries`` times,
-    one that was interrupted is not, and none is started once the batch is closing (Ctrl-C, SIGTERM); closing
-    stops the runs still going after ``STOP_GRACE_SECONDS`` (SIGTERM: each says stopped and keeps its last
-    checkpoint; SIGKILL after as long again), so none trains on as an orphan."""
+    """Runs jobs as subprocesses (``jobs`` at once, sharing the CPUs: :func:`run_env`); a process that dies is
+    started again ``retries`` times, one that was interrupted is not, and none is started once the batch is
+    closing (Ctrl-C, SIGTERM); closing stops the runs still going after ``STOP_GRACE_SECONDS`` (SIGTERM: each
+    says stopped and keeps its last checkpoint; SIGKILL after as long again), so none trains on as an orphan."""
 
     def __init__(self, jobs: int, retries: int):
         self.pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+        self.env = run_env(jobs)
         self.retries = retries
         self.futures: dict = {}
         self.stopping = False
@@ -56,9 +79,7 @@ class _Local:
             with open(logs / f"{job['name']}.log", "a") as log, self.lock:
                 if self.stopping:
                     break
-                proc = subprocess.Popen(
-                    run_command(spec), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"}
-                )
+                proc = subprocess.Popen(run_command(spec), stdout=log, stderr=subprocess.STDOUT, env=self.env)
                 self.procs.add(proc)
             try:
                 code = proc.wait()

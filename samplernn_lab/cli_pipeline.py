@@ -59,7 +59,7 @@ def _add_no_rescue(p) -> None:
 
 def _add_batch_options(p) -> None:
     """The options of ``batch`` alone: jobs, steps, the grid, Ray and its resources, retries, --status."""
-    p.add_argument("--jobs", type=int, default=1, help="runs at once without --ray (default 1)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once without --ray, sharing the CPUs (default 1)")
     p.add_argument("--max-steps", type=int, default=None, help="training steps per run in all")
     p.add_argument(
         "--grid",

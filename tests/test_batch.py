@@ -647,3 +647,30 @@ def test_a_run_stopped_by_ctrl_c_says_stopped_in_its_state_file(tmp_path, monkey
         signal.signal(signal.SIGTERM, before)
     state = json.loads((out / "logs" / "a.json").read_text())
     assert stop.value.code == 143 and state["state"] == "stopped" and state["attempt"] == 2
+
+
+def test_local_runs_share_the_cores_instead_of_each_taking_all(tmp_path, monkeypatch):
+    """``jobs`` runs at once get the CPUs between them as torch threads (each taking every core, two runs on
+    two cores took 37x the time a step); one run keeps torch's default; a thread count the user set is kept."""
+    from samplernn_lab import batch_runners
+
+    envs = []
+
+    class Exits:  # the run's process: records its environment, then reports itself interrupted (no retry)
+        def __init__(self, args, **kwargs):
+            envs.append(kwargs["env"])
+
+        def wait(self):
+            return 130
+
+    monkeypatch.setattr(batch_runners.subprocess, "Popen", Exits)
+    monkeypatch.setattr(batch_runners, "_cores", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for jobs, threads in [(1, None), (2, "2"), (3, "1"), (8, "1")]:
+        runner = batch_runners._Local(jobs=jobs, retries=0)
+        runner.submit({"name": f"j{jobs}", "run": str(tmp_path / f"j{jobs}")}, {})
+        runner.done(timeout=30)
+        runner.close()
+        assert envs[-1].get("OMP_NUM_THREADS") == threads and envs[-1]["TQDM_DISABLE"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert batch_runners.run_env(2)["OMP_NUM_THREADS"] == "3"
