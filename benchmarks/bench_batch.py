@@ -31,7 +31,7 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
 from samplernn_lab.batch import batch, start_local_ray  # noqa: E402
-from samplernn_lab.batch_runners import _cores  # noqa: E402
+from samplernn_lab.batch_runners import usable_cpus  # noqa: E402
 
 TINY = ["dim=16", "embed_size=8", "chunk_seconds=0.5", "copies=2", "seq_len=256", "batch_size=4", "render_seconds=0.1"]
 
@@ -102,7 +102,7 @@ def main() -> None:
         walls["jobs"].append(wall)
         print(f"jobs {a.parallel}: {wall:.1f} s", flush=True)
         if a.threads:
-            os.environ["OMP_NUM_THREADS"] = str(_cores())
+            os.environ["OMP_NUM_THREADS"] = str(usable_cpus())
             try:
                 wall, _ = one_batch(files, root / f"jobsall{rep}", a.steps, a.chain, size, jobs=a.parallel)
             finally:

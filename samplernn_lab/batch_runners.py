@@ -34,11 +34,11 @@ def run_env(jobs: int) -> dict[str, str]:
     """
     env = {**os.environ, "TQDM_DISABLE": "1"}
     if jobs > 1:
-        env.setdefault("OMP_NUM_THREADS", str(max(1, _cores() // jobs)))
+        env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // jobs)))
     return env
 
 
-def _cores() -> int:
+def usable_cpus() -> int:
     """The CPUs this process may use: a container's or a taskset's, not the whole machine's."""
     try:
         return len(os.sched_getaffinity(0))

@@ -664,7 +664,7 @@ def test_local_runs_share_the_cores_instead_of_each_taking_all(tmp_path, monkeyp
             return 130
 
     monkeypatch.setattr(batch_runners.subprocess, "Popen", Exits)
-    monkeypatch.setattr(batch_runners, "_cores", lambda: 4)
+    monkeypatch.setattr(batch_runners, "usable_cpus", lambda: 4)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     for jobs, threads in [(1, None), (2, "2"), (3, "1"), (8, "1")]:
         runner = batch_runners._Local(jobs=jobs, retries=0)
