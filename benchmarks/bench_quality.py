@@ -16,7 +16,8 @@ source and budget the table gives validation NLL (bits/sample; both loops' weigh
 mid-epoch from its ``last.pt``; and each loop's best so far: the lab's epochs' validations, the reference's
 after each of its epochs, as a textbook loop validates to keep its best, that time not counted as training),
 resemblance (median over streams and its range: 0 = like another stretch of the source, 1 = like coloured
-noise), the largest copy share and the categories.
+noise), the largest copy share and the categories. The lab trains under bf16 autocast where the CPU multiplies
+bf16 natively (its own choice); the textbook loop in float32.
 
     python benchmarks/bench_quality.py                       # bundled media, 3 and 10 minutes
     python benchmarks/bench_quality.py more.wav --minutes 3  # plus other recordings
@@ -101,7 +102,8 @@ def _reference_loop(dataset: Path, out: Path, preset, budgets: list[float], on_b
                     paused = time.process_time()
                     model.eval()
                     bits = evaluate(model, val, seq, bs, "cpu")
-                    on_budget(minutes, model, bits, min([bits, *seen]), steps)
+                    best = min((v for v in [bits, *seen] if v is not None), default=None)  # None: no held-out set
+                    on_budget(minutes, model, bits, best, steps)
                     model.train()
                     start += time.process_time() - paused  # the evaluation is not training time
                 if not pending:
