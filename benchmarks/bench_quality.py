@@ -234,6 +234,13 @@ def one_training(job: dict) -> list[dict]:
     return results
 
 
+def against_reference(row: dict, ref: dict | None, key: str) -> str:
+    """``row[key]`` minus the reference loop's, in bits, for the table; "-" where there is nothing to compare."""
+    if row["loop"] == "reference" or not ref or row.get(key) is None or ref.get(key) is None:
+        return "-"
+    return f"{row[key] - ref[key]:+.3f}"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("sources", nargs="*", help="recordings besides the bundled media")
@@ -314,12 +321,8 @@ def main(argv: list[str] | None = None) -> None:
                 "steps": f"{r['steps']:,}" if r.get("steps") is not None else "-",
                 "val bits": "-" if r["val_bits"] is None else f"{r['val_bits']:.3f}",
                 "best val": "-" if r.get("best_val_bits") is None else f"{r['best_val_bits']:.3f}",
-                "vs ref": "-"
-                if r["loop"] == "reference" or not ref or ref["val_bits"] is None or r["val_bits"] is None
-                else f"{r['val_bits'] - ref['val_bits']:+.3f}",
-                "best vs ref best": "-"
-                if r["loop"] == "reference" or not ref or ref.get("best_val_bits") is None or r["best_val_bits"] is None
-                else f"{r['best_val_bits'] - ref['best_val_bits']:+.3f}",
+                "vs ref": against_reference(r, ref, "val_bits"),
+                "best vs ref best": against_reference(r, ref, "best_val_bits"),
                 "resemblance": f"{r['resemblance']:.2f} ({r['res_min']:.2f}-{r['res_max']:.2f})",
                 "copy": f"{r['copy']:.0%}",
                 "categories": " ".join(sorted(r["categories"]))
