@@ -75,6 +75,11 @@ from .spectral import as_mono, pad_to_window, window_length
 
 # --- thresholds --------------------------------------------------------------------------------------
 
+# The rules' edition, recorded with the source's category in a dataset's manifest: raise it whenever the decision
+# list or a threshold that a source's own category depends on changes, so that a dataset prepared under other
+# rules has its source measured again instead of judged by a stale answer (samplernn_lab.dataset.source_category).
+CATEGORY_RULES = 1
+
 # A tone puts at least this share of its energy into its few strongest peaks (a sine or a sine with a
 # harmonic: ~1.0; white noise ~0.02). Music spans 0.3 (a drum break) to 1.0 (bells, tabla), so the
 # conditions after this one are what tell a melody or a bell from a stuck tone.

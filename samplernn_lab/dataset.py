@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import audio as audio_io
-from .analysis import CATEGORIES, categorize, features
+from .analysis import CATEGORIES, CATEGORY_RULES, categorize, features
 from .augment import Piece, augment
 from .config import DataConfig
 from .errors import LabError
@@ -277,6 +277,7 @@ def _write_dataset(
         "counts": counts,
         # what the source is as a whole, measured once here: every judge of its renders asks the same answer
         "source_category": _category_of(loaded, cfg.sample_rate),
+        "category_rules": CATEGORY_RULES,  # the rules that answer was measured under
         "chunks": chunks,
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
@@ -498,12 +499,14 @@ def source_category(folder: str | os.PathLike) -> str:
     """What a dataset's source is as a whole: ``"silence"``, ``"tone"``, ``"noise"`` or ``"varied"``.
 
     Measured once, when the dataset was prepared (the manifest's ``source_category``), so the epoch renders, the
-    watchdog and the summary judge a render against the same kind; a dataset prepared before that is measured
-    here from :func:`source_audio`. A render of a steady-tone source that holds a tone is its own kind of sound,
-    not the tone failure (:func:`samplernn_lab.analysis.source_kind`).
+    watchdog and the summary judge a render against the same kind. A dataset prepared before that, or under other
+    rules than today's (the manifest's ``category_rules`` is not :data:`~samplernn_lab.analysis.CATEGORY_RULES`:
+    the thresholds changed since), is measured here from :func:`source_audio`; its manifest is left as it is. A
+    render of a steady-tone source that holds a tone is its own kind of sound, not the tone failure
+    (:func:`samplernn_lab.analysis.source_kind`).
     """
     manifest = read_manifest(folder)
-    if "source_category" in manifest:
+    if "source_category" in manifest and manifest.get("category_rules") == CATEGORY_RULES:
         return manifest["source_category"]
     return categorize(features(source_audio(folder), manifest["sample_rate"]))
 

@@ -7,6 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from samplernn_lab.analysis import CATEGORY_RULES
 from samplernn_lab.augment import augment, crossfade_join, rotate
 from samplernn_lab.cli import main
 from samplernn_lab.dataset import (
@@ -267,6 +268,7 @@ def test_the_source_kind_is_measured_once_when_prepared(make_wav, tmp_path):
     peal = prepare([make_wav("peal.wav", bell(16000, 3.0))], tmp_path / "peal", CFG, progress=False)
     assert read_manifest(drone)["source_category"] == source_category(drone) == "tone"
     assert read_manifest(peal)["source_category"] == source_category(peal) == "varied"
+    assert read_manifest(peal)["category_rules"] == CATEGORY_RULES
     # what the manifest says is what every judge reads, not a second measurement
     path = peal / "manifest.json"
     m = json.loads(path.read_text())
@@ -275,6 +277,13 @@ def test_the_source_kind_is_measured_once_when_prepared(make_wav, tmp_path):
     # a dataset prepared before the kind was recorded is measured from its source
     path.write_text(json.dumps({k: v for k, v in m.items() if k != "source_category"}))
     assert source_category(peal) == "varied"
+    # ... and so is one whose kind was measured under other rules (before they had an edition, or an older one):
+    # a stale answer is not trusted, and the manifest is left as it was
+    before = {k: v for k, v in m.items() if k != "category_rules"}
+    for stale in (before, {**m, "category_rules": CATEGORY_RULES - 1}):
+        path.write_text(json.dumps({**stale, "source_category": "tone"}))
+        assert source_category(peal) == "varied"
+        assert json.loads(path.read_text())["source_category"] == "tone"
     path.write_text(json.dumps({**m, "source_category": "bells"}))
     with pytest.raises(LabError, match=r"manifest\.json: .*source_category must be one of silence, tone"):
         read_manifest(peal)
