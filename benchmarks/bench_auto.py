@@ -91,7 +91,7 @@ def by_kind(triples: list[str]) -> None:
     for run_dir, dataset, source in zip(*[iter(triples)] * 3):
         run, dataset = RunDir(run_dir), Path(dataset)
         sr = run.read_config()["sample_rate"]
-        profile = SourceProfile(load(source, sr)[0], sr, kind=source_category(dataset))  # as prepare measured it
+        profile = SourceProfile(load(source, sr)[0], sr, kind=source_category(dataset))  # as the chain judges it
         kind = source_kind(profile)
         events = [e for e in render_events(run) if run.epoch_checkpoint(int(e["epoch"])).exists()]
         blind = pick([{k: v for k, v in e.items() if k != "source_category"} for e in events])
@@ -127,7 +127,7 @@ def main() -> None:
         run, dataset = RunDir(run_dir), Path(dataset)
         epochs = sorted(int(c.stem.split("-")[1]) for c in run.checkpoints.glob("epoch-*.pt"))
         sr = run.read_config()["sample_rate"]
-        profile = SourceProfile(load(source, sr)[0], sr, kind=source_category(dataset))  # as prepare measured it
+        profile = SourceProfile(load(source, sr)[0], sr, kind=source_category(dataset))  # as the chain judges it
         choose, score = {}, {}
         for epoch in epochs:
             model, _ = load_model(run.root, f"epoch-{epoch:03d}")

@@ -75,9 +75,10 @@ from .spectral import as_mono, pad_to_window, window_length
 
 # --- thresholds --------------------------------------------------------------------------------------
 
-# The rules' edition, recorded with the source's category in a dataset's manifest: raise it whenever the decision
-# list or a threshold that a source's own category depends on changes, so that a dataset prepared under other
-# rules has its source measured again instead of judged by a stale answer (samplernn_lab.dataset.source_category).
+# The rules' edition, recorded with the source's category in a dataset's manifest: raise it whenever what a
+# source's category depends on changes (the decision list, a threshold, how features() measures, what audio of the
+# source is measured), so that a dataset prepared under other rules has its source measured again instead of
+# judged by a stale answer (samplernn_lab.dataset.source_category).
 CATEGORY_RULES = 1
 
 # A tone puts at least this share of its energy into its few strongest peaks (a sine or a sine with a
@@ -278,7 +279,8 @@ def diagnose(audio: np.ndarray, sr: int, source: np.ndarray | SourceProfile | No
 
 def source_kind(profile: SourceProfile) -> str:
     """The category of the source itself: the profile's ``kind`` where known (a dataset's, measured when it was
-    prepared: :func:`samplernn_lab.dataset.source_category`), else :func:`categorize` on its whole length.
+    prepared, or again under today's rules: :func:`samplernn_lab.dataset.source_category`), else
+    :func:`categorize` on its whole length.
 
     A render in the source's own kind of ``OWN_KINDS`` (a steady tone from a drone, noise from a hiss
     recording) is not that failure: :func:`samplernn_lab.rundir.pick_epoch` and the trap watchdog ask.

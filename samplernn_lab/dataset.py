@@ -3,7 +3,8 @@
 ``prepare`` turns source sounds into a dataset folder::
 
     DIR/manifest.json           settings, sources (path, duration, sha256), the sources' kind as a whole
-                                (``source_category``, see :func:`source_category`), and every chunk
+                                (``source_category``, see :func:`source_category`) with the diagnosis rules'
+                                edition it was measured under (``category_rules``), and every chunk
     DIR/chunks/train/000000.wav fixed-length chunks, 16-bit PCM at the dataset's sample rate
     DIR/chunks/val/...          from held-out stretches of each source
     DIR/chunks/test/...
@@ -499,9 +500,10 @@ def source_category(folder: str | os.PathLike) -> str:
     """What a dataset's source is as a whole: ``"silence"``, ``"tone"``, ``"noise"`` or ``"varied"``.
 
     Measured once, when the dataset was prepared (the manifest's ``source_category``), so the epoch renders, the
-    watchdog and the summary judge a render against the same kind. A dataset prepared before that, or under other
-    rules than today's (the manifest's ``category_rules`` is not :data:`~samplernn_lab.analysis.CATEGORY_RULES`:
-    the thresholds changed since), is measured here from :func:`source_audio`; its manifest is left as it is. A
+    watchdog and the summary judge a render against the same kind. A dataset prepared before the kind was recorded,
+    or whose kind may have been measured under other rules (the manifest's ``category_rules`` is missing or is not
+    :data:`~samplernn_lab.analysis.CATEGORY_RULES`), is measured here from :func:`source_audio`; its manifest is
+    left as it is. A
     render of a steady-tone source that holds a tone is its own kind of sound, not the tone failure
     (:func:`samplernn_lab.analysis.source_kind`).
     """

@@ -390,8 +390,9 @@ def _q_levels(config: dict) -> int:
 
 
 def _dataset_kind(run_dir: Path, config: dict) -> str | None:
-    """The source's kind as its dataset measured it when prepared (the epoch renders and the watchdog judged by
-    it); None where the run's dataset is gone, and the summary measures the source file itself."""
+    """The source's kind as its dataset holds it (:func:`samplernn_lab.dataset.source_category`: the epoch
+    renders and the watchdog judged by it); None where the run's dataset is gone, and the summary measures the
+    source file itself."""
     from .dataset import source_category
 
     dataset = RunDir(run_dir).dataset(config)

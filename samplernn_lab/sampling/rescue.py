@@ -173,8 +173,9 @@ class Rescue:
     check_seconds : how often to look, in seconds of output.
     prime_seconds : how much source audio a re-primed stream continues (rounded up to whole top-tier frames).
     seed : picks the places in the source.
-    kind : what the source is as a whole where known (its dataset's ``source_category``, measured when it was
-        prepared); None: measured from ``source``. A steady-tone source turns the tone rule off.
+    kind : what the source is as a whole where known (its dataset's
+        :func:`~samplernn_lab.dataset.source_category`); None: measured from ``source``. A steady-tone source
+        turns the tone rule off.
     """
 
     source: np.ndarray
