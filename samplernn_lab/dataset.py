@@ -503,9 +503,8 @@ def source_category(folder: str | os.PathLike) -> str:
     watchdog and the summary judge a render against the same kind. A dataset prepared before the kind was recorded,
     or whose kind may have been measured under other rules (the manifest's ``category_rules`` is missing or is not
     :data:`~samplernn_lab.analysis.CATEGORY_RULES`), is measured here from :func:`source_audio`; its manifest is
-    left as it is. A
-    render of a steady-tone source that holds a tone is its own kind of sound, not the tone failure
-    (:func:`samplernn_lab.analysis.source_kind`).
+    left as it is. A render of a steady-tone source that holds a tone is its own kind of sound, not the tone
+    failure (:func:`samplernn_lab.analysis.source_kind`).
     """
     manifest = read_manifest(folder)
     if "source_category" in manifest and manifest.get("category_rules") == CATEGORY_RULES:
